@@ -1,0 +1,27 @@
+import socket
+
+import pytest
+
+from pgtest import BOOTSTRAP, REDIS_PORT, Env
+
+
+def _reachable(host, port):
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def services():
+    host, port = BOOTSTRAP.rsplit(":", 1)
+    assert _reachable(host, int(port)), "Kafka is not running: bash deploy/local/up.sh"
+    assert _reachable("127.0.0.1", REDIS_PORT), "Redis is not running: bash deploy/local/up.sh"
+
+
+@pytest.fixture
+def env():
+    e = Env()
+    yield e
+    e.close()

@@ -1,0 +1,247 @@
+"""Shared helpers of the integration tests: Avro through fastavro (an
+implementation independent of pinguard's), real Kafka and Redis clients, and a
+handle on a `pinguard run` process. Every test gets its own topics, consumer
+group and VM uuids, and removes them afterwards."""
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import time
+import uuid
+
+import fastavro
+import fastavro.schema
+import redis
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+BOOTSTRAP = os.environ.get("PG_KAFKA", "127.0.0.1:9092")
+REDIS_PORT = int(os.environ.get("PG_REDIS_PORT", "6379"))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SCHEMAS_DIR = os.environ.get("PG_SCHEMAS_DIR", os.path.join(ROOT, "schemas"))
+PINGUARD = os.environ.get("PINGUARD_BIN", os.path.join(ROOT, "build", "pinguard"))
+NS = "io.pinguard.v1."
+RECORDS = ["DrsAdvice", "FilteredAdvice", "MigrateVmRequest", "MigrateVmDecision",
+           "MigrationResult", "DeviceReleaseDecision"]
+
+
+def load_schema(name):
+    return fastavro.schema.load_schema(
+        os.path.join(SCHEMAS_DIR, NS + name + ".avsc"), _write_hint=False)
+
+
+SCHEMAS = {n: load_schema(n) for n in RECORDS}
+FINGERPRINTS = {
+    n: int(fastavro.schema.fingerprint(
+        fastavro.schema.to_parsing_canonical_form(s), "CRC-64-AVRO"), 16)
+    for n, s in SCHEMAS.items()}
+BY_FINGERPRINT = {fp: n for n, fp in FINGERPRINTS.items()}
+
+
+def encode(name, record):
+    """Single-object encoding, written with fastavro."""
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + struct.pack("<Q", FINGERPRINTS[name]))
+    fastavro.schemaless_writer(buf, SCHEMAS[name], record)
+    return buf.getvalue()
+
+
+def decode(data):
+    """Returns (record name, record) of a single-object message."""
+    assert data[:2] == b"\xc3\x01", data[:10]
+    name = BY_FINGERPRINT[struct.unpack("<Q", data[2:10])[0]]
+    buf = io.BytesIO(data[10:])
+    rec = fastavro.schemaless_reader(buf, SCHEMAS[name], SCHEMAS[name])
+    assert buf.read() == b"", "trailing bytes after the Avro body"
+    return name, rec
+
+
+def uid():
+    return str(uuid.uuid4())
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def wait_until(pred, timeout, what, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Env:
+    """Topics, group and cache entries of one test."""
+
+    INPUTS = ("advice", "requests", "results")
+    OUTPUTS = ("advice.filtered", "decisions", "release", "dlq")
+
+    def __init__(self, partitions=6):
+        tag = uuid.uuid4().hex[:10]
+        self.tag = tag
+        self.topics = {k: f"it.{tag}.{k}" for k in self.INPUTS + self.OUTPUTS}
+        self.group = f"it-{tag}"
+        self.admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+        fs = self.admin.create_topics(
+            [NewTopic(t, num_partitions=partitions, replication_factor=1)
+             for t in self.topics.values()], operation_timeout=30)
+        for f in fs.values():
+            f.result()
+        wait_until(self._topics_visible, 30, "topics in metadata")
+        self.redis = redis.Redis(host="127.0.0.1", port=REDIS_PORT, decode_responses=True)
+        self.vms = set()
+        self.producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5,
+                                  "partitioner": "murmur2_random"})
+        self.workers = []
+
+    def _topics_visible(self):
+        md = self.admin.list_topics(timeout=10)
+        return all(t in md.topics and len(md.topics[t].partitions) > 0
+                   for t in self.topics.values())
+
+    def settings(self):
+        s = [f"topic.{k}={v}" for k, v in self.topics.items()]
+        return s + [f"kafka.group.id={self.group}"]
+
+    # --- cache -----------------------------------------------------------
+    def vm(self, host=None, devices=(), pin=None, vm=None):
+        """Writes a VM into the cache (host None: unknown VM); returns its uuid."""
+        vm = vm or uid()
+        self.vms.add(vm)
+        p = self.redis.pipeline()
+        if host is not None:
+            p.set(f"pinguard:vm:{{{vm}}}:host", host)
+        if devices:
+            p.hset(f"pinguard:vm:{{{vm}}}:devices", mapping=dict(devices))
+        if pin is not None:
+            p.set(f"pinguard:vm:{{{vm}}}:pin", pin)
+        p.execute()
+        return vm
+
+    # --- kafka -------------------------------------------------------------
+    def produce(self, topic_key, key, value):
+        self.producer.produce(self.topics[topic_key], key=key, value=value)
+
+    def flush(self):
+        assert self.producer.flush(30) == 0
+
+    def read(self, topic_key, count, timeout=60, extra_wait=0.0):
+        """Reads the topic from the start until `count` messages (read_committed)."""
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"reader-{uid()}",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                      "isolation.level": "read_committed"})
+        c.subscribe([self.topics[topic_key]])
+        out = []
+        try:
+            deadline = time.monotonic() + timeout
+            while len(out) < count and time.monotonic() < deadline:
+                m = c.poll(0.2)
+                if m is None:
+                    continue
+                if m.error():
+                    raise KafkaException(m.error())
+                out.append(m)
+            # Optionally keep listening to prove nothing more arrives.
+            end = time.monotonic() + extra_wait
+            while time.monotonic() < end:
+                m = c.poll(0.2)
+                if m is not None and not m.error():
+                    out.append(m)
+        finally:
+            c.close()
+        return out
+
+    def decisions(self, topic_key, count, timeout=60, extra_wait=0.0):
+        msgs = self.read(topic_key, count, timeout, extra_wait)
+        assert len(msgs) >= count, f"{topic_key}: got {len(msgs)} of {count}"
+        return [(m, decode(m.value())[1]) for m in msgs]
+
+    def committed(self, topic_key, partitions=6):
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": self.group})
+        try:
+            tps = c.committed([TopicPartition(self.topics[topic_key], p)
+                               for p in range(partitions)], timeout=10)
+        finally:
+            c.close()
+        return {tp.partition: tp.offset for tp in tps}
+
+    # --- worker ------------------------------------------------------------
+    def worker(self, *extra, env=None):
+        w = Worker(self.settings() + list(extra), env=env, tag=self.tag)
+        self.workers.append(w)
+        return w
+
+    def close(self):
+        for w in self.workers:
+            w.kill()
+        if self.vms:
+            p = self.redis.pipeline()
+            for vm in self.vms:
+                p.delete(f"pinguard:vm:{{{vm}}}:host", f"pinguard:vm:{{{vm}}}:devices",
+                         f"pinguard:vm:{{{vm}}}:pin")
+            p.execute()
+        fs = self.admin.delete_topics(list(self.topics.values()), operation_timeout=30)
+        for f in fs.values():
+            try:
+                f.result()
+            except Exception:
+                pass
+        try:
+            self.admin.delete_consumer_groups([self.group], request_timeout=10)
+        except Exception:
+            pass
+
+
+class Worker:
+    """A `pinguard run` process with its log in a file."""
+
+    def __init__(self, settings, env=None, tag="w"):
+        args = [PINGUARD, "run"]
+        for s in settings:
+            args += ["--set", s]
+        self.log_path = os.path.join("/tmp", f"pinguard-{tag}-{uuid.uuid4().hex[:6]}.log")
+        self.log = open(self.log_path, "w+")
+        e = dict(os.environ)
+        e.update(env or {})
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=e)
+
+    def logs(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def wait_log(self, needle, timeout=30):
+        return wait_until(lambda: needle in self.logs(), timeout, f"log line {needle!r}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+def run_cli(*args, input=None, env=None, check=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run([PINGUARD, *args], input=input, capture_output=True, env=e,
+                       timeout=60)
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
+    return p
+
+
+def redis_ctl(action):
+    subprocess.run(["bash", os.path.join(ROOT, "deploy", "local", "redis.sh"), action],
+                   check=True, timeout=120, capture_output=True)

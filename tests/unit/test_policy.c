@@ -1,0 +1,316 @@
+/*
+ * Unit tests of the decision rules: every device kind, operator pins, unknown
+ * VMs, veto precedence, device lists, and every branch of the release rule,
+ * including the production incidents the SPEC was written after.
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy.h"
+
+static const pg_policy_opts_t strict = {.allow_unknown_vm = false};
+static const pg_policy_opts_t lenient = {.allow_unknown_vm = true};
+
+#define HOST "11111111-1111-1111-1111-111111111111"
+
+static pg_policy_verdict_t judge(const pg_policy_opts_t *o, bool known, const char *pin,
+                                 const pg_device_ref_t *devs, size_t n,
+                                 pg_device_ref_t *out)
+{
+    pg_vm_binding_t b = {
+        .known = known, .host = known ? HOST : NULL, .pin = pin, .n_devices = n,
+        .devices = devs};
+    pg_policy_verdict_t v;
+    memset(&v, 0xAB, sizeof(v)); /* catch fields left unset */
+    pg_policy_judge(o, &b, out, &v);
+    return v;
+}
+
+static const struct {
+    const char *kind;
+    pg_device_kind_t parsed;
+    bool pins;
+} kind_cases[] = {
+    {"pci", PG_KIND_PCI, true},           {"dgpu", PG_KIND_DGPU, true},
+    {"mdev", PG_KIND_MDEV, true},         {"usb", PG_KIND_USB, true},
+    {"pci+vf", PG_KIND_PCI_VF, false},    {"pci+vf2", PG_KIND_PCI_VF2, false},
+    {"pci+vdpa", PG_KIND_PCI_VDPA, false}, {"fpga", PG_KIND_UNKNOWN, true},
+    {"PCI", PG_KIND_UNKNOWN, true},       {"", PG_KIND_UNKNOWN, true},
+    {"pci+vf ", PG_KIND_UNKNOWN, true},   {"pci+vf3", PG_KIND_UNKNOWN, true},
+};
+
+START_TEST(kind_table)
+{
+    ck_assert_int_eq(pg_policy_kind_parse(kind_cases[_i].kind), kind_cases[_i].parsed);
+    ck_assert_int_eq(pg_policy_kind_pins(pg_policy_kind_parse(kind_cases[_i].kind)),
+                     kind_cases[_i].pins);
+}
+END_TEST
+
+START_TEST(kind_null_is_unknown)
+{
+    ck_assert_int_eq(pg_policy_kind_parse(NULL), PG_KIND_UNKNOWN);
+    ck_assert(pg_policy_kind_pins(PG_KIND_UNKNOWN));
+}
+END_TEST
+
+/* One device of each kind alone on a known VM: the verdict follows the table. */
+START_TEST(single_device_each_kind)
+{
+    pg_device_ref_t d = {"dev-1", kind_cases[_i].kind}, out[1];
+    pg_policy_verdict_t v = judge(&strict, true, NULL, &d, 1, out);
+    if (!kind_cases[_i].pins) {
+        ck_assert_int_eq(v.verdict, PG_VERDICT_APPROVED);
+        ck_assert_uint_eq(v.n_devices, 0);
+        ck_assert_uint_eq(v.n_unknown_kinds, 0);
+        return;
+    }
+    ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+    ck_assert_uint_eq(v.n_devices, 1);
+    ck_assert_str_eq(out[0].device_uuid, "dev-1");
+    ck_assert_str_eq(out[0].kind, kind_cases[_i].kind);
+    if (kind_cases[_i].parsed == PG_KIND_UNKNOWN) {
+        ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_DEVICE_KIND);
+        ck_assert_uint_eq(v.n_unknown_kinds, 1);
+    } else {
+        ck_assert_int_eq(v.reason, PG_VETO_HOST_BOUND_DEVICE);
+        ck_assert_uint_eq(v.n_unknown_kinds, 0);
+    }
+}
+END_TEST
+
+START_TEST(no_devices_approved)
+{
+    pg_device_ref_t out[1];
+    pg_policy_verdict_t v = judge(&strict, true, NULL, NULL, 0, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_APPROVED);
+    ck_assert_uint_eq(v.n_devices, 0);
+}
+END_TEST
+
+/* Production incident: a VF NIC's backing PCI devices must not block a move. */
+START_TEST(vf_nic_backed_pci_approved)
+{
+    pg_device_ref_t d[] = {{"b", "pci+vf"}, {"a", "pci+vf2"}, {"c", "pci+vdpa"}}, out[3];
+    pg_policy_verdict_t v = judge(&strict, true, NULL, d, 3, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_APPROVED);
+    ck_assert_uint_eq(v.n_devices, 0);
+}
+END_TEST
+
+/* Production incident: a vGPU slice alone pins the VM. */
+START_TEST(mdev_only_vetoed)
+{
+    pg_device_ref_t d[] = {{"m1", "mdev"}}, out[1];
+    pg_policy_verdict_t v = judge(&strict, true, NULL, d, 1, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+    ck_assert_int_eq(v.reason, PG_VETO_HOST_BOUND_DEVICE);
+    ck_assert_uint_eq(v.n_devices, 1);
+    ck_assert_str_eq(out[0].device_uuid, "m1");
+}
+END_TEST
+
+/* The veto lists only pinning devices, unknown kinds included, sorted. */
+START_TEST(veto_lists_pinning_devices_sorted)
+{
+    pg_device_ref_t d[] = {{"d4", "pci+vf"}, {"d3", "usb"},  {"d1", "weird"},
+                           {"d5", "dgpu"},   {"d2", "pci"},  {"d0", "pci+vdpa"}};
+    pg_device_ref_t out[6];
+    pg_policy_verdict_t v = judge(&strict, true, NULL, d, 6, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+    ck_assert_int_eq(v.reason, PG_VETO_HOST_BOUND_DEVICE);
+    ck_assert_uint_eq(v.n_devices, 4);
+    ck_assert_str_eq(out[0].device_uuid, "d1");
+    ck_assert_str_eq(out[0].kind, "weird");
+    ck_assert_str_eq(out[1].device_uuid, "d2");
+    ck_assert_str_eq(out[2].device_uuid, "d3");
+    ck_assert_str_eq(out[3].device_uuid, "d5");
+    ck_assert_uint_eq(v.n_unknown_kinds, 1);
+}
+END_TEST
+
+START_TEST(unknown_kind_with_passthrough_nics)
+{
+    pg_device_ref_t d[] = {{"n1", "pci+vf"}, {"x1", "smartnic"}}, out[2];
+    pg_policy_verdict_t v = judge(&strict, true, NULL, d, 2, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+    ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_DEVICE_KIND);
+    ck_assert_uint_eq(v.n_devices, 1);
+    ck_assert_str_eq(out[0].device_uuid, "x1");
+}
+END_TEST
+
+START_TEST(pin_beats_everything)
+{
+    pg_device_ref_t d[] = {{"g", "dgpu"}, {"u", "unknown-kind"}}, out[2];
+    pg_policy_verdict_t v = judge(&strict, true, "maintenance window", d, 2, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+    ck_assert_int_eq(v.reason, PG_VETO_OPERATOR_PIN);
+    ck_assert_uint_eq(v.n_devices, 2); /* still lists what pins it */
+    ck_assert_str_eq(out[0].device_uuid, "g");
+    /* Pins apply even to a VM the cache does not know. */
+    v = judge(&strict, false, "why", NULL, 0, out);
+    ck_assert_int_eq(v.reason, PG_VETO_OPERATOR_PIN);
+    ck_assert_uint_eq(v.n_devices, 0);
+}
+END_TEST
+
+START_TEST(pin_on_deviceless_vm)
+{
+    pg_device_ref_t out[1];
+    pg_policy_verdict_t v = judge(&strict, true, "", NULL, 0, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED); /* an empty reason still pins */
+    ck_assert_int_eq(v.reason, PG_VETO_OPERATOR_PIN);
+    ck_assert_uint_eq(v.n_devices, 0);
+}
+END_TEST
+
+START_TEST(unknown_vm_vetoed_by_default)
+{
+    pg_device_ref_t d[] = {{"g", "dgpu"}}, out[1];
+    pg_policy_verdict_t v = judge(&strict, false, NULL, d, 1, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+    ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_VM);
+    ck_assert_uint_eq(v.n_devices, 0); /* empty for UNKNOWN_VM */
+    v = judge(&strict, false, NULL, NULL, 0, out);
+    ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_VM);
+}
+END_TEST
+
+START_TEST(unknown_vm_allowed_by_switch)
+{
+    pg_device_ref_t d[] = {{"g", "dgpu"}}, out[1];
+    pg_policy_verdict_t v = judge(&lenient, false, NULL, NULL, 0, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_APPROVED);
+    /* The switch never overrides what devices the cache does hold. */
+    v = judge(&lenient, false, NULL, d, 1, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+    ck_assert_int_eq(v.reason, PG_VETO_HOST_BOUND_DEVICE);
+}
+END_TEST
+
+START_TEST(sort_devices_by_uuid)
+{
+    pg_device_ref_t d[] = {{"c", "pci"}, {"a", "usb"}, {"b", "mdev"}, {"a", "dgpu"}};
+    pg_policy_sort_devices(d, 4);
+    ck_assert_str_eq(d[0].device_uuid, "a");
+    ck_assert_str_eq(d[0].kind, "dgpu");
+    ck_assert_str_eq(d[1].kind, "usb");
+    ck_assert_str_eq(d[2].device_uuid, "b");
+    ck_assert_str_eq(d[3].device_uuid, "c");
+}
+END_TEST
+
+/* Release rule. */
+#define SRC "src"
+#define DST "dst"
+#define OTHER "third"
+
+static const struct {
+    const char *dst, *observed, *cache;
+    pg_release_action_t action;
+    pg_release_reason_t reason;
+} release_cases[] = {
+    /* null destination never releases, whatever the evidence */
+    {NULL, DST, DST, PG_ACTION_KEEP, PG_RELEASE_NO_DESTINATION},
+    {NULL, NULL, NULL, PG_ACTION_KEEP, PG_RELEASE_NO_DESTINATION},
+    {NULL, SRC, NULL, PG_ACTION_KEEP, PG_RELEASE_NO_DESTINATION},
+    /* no evidence */
+    {DST, NULL, NULL, PG_ACTION_KEEP, PG_RELEASE_PLACEMENT_UNCONFIRMED},
+    /* still on source: production incident (FAILED migration, VM on source) */
+    {DST, SRC, SRC, PG_ACTION_KEEP, PG_RELEASE_STILL_ON_SOURCE},
+    {DST, SRC, NULL, PG_ACTION_KEEP, PG_RELEASE_STILL_ON_SOURCE},
+    {DST, NULL, SRC, PG_ACTION_KEEP, PG_RELEASE_STILL_ON_SOURCE},
+    {DST, SRC, OTHER, PG_ACTION_KEEP, PG_RELEASE_STILL_ON_SOURCE},
+    /* confirmed */
+    {DST, DST, DST, PG_ACTION_RELEASE, PG_RELEASE_CONFIRMED_ON_DESTINATION},
+    {DST, DST, NULL, PG_ACTION_RELEASE, PG_RELEASE_CONFIRMED_ON_DESTINATION},
+    {DST, NULL, DST, PG_ACTION_RELEASE, PG_RELEASE_CONFIRMED_ON_DESTINATION},
+    /* conflicts */
+    {DST, DST, SRC, PG_ACTION_KEEP, PG_RELEASE_PLACEMENT_CONFLICT},
+    {DST, SRC, DST, PG_ACTION_KEEP, PG_RELEASE_PLACEMENT_CONFLICT},
+    {DST, OTHER, NULL, PG_ACTION_KEEP, PG_RELEASE_PLACEMENT_CONFLICT},
+    {DST, NULL, OTHER, PG_ACTION_KEEP, PG_RELEASE_PLACEMENT_CONFLICT},
+    {DST, DST, OTHER, PG_ACTION_KEEP, PG_RELEASE_PLACEMENT_CONFLICT},
+    {DST, OTHER, OTHER, PG_ACTION_KEEP, PG_RELEASE_PLACEMENT_CONFLICT},
+    /* a move onto the source host itself confirms nothing */
+    {SRC, SRC, SRC, PG_ACTION_KEEP, PG_RELEASE_STILL_ON_SOURCE},
+};
+
+START_TEST(release_table)
+{
+    pg_release_verdict_t v = pg_policy_release(SRC, release_cases[_i].dst,
+                                               release_cases[_i].observed,
+                                               release_cases[_i].cache);
+    ck_assert_msg(v.action == release_cases[_i].action &&
+                      v.reason == release_cases[_i].reason,
+                  "case %d: got %s/%s", _i, pg_release_action_name(v.action),
+                  pg_release_reason_name(v.reason));
+}
+END_TEST
+
+/* The outcome does not enter the rule: a FAILED migration whose VM really is
+ * on the destination may release, a SUCCEEDED one still on the source keeps. */
+START_TEST(release_ignores_outcome_claims)
+{
+    pg_release_verdict_t v = pg_policy_release(SRC, DST, SRC, NULL);
+    ck_assert_int_eq(v.action, PG_ACTION_KEEP);
+    v = pg_policy_release(SRC, DST, NULL, DST);
+    ck_assert_int_eq(v.action, PG_ACTION_RELEASE);
+}
+END_TEST
+
+START_TEST(enum_names_match_schema)
+{
+    ck_assert_str_eq(pg_veto_reason_name(PG_VETO_UNKNOWN_DEVICE_KIND), "UNKNOWN_DEVICE_KIND");
+    ck_assert_str_eq(pg_origin_name(PG_ORIGIN_MAINTENANCE), "MAINTENANCE");
+    ck_assert_str_eq(pg_verdict_name(PG_VERDICT_VETOED), "VETOED");
+    ck_assert_str_eq(pg_outcome_name(PG_OUTCOME_FAILED), "FAILED");
+    ck_assert_str_eq(pg_release_action_name(PG_ACTION_KEEP), "KEEP");
+    ck_assert_str_eq(pg_release_reason_name(PG_RELEASE_PLACEMENT_CONFLICT),
+                     "PLACEMENT_CONFLICT");
+    ck_assert_str_eq(pg_release_reason_name((pg_release_reason_t)99), "INVALID");
+}
+END_TEST
+
+static Suite *policy_suite(void)
+{
+    Suite *s = suite_create("policy");
+    TCase *k = tcase_create("kinds");
+    tcase_add_loop_test(k, kind_table, 0, sizeof(kind_cases) / sizeof(kind_cases[0]));
+    tcase_add_test(k, kind_null_is_unknown);
+    tcase_add_loop_test(k, single_device_each_kind, 0,
+                        sizeof(kind_cases) / sizeof(kind_cases[0]));
+    suite_add_tcase(s, k);
+
+    TCase *j = tcase_create("judge");
+    tcase_add_test(j, no_devices_approved);
+    tcase_add_test(j, vf_nic_backed_pci_approved);
+    tcase_add_test(j, mdev_only_vetoed);
+    tcase_add_test(j, veto_lists_pinning_devices_sorted);
+    tcase_add_test(j, unknown_kind_with_passthrough_nics);
+    tcase_add_test(j, pin_beats_everything);
+    tcase_add_test(j, pin_on_deviceless_vm);
+    tcase_add_test(j, unknown_vm_vetoed_by_default);
+    tcase_add_test(j, unknown_vm_allowed_by_switch);
+    tcase_add_test(j, sort_devices_by_uuid);
+    tcase_add_test(j, enum_names_match_schema);
+    suite_add_tcase(s, j);
+
+    TCase *r = tcase_create("release");
+    tcase_add_loop_test(r, release_table, 0,
+                        sizeof(release_cases) / sizeof(release_cases[0]));
+    tcase_add_test(r, release_ignores_outcome_claims);
+    suite_add_tcase(s, r);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(policy_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

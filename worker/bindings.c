@@ -1,0 +1,497 @@
+/*
+ * Binding cache over hiredis 0.14. Keys follow the SPEC:
+ *   pinguard:vm:{<vm>}:host     string, the VM's current host (presence = known)
+ *   pinguard:vm:{<vm>}:devices  hash, device uuid -> kind
+ *   pinguard:vm:{<vm>}:pin      string, operator pin reason
+ * hiredis marks a context dead after any I/O error or timeout, and a timed-out
+ * command may still have run; so every failure drops the context and the next
+ * call reconnects, re-applying AUTH, SELECT and the socket timeouts.
+ */
+#include "bindings.h"
+
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define KEY_MAX 1100 /* "pinguard:vm:{" + uuid (at most 1024 bytes, see config) + "}:devices" */
+
+struct pg_bindings {
+    redisContext *ctx;
+    char *host, *user, *password;
+    int port, db, connect_timeout_ms, timeout_ms;
+    bool ever_connected;
+    pg_bindings_stats_t stats;
+};
+
+static char *dup_or_empty(const char *s)
+{
+    return strdup(s ? s : "");
+}
+
+pg_bindings_t *pg_bindings_new(const pg_bindings_opts_t *o)
+{
+    pg_bindings_t *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return NULL;
+    b->host = dup_or_empty(o->host);
+    b->user = dup_or_empty(o->user);
+    b->password = dup_or_empty(o->password);
+    if (b->host == NULL || b->user == NULL || b->password == NULL) {
+        pg_bindings_destroy(b);
+        return NULL;
+    }
+    b->port = o->port;
+    b->db = o->db;
+    b->connect_timeout_ms = o->connect_timeout_ms;
+    b->timeout_ms = o->timeout_ms;
+    return b;
+}
+
+void pg_bindings_destroy(pg_bindings_t *b)
+{
+    if (b == NULL)
+        return;
+    if (b->ctx != NULL)
+        redisFree(b->ctx);
+    free(b->host);
+    free(b->user);
+    if (b->password != NULL)
+        memset(b->password, 0, strlen(b->password));
+    free(b->password);
+    free(b);
+}
+
+void pg_bindings_stats(const pg_bindings_t *b, pg_bindings_stats_t *out)
+{
+    *out = b->stats;
+}
+
+static struct timeval ms_to_tv(int ms)
+{
+    return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+}
+
+static void drop(pg_bindings_t *b)
+{
+    if (b->ctx != NULL) {
+        redisFree(b->ctx);
+        b->ctx = NULL;
+    }
+    b->stats.errors++;
+}
+
+/* Classifies an error reply: credentials and permissions are fatal, the
+ * rest (LOADING, BUSY, MASTERDOWN, WRONGTYPE, ...) may heal. */
+static int error_class(const redisReply *r)
+{
+    if (strncmp(r->str, "WRONGPASS", 9) == 0 || strncmp(r->str, "NOAUTH", 6) == 0 ||
+        strncmp(r->str, "NOPERM", 6) == 0 || strstr(r->str, "invalid password") != NULL ||
+        strstr(r->str, "invalid username-password") != NULL)
+        return PG_BINDINGS_EAUTH;
+    if (strncmp(r->str, "WRONGTYPE", 9) == 0)
+        return PG_BINDINGS_EDATA;
+    return PG_BINDINGS_ETRANSIENT;
+}
+
+static int simple_command(pg_bindings_t *b, int argc, const char **argv, char *errbuf,
+                          size_t errlen, const char *what)
+{
+    redisReply *r = redisCommandArgv(b->ctx, argc, argv, NULL);
+    if (r == NULL) {
+        snprintf(errbuf, errlen, "redis %s:%d %s: %s", b->host, b->port, what,
+                 b->ctx->errstr);
+        drop(b);
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ERROR) {
+        rc = error_class(r);
+        snprintf(errbuf, errlen, "redis %s:%d %s: %s", b->host, b->port, what, r->str);
+        drop(b);
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static int ensure_connected(pg_bindings_t *b, char *errbuf, size_t errlen)
+{
+    if (b->ctx != NULL)
+        return 0;
+    redisContext *c =
+        redisConnectWithTimeout(b->host, b->port, ms_to_tv(b->connect_timeout_ms));
+    if (c == NULL) {
+        snprintf(errbuf, errlen, "redis %s:%d: cannot allocate a context", b->host,
+                 b->port);
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    if (c->err) {
+        snprintf(errbuf, errlen, "redis %s:%d connect: %s", b->host, b->port, c->errstr);
+        redisFree(c);
+        b->stats.errors++;
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    /* The connect timeout bounds only the connect: set the I/O bound too. */
+    redisSetTimeout(c, ms_to_tv(b->timeout_ms));
+    redisEnableKeepAlive(c);
+    b->ctx = c;
+    if (b->ever_connected)
+        b->stats.reconnects++;
+    b->ever_connected = true;
+
+    int rc = 0;
+    if (b->password[0] != '\0') {
+        const char *argv[3] = {"AUTH", b->user, b->password};
+        if (b->user[0] != '\0')
+            rc = simple_command(b, 3, argv, errbuf, errlen, "AUTH");
+        else {
+            argv[1] = b->password;
+            rc = simple_command(b, 2, argv, errbuf, errlen, "AUTH");
+        }
+        if (rc != 0)
+            return rc;
+    }
+    if (b->db != 0) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", b->db);
+        const char *argv[2] = {"SELECT", db};
+        rc = simple_command(b, 2, argv, errbuf, errlen, "SELECT");
+    }
+    return rc;
+}
+
+int pg_bindings_ping(pg_bindings_t *b, char *errbuf, size_t errlen)
+{
+    int rc = ensure_connected(b, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    const char *argv[1] = {"PING"};
+    b->stats.round_trips++;
+    b->stats.commands++;
+    return simple_command(b, 1, argv, errbuf, errlen, "PING");
+}
+
+static int vm_key(char *buf, const char *vm, const char *suffix)
+{
+    int n = snprintf(buf, KEY_MAX, "pinguard:vm:{%s}:%s", vm, suffix);
+    return n > 0 && n < KEY_MAX ? n : -1;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Sends everything appended so far and reads `n` replies into `replies`.
+ * On failure frees whatever was read and drops the connection. */
+static int exchange(pg_bindings_t *b, redisReply **replies, size_t n, char *errbuf,
+                    size_t errlen)
+{
+    double t0 = now_seconds();
+    size_t got = 0;
+    int rc = 0;
+    for (; got < n; got++) {
+        void *r = NULL;
+        if (redisGetReply(b->ctx, &r) != REDIS_OK || r == NULL) {
+            snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
+                     b->ctx->errstr[0] ? b->ctx->errstr : "no reply");
+            rc = PG_BINDINGS_ETRANSIENT;
+            break;
+        }
+        replies[got] = r;
+    }
+    if (rc == 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (replies[i]->type == REDIS_REPLY_ERROR) {
+                rc = error_class(replies[i]);
+                snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
+                         replies[i]->str);
+                break;
+            }
+        }
+    }
+    b->stats.round_trips++;
+    b->stats.commands += n;
+    b->stats.last_rtt_seconds = now_seconds() - t0;
+    if (rc != 0) {
+        for (size_t i = 0; i < got; i++)
+            freeReplyObject(replies[i]);
+        drop(b);
+    }
+    return rc;
+}
+
+static int append(pg_bindings_t *b, int argc, const char **argv, const size_t *lens)
+{
+    return redisAppendCommandArgv(b->ctx, argc, argv, lens) == REDIS_OK ? 0 : -1;
+}
+
+static const char *reply_string(pg_arena_t *arena, const redisReply *r, bool *oom)
+{
+    if (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)
+        return NULL;
+    const char *s = pg_arena_strndup(arena, r->str, (size_t)r->len);
+    if (s == NULL)
+        *oom = true;
+    return s;
+}
+
+int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
+                       pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
+                       size_t errlen)
+{
+    enum { PER_VM = 3 };
+    redisReply **replies = NULL;
+    int rc = ensure_connected(b, errbuf, errlen);
+    if (rc != 0 || n == 0)
+        return rc;
+    replies = calloc(n * PER_VM, sizeof(*replies));
+    if (replies == NULL) {
+        snprintf(errbuf, errlen, "out of memory for %zu replies", n * PER_VM);
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char k_host[KEY_MAX], k_pin[KEY_MAX], k_dev[KEY_MAX];
+        if (vm_key(k_host, vm_uuids[i], "host") < 0 || vm_key(k_pin, vm_uuids[i], "pin") < 0 ||
+            vm_key(k_dev, vm_uuids[i], "devices") < 0) {
+            snprintf(errbuf, errlen, "vm uuid too long for a cache key");
+            rc = PG_BINDINGS_EUSAGE;
+            drop(b); /* commands were appended but not sent */
+            goto out;
+        }
+        const char *get_host[2] = {"GET", k_host};
+        const char *get_pin[2] = {"GET", k_pin};
+        const char *hgetall[2] = {"HGETALL", k_dev};
+        if (append(b, 2, get_host, NULL) || append(b, 2, get_pin, NULL) ||
+            append(b, 2, hgetall, NULL)) {
+            snprintf(errbuf, errlen, "redis: cannot buffer the pipeline");
+            rc = PG_BINDINGS_ETRANSIENT;
+            drop(b);
+            goto out;
+        }
+    }
+    rc = exchange(b, replies, n * PER_VM, errbuf, errlen);
+    if (rc != 0) {
+        memset(replies, 0, n * PER_VM * sizeof(*replies));
+        goto out;
+    }
+    bool oom = false;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        redisReply *host = replies[i * PER_VM], *pin = replies[i * PER_VM + 1],
+                   *devs = replies[i * PER_VM + 2];
+        pg_vm_binding_t *vb = &out[i];
+        memset(vb, 0, sizeof(*vb));
+        vb->host = reply_string(arena, host, &oom);
+        vb->known = vb->host != NULL;
+        vb->pin = reply_string(arena, pin, &oom);
+        if (devs->type != REDIS_REPLY_ARRAY || devs->elements % 2 != 0) {
+            snprintf(errbuf, errlen, "redis: unexpected HGETALL reply for vm %s",
+                     vm_uuids[i]);
+            rc = PG_BINDINGS_EDATA;
+            break;
+        }
+        size_t nd = devs->elements / 2;
+        pg_device_ref_t *d = nd ? pg_arena_calloc(arena, nd, sizeof(*d)) : NULL;
+        if (nd && d == NULL)
+            oom = true;
+        for (size_t j = 0; j < nd && !oom; j++) {
+            d[j].device_uuid = reply_string(arena, devs->element[2 * j], &oom);
+            d[j].kind = reply_string(arena, devs->element[2 * j + 1], &oom);
+        }
+        vb->devices = d;
+        vb->n_devices = nd;
+        if (oom) {
+            snprintf(errbuf, errlen, "out of memory copying cache replies");
+            rc = PG_BINDINGS_ETRANSIENT;
+        }
+    }
+out:
+    if (replies != NULL) {
+        for (size_t i = 0; i < n * PER_VM; i++)
+            if (replies[i] != NULL)
+                freeReplyObject(replies[i]);
+        free(replies);
+    }
+    return rc;
+}
+
+/* Runs a list of commands as one pipelined exchange, ignoring the replies. */
+static int pipeline(pg_bindings_t *b, size_t ncmd, char *errbuf, size_t errlen)
+{
+    redisReply **replies = calloc(ncmd ? ncmd : 1, sizeof(*replies));
+    if (replies == NULL) {
+        drop(b);
+        snprintf(errbuf, errlen, "out of memory for %zu replies", ncmd);
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    int rc = exchange(b, replies, ncmd, errbuf, errlen);
+    if (rc == 0)
+        for (size_t i = 0; i < ncmd; i++)
+            freeReplyObject(replies[i]);
+    free(replies);
+    return rc;
+}
+
+static int check_uuid(const char *what, const char *s, char *errbuf, size_t errlen)
+{
+    if (s == NULL || s[0] == '\0' || strlen(s) > 256) {
+        snprintf(errbuf, errlen, "%s must be a non-empty id of at most 256 bytes", what);
+        return PG_BINDINGS_EUSAGE;
+    }
+    return 0;
+}
+
+static int one_command(pg_bindings_t *b, const char *vm, int argc, const char **argv,
+                       redisReply **reply, char *errbuf, size_t errlen)
+{
+    int rc = check_uuid("vm uuid", vm, errbuf, errlen);
+    if (rc == 0)
+        rc = ensure_connected(b, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    if (append(b, argc, argv, NULL) != 0) {
+        drop(b);
+        snprintf(errbuf, errlen, "redis: cannot buffer the command");
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    redisReply *r = NULL;
+    rc = exchange(b, &r, 1, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    if (reply != NULL)
+        *reply = r;
+    else
+        freeReplyObject(r);
+    return 0;
+}
+
+int pg_bindings_bind(pg_bindings_t *b, const char *vm, const char *device,
+                     const char *kind, char *errbuf, size_t errlen)
+{
+    char key[KEY_MAX];
+    int rc = check_uuid("device uuid", device, errbuf, errlen);
+    if (rc == 0)
+        rc = check_uuid("device kind", kind, errbuf, errlen);
+    if (rc == 0 && (vm == NULL || vm_key(key, vm, "devices") < 0))
+        rc = check_uuid("vm uuid", "", errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    const char *argv[4] = {"HSET", key, device, kind};
+    return one_command(b, vm, 4, argv, NULL, errbuf, errlen);
+}
+
+int pg_bindings_unbind(pg_bindings_t *b, const char *vm, const char *device, bool *removed,
+                       char *errbuf, size_t errlen)
+{
+    char key[KEY_MAX];
+    int rc = check_uuid("device uuid", device, errbuf, errlen);
+    if (rc == 0 && (vm == NULL || vm_key(key, vm, "devices") < 0))
+        rc = check_uuid("vm uuid", "", errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    const char *argv[3] = {"HDEL", key, device};
+    redisReply *r = NULL;
+    rc = one_command(b, vm, 3, argv, &r, errbuf, errlen);
+    if (rc == 0) {
+        *removed = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+        freeReplyObject(r);
+    }
+    return rc;
+}
+
+int pg_bindings_place(pg_bindings_t *b, const char *vm, const char *host, char *errbuf,
+                      size_t errlen)
+{
+    char key[KEY_MAX];
+    int rc = check_uuid("host uuid", host, errbuf, errlen);
+    if (rc == 0 && (vm == NULL || vm_key(key, vm, "host") < 0))
+        rc = check_uuid("vm uuid", "", errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    const char *argv[3] = {"SET", key, host};
+    return one_command(b, vm, 3, argv, NULL, errbuf, errlen);
+}
+
+int pg_bindings_pin(pg_bindings_t *b, const char *vm, const char *reason, char *errbuf,
+                    size_t errlen)
+{
+    char key[KEY_MAX];
+    if (vm == NULL || vm_key(key, vm, "pin") < 0)
+        return check_uuid("vm uuid", "", errbuf, errlen);
+    const char *argv[3] = {"SET", key, reason ? reason : ""};
+    return one_command(b, vm, 3, argv, NULL, errbuf, errlen);
+}
+
+int pg_bindings_unpin(pg_bindings_t *b, const char *vm, char *errbuf, size_t errlen)
+{
+    char key[KEY_MAX];
+    if (vm == NULL || vm_key(key, vm, "pin") < 0)
+        return check_uuid("vm uuid", "", errbuf, errlen);
+    const char *argv[2] = {"DEL", key};
+    return one_command(b, vm, 2, argv, NULL, errbuf, errlen);
+}
+
+int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
+                      const pg_vm_binding_t *bindings, size_t n, char *errbuf,
+                      size_t errlen)
+{
+    int rc = ensure_connected(b, errbuf, errlen);
+    if (rc != 0 || n == 0)
+        return rc;
+    size_t ncmd = 0, argv_cap = 0;
+    const char **argv = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const pg_vm_binding_t *vb = &bindings[i];
+        char k_host[KEY_MAX], k_pin[KEY_MAX], k_dev[KEY_MAX];
+        if (check_uuid("vm uuid", vm_uuids[i], errbuf, errlen) != 0 ||
+            vm_key(k_host, vm_uuids[i], "host") < 0 || vm_key(k_pin, vm_uuids[i], "pin") < 0 ||
+            vm_key(k_dev, vm_uuids[i], "devices") < 0) {
+            rc = PG_BINDINGS_EUSAGE;
+            break;
+        }
+        size_t need = 2 + 2 * vb->n_devices;
+        if (need > argv_cap) {
+            const char **p = realloc(argv, need * sizeof(*p));
+            if (p == NULL) {
+                snprintf(errbuf, errlen, "out of memory");
+                rc = PG_BINDINGS_ETRANSIENT;
+                break;
+            }
+            argv = p;
+            argv_cap = need;
+        }
+        /* Replace, not merge: a device missing from the import is unbound. */
+        const char *del[2] = {"DEL", k_dev};
+        rc |= append(b, 2, del, NULL);
+        ncmd++;
+        if (vb->n_devices > 0) {
+            argv[0] = "HSET";
+            argv[1] = k_dev;
+            for (size_t j = 0; j < vb->n_devices; j++) {
+                argv[2 + 2 * j] = vb->devices[j].device_uuid;
+                argv[3 + 2 * j] = vb->devices[j].kind;
+            }
+            rc |= append(b, (int)need, argv, NULL);
+            ncmd++;
+        }
+        const char *host[3] = {vb->host ? "SET" : "DEL", k_host, vb->host};
+        rc |= append(b, vb->host ? 3 : 2, host, NULL);
+        const char *pin[3] = {vb->pin ? "SET" : "DEL", k_pin, vb->pin};
+        rc |= append(b, vb->pin ? 3 : 2, pin, NULL);
+        ncmd += 2;
+        if (rc != 0) {
+            snprintf(errbuf, errlen, "redis: cannot buffer the pipeline");
+            rc = PG_BINDINGS_ETRANSIENT;
+            break;
+        }
+    }
+    free(argv);
+    if (rc != 0) {
+        drop(b); /* drop what was appended but not sent */
+        return rc;
+    }
+    return pipeline(b, ncmd, errbuf, errlen);
+}

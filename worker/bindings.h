@@ -1,0 +1,77 @@
+/*
+ * The device-binding cache in Redis (SPEC key layout), and the only module that
+ * talks to Redis. Reads for a whole batch go out as one pipelined round trip;
+ * connect and every read/write are bounded by timeouts; a failed connection is
+ * dropped and re-established on the next call.
+ */
+#ifndef PG_BINDINGS_H
+#define PG_BINDINGS_H
+
+#include "mem.h"
+#include "policy.h"
+
+/* Failure classes the caller must choose on. */
+enum {
+    PG_BINDINGS_OK = 0,
+    PG_BINDINGS_ETRANSIENT = -1, /* unreachable, timed out, loading: retry later */
+    PG_BINDINGS_EAUTH = -2,      /* wrong credentials or ACL: fatal, do not retry */
+    PG_BINDINGS_EDATA = -3,      /* a key of the wrong type: retry, an operator must fix */
+    PG_BINDINGS_EUSAGE = -4,     /* bad argument (e.g. empty uuid): permanent */
+};
+
+typedef struct {
+    const char *host;
+    int port;
+    int db;
+    const char *user;     /* empty or NULL: AUTH with the password alone */
+    const char *password; /* empty or NULL: no AUTH */
+    int connect_timeout_ms;
+    int timeout_ms;
+} pg_bindings_opts_t;
+
+typedef struct {
+    unsigned long long round_trips;
+    unsigned long long commands;
+    unsigned long long errors;
+    unsigned long long reconnects;
+    double last_rtt_seconds;
+} pg_bindings_stats_t;
+
+typedef struct pg_bindings pg_bindings_t;
+
+/* Copies opts; does not connect yet (the first call does). Caller owns the
+ * result. Returns NULL only when out of memory. */
+pg_bindings_t *pg_bindings_new(const pg_bindings_opts_t *opts);
+void pg_bindings_destroy(pg_bindings_t *b); /* NULL-safe */
+
+/* Connects if needed and sends PING. */
+int pg_bindings_ping(pg_bindings_t *b, char *errbuf, size_t errlen);
+
+/* Reads the bindings of n VMs in one round trip. out[i] is filled for
+ * vm_uuids[i]; its strings and device arrays live in `arena`. On failure
+ * nothing in out may be used. */
+int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
+                       pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
+                       size_t errlen);
+
+/* Operator edits, one round trip each. */
+int pg_bindings_bind(pg_bindings_t *b, const char *vm, const char *device,
+                     const char *kind, char *errbuf, size_t errlen);
+/* *removed is set to whether the device was bound. */
+int pg_bindings_unbind(pg_bindings_t *b, const char *vm, const char *device, bool *removed,
+                       char *errbuf, size_t errlen);
+int pg_bindings_place(pg_bindings_t *b, const char *vm, const char *host, char *errbuf,
+                      size_t errlen);
+int pg_bindings_pin(pg_bindings_t *b, const char *vm, const char *reason, char *errbuf,
+                    size_t errlen);
+int pg_bindings_unpin(pg_bindings_t *b, const char *vm, char *errbuf, size_t errlen);
+
+/* Replaces whole VM entries (host, devices, pin) for n VMs in one pipelined
+ * round trip. bindings[i].host may be NULL to leave the VM unplaced. */
+int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
+                      const pg_vm_binding_t *bindings, size_t n, char *errbuf,
+                      size_t errlen);
+
+void pg_bindings_stats(const pg_bindings_t *b, pg_bindings_stats_t *out);
+
+#endif

@@ -1,0 +1,564 @@
+/*
+ * The Kafka side of pinguard over librdkafka 2.0.2. Offsets are stored by
+ * hand (enable.auto.offset.store=false) only for inputs whose outputs the
+ * broker acknowledged, and auto-commit sends what is stored; on revoke the
+ * stored offsets are committed synchronously before the partitions go, so a
+ * new owner starts exactly after the last acknowledged decision.
+ */
+#include "kafka.h"
+
+#include "log.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct pg_kafka {
+    const pg_config_t *cfg;
+    rd_kafka_t *consumer;
+    rd_kafka_t *producer;
+    rd_kafka_topic_t *out[PG_OUT_COUNT];
+    const char *in_topics[PG_IN_COUNT];
+    uint64_t generation;
+    bool paused;
+    bool fatal;
+    char fatal_reason[512];
+};
+
+/* Properties that belong to one client only: given as plain kafka.<prop> they
+ * go only where they mean something, which keeps librdkafka's CONFWARN quiet. */
+static const char *const consumer_only[] = {
+    "group.", "auto.offset.reset", "partition.assignment.strategy", "session.timeout.ms",
+    "max.poll.interval.ms", "heartbeat.interval.ms", "fetch.", "isolation.level",
+    "enable.auto.", "auto.commit.", "queued.", "check.crcs", "enable.partition.eof",
+    "coordinator.query.interval.ms", "offset.store.", NULL};
+static const char *const producer_only[] = {
+    "acks", "request.required.acks", "linger.ms", "queue.buffering.", "batch.",
+    "compression.", "message.timeout.ms", "delivery.timeout.ms", "enable.idempotence",
+    "transactional.", "transaction.", "partitioner", "retries", "message.send.max.retries",
+    "enable.gapless.guarantee", "sticky.partitioning.linger.ms", NULL};
+
+static bool has_prefix(const char *const *list, const char *prop)
+{
+    for (size_t i = 0; list[i] != NULL; i++)
+        if (strncmp(prop, list[i], strlen(list[i])) == 0)
+            return true;
+    return false;
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    pg_log_level_t l = level <= 3 ? PG_LOG_ERROR : level <= 4 ? PG_LOG_WARN
+                       : level <= 6                           ? PG_LOG_INFO
+                                                              : PG_LOG_DEBUG;
+    pg_log(l, "kafka_log", "client", rd_kafka_name(rk), "facility", fac, "message", buf,
+           NULL);
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    pg_kafka_t *k = opaque;
+    char fatal_str[512];
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, fatal_str, sizeof(fatal_str));
+        snprintf(k->fatal_reason, sizeof(k->fatal_reason), "%s: %s",
+                 rd_kafka_err2name(orig), fatal_str);
+        k->fatal = true;
+    } else if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION ||
+               err == RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED ||
+               err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+               err == RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED) {
+        /* Wrong credentials do not heal by retrying: stop and say so. */
+        snprintf(k->fatal_reason, sizeof(k->fatal_reason), "%s: %s",
+                 rd_kafka_err2name(err), reason);
+        k->fatal = true;
+    }
+    pg_log(k->fatal ? PG_LOG_ERROR : PG_LOG_WARN, "kafka_error", "client", rd_kafka_name(rk),
+           "error", rd_kafka_err2name(err), "reason", reason, NULL);
+}
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    pg_delivery_state_t *state = m->_private;
+    if (m->err) {
+        pg_log_warn("delivery_failed", "topic", rd_kafka_topic_name(m->rkt), "error",
+                    rd_kafka_err2str(m->err), NULL);
+        *state = PG_DELIVERY_FAILED;
+    } else {
+        *state = PG_DELIVERY_OK;
+    }
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    pg_kafka_t *k = opaque;
+    k->generation++;
+    k->paused = false; /* pause state does not survive a rebalance */
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        pg_log_info("partitions_assigned", "#count", (long long)parts->cnt, NULL);
+        rd_kafka_assign(rk, parts);
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        /* Hand over exactly what was acknowledged. */
+        rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
+        if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
+            pg_log_warn("revoke_commit_failed", "error", rd_kafka_err2str(cerr), NULL);
+        pg_log_info("partitions_revoked", "#count", (long long)parts->cnt, NULL);
+    } else {
+        pg_log_error("rebalance_error", "error", rd_kafka_err2str(err), NULL);
+    }
+    rd_kafka_assign(rk, NULL);
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
+                    char *errbuf, size_t errlen)
+{
+    char err[256];
+    if (rd_kafka_conf_set(conf, key, value, err, sizeof(err)) != RD_KAFKA_CONF_OK) {
+        snprintf(errbuf, errlen, "kafka.%s: %s", key, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Builds one client's configuration: pinguard's defaults, then the operator's
+ * passthrough properties, then the settings correctness depends on. */
+static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf, size_t errlen)
+{
+    static const char *const consumer_defaults[][2] = {
+        {"auto.commit.interval.ms", "1000"}, {"enable.partition.eof", "false"}};
+    static const char *const producer_defaults[][2] = {
+        {"linger.ms", "5"}, {"compression.type", "lz4"},
+        {"partitioner", "murmur2_random"}, /* the Java client's choice */
+        {"message.timeout.ms", "120000"}};
+    static const char *const consumer_forced[][2] = {{"enable.auto.offset.store", "false"},
+                                                    {"enable.auto.commit", "true"}};
+    static const char *const producer_forced[][2] = {{"enable.idempotence", "true"}};
+    const char *const (*defs)[2] = consumer ? consumer_defaults : producer_defaults;
+    size_t ndefs = consumer ? 2 : 4;
+    const char *const (*forced)[2] = consumer ? consumer_forced : producer_forced;
+    size_t nforced = consumer ? 2 : 1;
+    const char *scope = consumer ? "consumer." : "producer.";
+    const char *const *foreign = consumer ? producer_only : consumer_only;
+
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    for (size_t i = 0; i < ndefs; i++)
+        if (conf_set(conf, defs[i][0], defs[i][1], errbuf, errlen) != 0)
+            goto fail;
+    for (size_t i = 0; i < k->cfg->n_kafka; i++) {
+        const char *key = k->cfg->kafka[i].key;
+        if (strncmp(key, "consumer.", 9) == 0 || strncmp(key, "producer.", 9) == 0) {
+            if (strncmp(key, scope, 9) != 0)
+                continue;
+            key += 9;
+        } else if (has_prefix(foreign, key)) {
+            continue;
+        }
+        if (conf_set(conf, key, k->cfg->kafka[i].value, errbuf, errlen) != 0)
+            goto fail;
+    }
+    for (size_t i = 0; i < nforced; i++)
+        if (conf_set(conf, forced[i][0], forced[i][1], errbuf, errlen) != 0)
+            goto fail;
+    rd_kafka_conf_set_opaque(conf, k);
+    rd_kafka_conf_set_log_cb(conf, on_log);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    if (consumer)
+        rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    else
+        rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    return conf;
+fail:
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+}
+
+pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
+{
+    char err[512];
+    rd_kafka_conf_t *conf = NULL;
+    rd_kafka_topic_partition_list_t *topics = NULL;
+    pg_kafka_t *k = calloc(1, sizeof(*k));
+    if (k == NULL) {
+        snprintf(errbuf, errlen, "out of memory");
+        return NULL;
+    }
+    k->cfg = cfg;
+    k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
+    k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
+    k->in_topics[PG_IN_RESULTS] = cfg->topic_results;
+
+    if ((conf = make_conf(k, false, errbuf, errlen)) == NULL)
+        goto fail;
+    k->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    if (k->producer == NULL) {
+        snprintf(errbuf, errlen, "kafka producer: %s", err);
+        goto fail; /* conf is still ours on failure */
+    }
+    conf = NULL;
+    const char *out_names[PG_OUT_COUNT] = {cfg->topic_filtered, cfg->topic_decisions,
+                                           cfg->topic_release, cfg->topic_dlq};
+    for (int i = 0; i < PG_OUT_COUNT; i++) {
+        k->out[i] = rd_kafka_topic_new(k->producer, out_names[i], NULL);
+        if (k->out[i] == NULL) {
+            snprintf(errbuf, errlen, "kafka topic %s: %s", out_names[i],
+                     rd_kafka_err2str(rd_kafka_last_error()));
+            goto fail;
+        }
+    }
+
+    if ((conf = make_conf(k, true, errbuf, errlen)) == NULL)
+        goto fail;
+    k->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    if (k->consumer == NULL) {
+        snprintf(errbuf, errlen, "kafka consumer: %s", err);
+        goto fail;
+    }
+    conf = NULL;
+    rd_kafka_poll_set_consumer(k->consumer);
+
+    topics = rd_kafka_topic_partition_list_new(PG_IN_COUNT);
+    for (int i = 0; i < PG_IN_COUNT; i++)
+        rd_kafka_topic_partition_list_add(topics, k->in_topics[i], RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t serr = rd_kafka_subscribe(k->consumer, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (serr) {
+        snprintf(errbuf, errlen, "kafka subscribe: %s", rd_kafka_err2str(serr));
+        goto fail;
+    }
+    return k;
+fail:
+    if (conf != NULL)
+        rd_kafka_conf_destroy(conf);
+    pg_kafka_destroy(k);
+    return NULL;
+}
+
+void pg_kafka_destroy(pg_kafka_t *k)
+{
+    if (k == NULL)
+        return;
+    if (k->consumer != NULL) {
+        rd_kafka_resp_err_t err = rd_kafka_consumer_close(k->consumer);
+        if (err)
+            pg_log_warn("consumer_close_failed", "error", rd_kafka_err2str(err), NULL);
+        rd_kafka_destroy(k->consumer);
+    }
+    if (k->producer != NULL) {
+        rd_kafka_flush(k->producer, 10000);
+        for (int i = 0; i < PG_OUT_COUNT; i++)
+            if (k->out[i] != NULL)
+                rd_kafka_topic_destroy(k->out[i]);
+        rd_kafka_destroy(k->producer);
+    }
+    free(k);
+}
+
+uint64_t pg_kafka_generation(const pg_kafka_t *k)
+{
+    return k->generation;
+}
+
+const char *pg_kafka_output_topic(const pg_kafka_t *k, pg_output_t out)
+{
+    return rd_kafka_topic_name(k->out[out]);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int check_fatal(pg_kafka_t *k, char *errbuf, size_t errlen)
+{
+    if (!k->fatal)
+        return 0;
+    snprintf(errbuf, errlen, "kafka: %s", k->fatal_reason);
+    return PG_KAFKA_EFATAL;
+}
+
+void pg_kafka_batch_release(pg_kafka_msg_t *msgs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_message_destroy(msgs[i].handle);
+        msgs[i].handle = NULL;
+    }
+}
+
+static int input_of(const pg_kafka_t *k, const char *topic)
+{
+    for (int i = 0; i < PG_IN_COUNT; i++)
+        if (strcmp(topic, k->in_topics[i]) == 0)
+            return i;
+    return -1;
+}
+
+/* Consumer-side errors arrive as messages. Most are informational (a broker
+ * went away and will be reconnected); a missing topic is logged once a poll. */
+static void log_consumer_error(const rd_kafka_message_t *m)
+{
+    pg_log_warn("consume_error", "topic", m->rkt ? rd_kafka_topic_name(m->rkt) : "",
+                "#partition", (long long)m->partition, "error", rd_kafka_message_errstr(m),
+                NULL);
+}
+
+int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max, int idle_ms,
+                        int max_wait_ms, char *errbuf, size_t errlen)
+{
+    size_t n = 0;
+    uint64_t gen = k->generation;
+    int64_t deadline = 0;
+    while (n < max) {
+        int timeout = idle_ms;
+        if (n > 0) {
+            timeout = (int)(deadline - now_ms());
+            if (timeout < 0)
+                break;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, timeout);
+        if (k->generation != gen) {
+            /* Collected before a rebalance: the partitions may be someone
+             * else's now, and they restart from the committed offsets. */
+            pg_kafka_batch_release(msgs, n);
+            n = 0;
+            gen = k->generation;
+        }
+        int rc = check_fatal(k, errbuf, errlen);
+        if (rc != 0) {
+            if (m != NULL)
+                rd_kafka_message_destroy(m);
+            pg_kafka_batch_release(msgs, n);
+            return rc;
+        }
+        if (m == NULL) {
+            if (n == 0)
+                return 0;
+            continue;
+        }
+        if (m->err) {
+            log_consumer_error(m);
+            rd_kafka_message_destroy(m);
+            if (n == 0)
+                return 0;
+            continue;
+        }
+        const char *topic = rd_kafka_topic_name(m->rkt);
+        int in = input_of(k, topic);
+        if (in < 0) { /* cannot happen with a fixed subscription */
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        rd_kafka_timestamp_type_t tstype;
+        msgs[n] = (pg_kafka_msg_t){
+            .input = (pg_input_t)in,
+            .topic = topic,
+            .partition = m->partition,
+            .offset = m->offset,
+            .timestamp_ms = rd_kafka_message_timestamp(m, &tstype),
+            .key = m->key,
+            .key_len = m->key_len,
+            .payload = m->payload,
+            .len = m->payload ? m->len : 0,
+            .handle = m,
+        };
+        if (n++ == 0)
+            deadline = now_ms() + max_wait_ms;
+    }
+    return (int)n;
+}
+
+static int pause_resume(pg_kafka_t *k, bool pause)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_assignment(k->consumer, &parts);
+    if (err == 0)
+        err = pause ? rd_kafka_pause_partitions(k->consumer, parts)
+                    : rd_kafka_resume_partitions(k->consumer, parts);
+    if (parts != NULL)
+        rd_kafka_topic_partition_list_destroy(parts);
+    if (err) {
+        pg_log_warn(pause ? "pause_failed" : "resume_failed", "error", rd_kafka_err2str(err),
+                    NULL);
+        return PG_KAFKA_ERETRY;
+    }
+    k->paused = pause;
+    return 0;
+}
+
+int pg_kafka_pause(pg_kafka_t *k)
+{
+    return pause_resume(k, true);
+}
+
+int pg_kafka_resume(pg_kafka_t *k)
+{
+    return k->paused ? pause_resume(k, false) : 0;
+}
+
+static int seek_to(pg_kafka_t *k, rd_kafka_topic_partition_list_t *parts, char *errbuf,
+                   size_t errlen)
+{
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(k->consumer, parts, 10000);
+    int rc = 0;
+    if (e != NULL) {
+        snprintf(errbuf, errlen, "kafka seek: %s", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        rc = PG_KAFKA_ERETRY;
+    }
+    for (int i = 0; rc == 0 && i < parts->cnt; i++) {
+        if (parts->elems[i].err && parts->elems[i].err != RD_KAFKA_RESP_ERR__STATE) {
+            snprintf(errbuf, errlen, "kafka seek %s[%d]: %s", parts->elems[i].topic,
+                     (int)parts->elems[i].partition, rd_kafka_err2str(parts->elems[i].err));
+            rc = PG_KAFKA_ERETRY;
+        }
+    }
+    return rc;
+}
+
+int pg_kafka_idle(pg_kafka_t *k, int ms, char *errbuf, size_t errlen)
+{
+    rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, ms);
+    int rc = check_fatal(k, errbuf, errlen);
+    if (m == NULL || rc != 0) {
+        if (m != NULL)
+            rd_kafka_message_destroy(m);
+        return rc;
+    }
+    if (!m->err) {
+        /* Fetched before the pause took effect: put the position back so
+         * the message is consumed again after resume. */
+        rd_kafka_topic_partition_list_t *p = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(p, rd_kafka_topic_name(m->rkt), m->partition)
+            ->offset = m->offset;
+        rc = seek_to(k, p, errbuf, errlen);
+        rd_kafka_topic_partition_list_destroy(p);
+    } else {
+        log_consumer_error(m);
+    }
+    rd_kafka_message_destroy(m);
+    return rc;
+}
+
+int pg_kafka_produce(pg_kafka_t *k, pg_output_t out, const void *key, size_t key_len,
+                     const void *value, size_t len, const pg_kafka_header_t *headers,
+                     size_t n_headers, pg_delivery_state_t *state, char *errbuf,
+                     size_t errlen)
+{
+    *state = PG_DELIVERY_PENDING;
+    for (;;) {
+        rd_kafka_headers_t *hdrs = NULL;
+        if (n_headers > 0) {
+            hdrs = rd_kafka_headers_new(n_headers);
+            for (size_t i = 0; i < n_headers; i++)
+                rd_kafka_header_add(hdrs, headers[i].name, -1, headers[i].value, -1);
+        }
+        rd_kafka_resp_err_t err = rd_kafka_producev(
+            k->producer, RD_KAFKA_V_RKT(k->out[out]),
+            RD_KAFKA_V_PARTITION(RD_KAFKA_PARTITION_UA),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_KEY((void *)key, key_len), RD_KAFKA_V_VALUE((void *)value, len),
+            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(state), RD_KAFKA_V_END);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            return 0;
+        if (hdrs != NULL)
+            rd_kafka_headers_destroy(hdrs); /* not taken on failure */
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            snprintf(errbuf, errlen, "kafka produce to %s: %s",
+                     rd_kafka_topic_name(k->out[out]), rd_kafka_err2str(err));
+            return err == RD_KAFKA_RESP_ERR__FATAL ? PG_KAFKA_EFATAL : PG_KAFKA_ERETRY;
+        }
+        rd_kafka_poll(k->producer, 50); /* make room by serving delivery reports */
+    }
+}
+
+int pg_kafka_flush(pg_kafka_t *k, char *errbuf, size_t errlen)
+{
+    /* message.timeout.ms bounds how long any message can stay queued, so
+     * this loop ends with every report in. */
+    while (rd_kafka_outq_len(k->producer) > 0) {
+        rd_kafka_flush(k->producer, 1000);
+        int rc = check_fatal(k, errbuf, errlen);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+typedef struct {
+    const char *topic;
+    int32_t partition;
+    int64_t next;    /* offset to store: last settled + 1, or -1 */
+    int64_t rewind;  /* first unsettled offset, or -1 */
+} part_state_t;
+
+int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done, size_t n,
+                    char *errbuf, size_t errlen)
+{
+    part_state_t local[32], *ps = local;
+    size_t np = 0, cap = sizeof(local) / sizeof(local[0]);
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < np && !(ps[j].partition == msgs[i].partition &&
+                           strcmp(ps[j].topic, msgs[i].topic) == 0))
+            j++;
+        if (j == np) {
+            if (np == cap) {
+                part_state_t *grown = malloc(2 * cap * sizeof(*grown));
+                if (grown == NULL) {
+                    snprintf(errbuf, errlen, "out of memory settling offsets");
+                    rc = PG_KAFKA_EFATAL;
+                    goto out;
+                }
+                memcpy(grown, ps, np * sizeof(*grown));
+                if (ps != local)
+                    free(ps);
+                ps = grown;
+                cap *= 2;
+            }
+            ps[np++] = (part_state_t){msgs[i].topic, msgs[i].partition, -1, -1};
+        }
+        if (ps[j].rewind >= 0)
+            continue;
+        if (done[i])
+            ps[j].next = msgs[i].offset + 1;
+        else
+            ps[j].rewind = msgs[i].offset;
+    }
+
+    rd_kafka_topic_partition_list_t *store = rd_kafka_topic_partition_list_new((int)np);
+    rd_kafka_topic_partition_list_t *seek = rd_kafka_topic_partition_list_new((int)np);
+    for (size_t j = 0; j < np; j++) {
+        if (ps[j].next >= 0)
+            rd_kafka_topic_partition_list_add(store, ps[j].topic, ps[j].partition)->offset =
+                ps[j].next;
+        if (ps[j].rewind >= 0)
+            rd_kafka_topic_partition_list_add(seek, ps[j].topic, ps[j].partition)->offset =
+                ps[j].rewind;
+    }
+    if (store->cnt > 0) {
+        rd_kafka_resp_err_t err = rd_kafka_offsets_store(k->consumer, store);
+        /* __STATE: the partition was revoked meanwhile; its new owner redoes it. */
+        if (err && err != RD_KAFKA_RESP_ERR__STATE) {
+            snprintf(errbuf, errlen, "kafka offsets_store: %s", rd_kafka_err2str(err));
+            rc = PG_KAFKA_ERETRY;
+        }
+    }
+    if (rc == 0 && seek->cnt > 0)
+        rc = seek_to(k, seek, errbuf, errlen);
+    rd_kafka_topic_partition_list_destroy(store);
+    rd_kafka_topic_partition_list_destroy(seek);
+out:
+    if (ps != local)
+        free(ps);
+    return rc;
+}

@@ -1,0 +1,98 @@
+/*
+ * Everything that talks to Kafka: one consumer in the group over the three
+ * input topics, one producer for the decision and dead-letter topics, and the
+ * offset bookkeeping between them. Batches are built on
+ * rd_kafka_consumer_poll (librdkafka 2.0.2's consume_batch_queue can lose
+ * messages around pause/seek/rebalance). The worker never sees librdkafka
+ * types.
+ */
+#ifndef PG_KAFKA_H
+#define PG_KAFKA_H
+
+#include "config.h"
+
+#include <stdint.h>
+
+typedef enum { PG_IN_ADVICE = 0, PG_IN_REQUESTS, PG_IN_RESULTS, PG_IN_COUNT } pg_input_t;
+typedef enum {
+    PG_OUT_FILTERED = 0,
+    PG_OUT_DECISIONS,
+    PG_OUT_RELEASE,
+    PG_OUT_DLQ,
+    PG_OUT_COUNT
+} pg_output_t;
+
+/* Failure classes. */
+enum {
+    PG_KAFKA_OK = 0,
+    PG_KAFKA_ERETRY = -1, /* this batch must be redone; the process is healthy */
+    PG_KAFKA_EFATAL = -2, /* the client cannot go on: exit non-zero, let the
+                             supervisor restart the process */
+};
+
+typedef struct {
+    pg_input_t input;
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    int64_t timestamp_ms; /* -1 when the broker gave none */
+    const void *key;
+    size_t key_len;
+    const uint8_t *payload;
+    size_t len;
+    void *handle; /* owned by the kafka module until pg_kafka_batch_release */
+} pg_kafka_msg_t;
+
+typedef struct {
+    const char *name;
+    const char *value;
+} pg_kafka_header_t;
+
+/* Delivery state of one produced message, written by the delivery report. */
+typedef enum { PG_DELIVERY_PENDING = 0, PG_DELIVERY_OK = 1, PG_DELIVERY_FAILED = -1 } pg_delivery_state_t;
+
+typedef struct pg_kafka pg_kafka_t;
+
+/* Creates the producer and the consumer, subscribes to the input topics.
+ * Returns NULL with errbuf filled (a configuration error: fatal). The config
+ * must outlive the client. */
+pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen);
+/* Closes the consumer (final offset commit, leave group), flushes the
+ * producer, then destroys both, in librdkafka's documented order. NULL-safe. */
+void pg_kafka_destroy(pg_kafka_t *k);
+
+/* Fills up to `max` messages, waiting at most `max_wait_ms` once the first
+ * arrives and at most `idle_ms` for it. Messages collected before a rebalance
+ * are dropped (they will be re-fetched by their new owner). Returns the count
+ * (>= 0) or PG_KAFKA_EFATAL with errbuf filled. */
+int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max, int idle_ms,
+                        int max_wait_ms, char *errbuf, size_t errlen);
+void pg_kafka_batch_release(pg_kafka_msg_t *msgs, size_t n);
+
+/* Counts rebalances; a batch held across a change must be dropped. */
+uint64_t pg_kafka_generation(const pg_kafka_t *k);
+
+/* Stops/starts fetching on every assigned partition while still serving the
+ * group protocol; pg_kafka_idle polls for at most ms without taking messages. */
+int pg_kafka_pause(pg_kafka_t *k);
+int pg_kafka_resume(pg_kafka_t *k);
+int pg_kafka_idle(pg_kafka_t *k, int ms, char *errbuf, size_t errlen);
+
+/* Queues one output. `state` is set when the broker acknowledges or the
+ * message fails for good; it must stay valid until pg_kafka_flush returns. */
+int pg_kafka_produce(pg_kafka_t *k, pg_output_t out, const void *key, size_t key_len,
+                     const void *value, size_t len, const pg_kafka_header_t *headers,
+                     size_t n_headers, pg_delivery_state_t *state, char *errbuf,
+                     size_t errlen);
+/* Waits until every queued output has its delivery report. */
+int pg_kafka_flush(pg_kafka_t *k, char *errbuf, size_t errlen);
+
+/* Stores offset+1 of every message whose `done[i]` is true, in order, stopping
+ * at a partition's first message not done; rewinds that partition to it so it
+ * is consumed again. Auto-commit sends what is stored. */
+int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done, size_t n,
+                    char *errbuf, size_t errlen);
+
+const char *pg_kafka_output_topic(const pg_kafka_t *k, pg_output_t out);
+
+#endif

@@ -1,0 +1,71 @@
+/*
+ * The decision rules of the SPEC, and nothing else: pure functions over values
+ * the caller has already read. No I/O, no allocation, no clock. Only this
+ * module decides; every other module gathers inputs or ships outputs.
+ */
+#ifndef PG_POLICY_H
+#define PG_POLICY_H
+
+#include "types.h"
+
+typedef enum {
+    PG_KIND_PCI = 0,
+    PG_KIND_DGPU,
+    PG_KIND_MDEV,
+    PG_KIND_USB,
+    PG_KIND_PCI_VF,
+    PG_KIND_PCI_VF2,
+    PG_KIND_PCI_VDPA,
+    PG_KIND_UNKNOWN,
+} pg_device_kind_t;
+
+/* Exact, case-sensitive match on the SPEC's kind strings; anything else,
+ * NULL included, is PG_KIND_UNKNOWN. */
+pg_device_kind_t pg_policy_kind_parse(const char *kind);
+/* Whether a kind pins its VM to the host. Unknown kinds pin (fail closed). */
+bool pg_policy_kind_pins(pg_device_kind_t kind);
+
+/* What the binding cache says of one VM. `known` is the presence of its
+ * `:host` key; `pin` is the operator pin's reason or NULL. */
+typedef struct {
+    bool known;
+    const char *host;
+    const char *pin;
+    size_t n_devices;
+    const pg_device_ref_t *devices;
+} pg_vm_binding_t;
+
+typedef struct {
+    bool allow_unknown_vm; /* SPEC: unknown VMs are vetoed unless this is set */
+} pg_policy_opts_t;
+
+typedef struct {
+    pg_verdict_t verdict;
+    pg_veto_reason_t reason; /* meaningful only for PG_VERDICT_VETOED */
+    size_t n_devices;        /* entries written to the caller's array */
+    size_t n_unknown_kinds;  /* devices of an unknown kind (for a metric) */
+} pg_policy_verdict_t;
+
+/* Decides whether a VM may migrate. `devices_out` must hold b->n_devices
+ * entries; on a veto it receives every pinning device (unknown kinds
+ * included), sorted by device uuid; it stays empty on an approval and for
+ * UNKNOWN_VM. Reason precedence: OPERATOR_PIN, UNKNOWN_VM, HOST_BOUND_DEVICE,
+ * UNKNOWN_DEVICE_KIND. */
+void pg_policy_judge(const pg_policy_opts_t *opts, const pg_vm_binding_t *b,
+                     pg_device_ref_t *devices_out, pg_policy_verdict_t *out);
+
+typedef struct {
+    pg_release_action_t action;
+    pg_release_reason_t reason;
+} pg_release_verdict_t;
+
+/* The release rule. Evidence is `observed_host` (the event's) and
+ * `cache_host` (the cache's :host); either may be NULL when absent. */
+pg_release_verdict_t pg_policy_release(const char *src_host, const char *dst_host,
+                                       const char *observed_host,
+                                       const char *cache_host);
+
+/* Sorts devices by uuid (strcmp order, ties by kind) in place. */
+void pg_policy_sort_devices(pg_device_ref_t *devices, size_t n);
+
+#endif
