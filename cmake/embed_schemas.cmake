@@ -1,6 +1,6 @@
 # Writes a C file holding every .avsc as a string, keyed by its file name
 # without extension (the schema's full name).
-set(body "/* Generated from schemas/*.avsc; do not edit. */\n#include \"schemas.h\"\n\n")
+set(body "/* Generated from the .avsc files in schemas/; do not edit. */\n#include \"schemas.h\"\n\n")
 set(table "const pg_schema_file_t pg_schema_files[] = {\n")
 set(n 0)
 list(SORT FILES)

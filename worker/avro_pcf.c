@@ -59,8 +59,8 @@ uint64_t pg_avro_crc64(const void *p, size_t n)
 
 static bool is_primitive(const char *t)
 {
-    static const char *const prims[] = {"null", "boolean", "int",   "long",
-                                        "float", "double", "bytes", "string"};
+    static const char *const prims[] = {"null",  "boolean", "int",   "long",
+                                        "float", "double",  "bytes", "string"};
     for (size_t i = 0; i < sizeof(prims) / sizeof(prims[0]); i++)
         if (strcmp(t, prims[i]) == 0)
             return true;
@@ -163,7 +163,8 @@ static int resolve_fields(rctx_t *x, json_t *fields, const char *ns, int depth,
             return fail(x, "field %zu has no name or type", i);
         json_t *ifield = json_copy(f); /* keeps default, doc, order, aliases */
         json_t *pfield = json_object();
-        if (ifield == NULL || pfield == NULL || json_array_append_new(inl_fields, ifield) ||
+        if (ifield == NULL || pfield == NULL ||
+            json_array_append_new(inl_fields, ifield) ||
             json_array_append_new(pcf_fields, pfield) ||
             json_object_set(pfield, "name", name) != 0)
             return fail(x, "out of memory building schema JSON");
@@ -252,8 +253,8 @@ out:
     return rc;
 }
 
-static int resolve_object(rctx_t *x, json_t *in, const char *ns, int depth, json_t **inl,
-                          json_t **pcf)
+static int resolve_object(rctx_t *x, json_t *in, const char *ns, int depth,
+                          json_t **inl, json_t **pcf)
 {
     json_t *jtype = json_object_get(in, "type");
     if (json_is_object(jtype) || json_is_array(jtype))
@@ -359,7 +360,8 @@ int pg_avro_resolve(const char *json, size_t len, pg_avro_lookup_fn lookup, void
         *pcf_out = NULL;
     in = json_loadb(json, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (in == NULL) {
-        fail(&x, "schema JSON, line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+        fail(&x, "schema JSON, line %d column %d: %s", jerr.line, jerr.column,
+             jerr.text);
         goto out;
     }
     x.defined = json_object();
@@ -404,7 +406,8 @@ char *pg_avro_pcf(const char *json, pg_avro_lookup_fn lookup, void *user, char *
             snprintf(errbuf, errlen, "no schema text");
         return NULL;
     }
-    if (pg_avro_resolve(json, strlen(json), lookup, user, NULL, &pcf, errbuf, errlen) != 0)
+    if (pg_avro_resolve(json, strlen(json), lookup, user, NULL, &pcf, errbuf, errlen) !=
+        0)
         return NULL;
     return pcf;
 }

@@ -15,7 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-#define KEY_MAX 1100 /* "pinguard:vm:{" + uuid (at most 1024 bytes, see config) + "}:devices" */
+#define KEY_MAX                                                                        \
+    1100 /* "pinguard:vm:{" + uuid (at most 1024 bytes, see config) + "}:devices" */
 
 struct pg_bindings {
     redisContext *ctx;
@@ -87,7 +88,8 @@ static void drop(pg_bindings_t *b)
 static int error_class(const redisReply *r)
 {
     if (strncmp(r->str, "WRONGPASS", 9) == 0 || strncmp(r->str, "NOAUTH", 6) == 0 ||
-        strncmp(r->str, "NOPERM", 6) == 0 || strstr(r->str, "invalid password") != NULL ||
+        strncmp(r->str, "NOPERM", 6) == 0 ||
+        strstr(r->str, "invalid password") != NULL ||
         strstr(r->str, "invalid username-password") != NULL)
         return PG_BINDINGS_EAUTH;
     if (strncmp(r->str, "WRONGTYPE", 9) == 0)
@@ -127,7 +129,8 @@ static int ensure_connected(pg_bindings_t *b, char *errbuf, size_t errlen)
         return PG_BINDINGS_ETRANSIENT;
     }
     if (c->err) {
-        snprintf(errbuf, errlen, "redis %s:%d connect: %s", b->host, b->port, c->errstr);
+        snprintf(errbuf, errlen, "redis %s:%d connect: %s", b->host, b->port,
+                 c->errstr);
         redisFree(c);
         b->stats.errors++;
         return PG_BINDINGS_ETRANSIENT;
@@ -255,7 +258,8 @@ int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
     }
     for (size_t i = 0; i < n; i++) {
         char k_host[KEY_MAX], k_pin[KEY_MAX], k_dev[KEY_MAX];
-        if (vm_key(k_host, vm_uuids[i], "host") < 0 || vm_key(k_pin, vm_uuids[i], "pin") < 0 ||
+        if (vm_key(k_host, vm_uuids[i], "host") < 0 ||
+            vm_key(k_pin, vm_uuids[i], "pin") < 0 ||
             vm_key(k_dev, vm_uuids[i], "devices") < 0) {
             snprintf(errbuf, errlen, "vm uuid too long for a cache key");
             rc = PG_BINDINGS_EUSAGE;
@@ -338,7 +342,8 @@ static int pipeline(pg_bindings_t *b, size_t ncmd, char *errbuf, size_t errlen)
 static int check_uuid(const char *what, const char *s, char *errbuf, size_t errlen)
 {
     if (s == NULL || s[0] == '\0' || strlen(s) > 256) {
-        snprintf(errbuf, errlen, "%s must be a non-empty id of at most 256 bytes", what);
+        snprintf(errbuf, errlen, "%s must be a non-empty id of at most 256 bytes",
+                 what);
         return PG_BINDINGS_EUSAGE;
     }
     return 0;
@@ -383,8 +388,8 @@ int pg_bindings_bind(pg_bindings_t *b, const char *vm, const char *device,
     return one_command(b, vm, 4, argv, NULL, errbuf, errlen);
 }
 
-int pg_bindings_unbind(pg_bindings_t *b, const char *vm, const char *device, bool *removed,
-                       char *errbuf, size_t errlen)
+int pg_bindings_unbind(pg_bindings_t *b, const char *vm, const char *device,
+                       bool *removed, char *errbuf, size_t errlen)
 {
     char key[KEY_MAX];
     int rc = check_uuid("device uuid", device, errbuf, errlen);
@@ -447,7 +452,8 @@ int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
         const pg_vm_binding_t *vb = &bindings[i];
         char k_host[KEY_MAX], k_pin[KEY_MAX], k_dev[KEY_MAX];
         if (check_uuid("vm uuid", vm_uuids[i], errbuf, errlen) != 0 ||
-            vm_key(k_host, vm_uuids[i], "host") < 0 || vm_key(k_pin, vm_uuids[i], "pin") < 0 ||
+            vm_key(k_host, vm_uuids[i], "host") < 0 ||
+            vm_key(k_pin, vm_uuids[i], "pin") < 0 ||
             vm_key(k_dev, vm_uuids[i], "devices") < 0) {
             rc = PG_BINDINGS_EUSAGE;
             break;

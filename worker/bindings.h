@@ -15,8 +15,8 @@ enum {
     PG_BINDINGS_OK = 0,
     PG_BINDINGS_ETRANSIENT = -1, /* unreachable, timed out, loading: retry later */
     PG_BINDINGS_EAUTH = -2,      /* wrong credentials or ACL: fatal, do not retry */
-    PG_BINDINGS_EDATA = -3,      /* a key of the wrong type: retry, an operator must fix */
-    PG_BINDINGS_EUSAGE = -4,     /* bad argument (e.g. empty uuid): permanent */
+    PG_BINDINGS_EDATA = -3,  /* a key of the wrong type: retry, an operator must fix */
+    PG_BINDINGS_EUSAGE = -4, /* bad argument (e.g. empty uuid): permanent */
 };
 
 typedef struct {
@@ -58,8 +58,8 @@ int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
 int pg_bindings_bind(pg_bindings_t *b, const char *vm, const char *device,
                      const char *kind, char *errbuf, size_t errlen);
 /* *removed is set to whether the device was bound. */
-int pg_bindings_unbind(pg_bindings_t *b, const char *vm, const char *device, bool *removed,
-                       char *errbuf, size_t errlen);
+int pg_bindings_unbind(pg_bindings_t *b, const char *vm, const char *device,
+                       bool *removed, char *errbuf, size_t errlen);
 int pg_bindings_place(pg_bindings_t *b, const char *vm, const char *host, char *errbuf,
                       size_t errlen);
 int pg_bindings_pin(pg_bindings_t *b, const char *vm, const char *reason, char *errbuf,

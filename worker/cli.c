@@ -47,7 +47,8 @@ static const char usage_text[] =
     "Options (before or after the command):\n"
     "  --config FILE                read settings from FILE (key = value lines)\n"
     "  --set KEY=VALUE              set one setting (repeatable)\n"
-    "  -X PROP=VALUE                librdkafka property, same as --set kafka.PROP=VALUE\n"
+    "  -X PROP=VALUE                librdkafka property, same as --set "
+    "kafka.PROP=VALUE\n"
     "  --check-config               with run: validate the settings, print them, exit\n"
     "  --json                       with explain: one JSON object\n"
     "  --type T, --framed           with avro: record type / framed input\n"
@@ -163,10 +164,13 @@ fail:
 
 static pg_bindings_t *open_bindings(const pg_config_t *c)
 {
-    const pg_bindings_opts_t o = {
-        .host = c->redis_host, .port = c->redis_port, .db = c->redis_db,
-        .user = c->redis_user, .password = c->redis_password,
-        .connect_timeout_ms = c->redis_connect_timeout_ms, .timeout_ms = c->redis_timeout_ms};
+    const pg_bindings_opts_t o = {.host = c->redis_host,
+                                  .port = c->redis_port,
+                                  .db = c->redis_db,
+                                  .user = c->redis_user,
+                                  .password = c->redis_password,
+                                  .connect_timeout_ms = c->redis_connect_timeout_ms,
+                                  .timeout_ms = c->redis_timeout_ms};
     pg_bindings_t *b = pg_bindings_new(&o);
     if (b == NULL)
         fprintf(stderr, "pinguard: out of memory\n");
@@ -193,10 +197,12 @@ static json_t *devices_json(const pg_device_ref_t *d, size_t n, bool with_pins)
 {
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
-        json_t *o = json_pack("{s:s, s:s}", "deviceUuid", d[i].device_uuid, "kind", d[i].kind);
+        json_t *o =
+            json_pack("{s:s, s:s}", "deviceUuid", d[i].device_uuid, "kind", d[i].kind);
         if (with_pins)
             json_object_set_new(
-                o, "pins", json_boolean(pg_policy_kind_pins(pg_policy_kind_parse(d[i].kind))));
+                o, "pins",
+                json_boolean(pg_policy_kind_pins(pg_policy_kind_parse(d[i].kind))));
         json_array_append_new(arr, o);
     }
     return arr;
@@ -219,7 +225,8 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
         goto out;
     }
     pg_device_ref_t *all = pg_arena_calloc(arena, vb.n_devices + 1, sizeof(*all));
-    pg_device_ref_t *pinning = pg_arena_calloc(arena, vb.n_devices + 1, sizeof(*pinning));
+    pg_device_ref_t *pinning =
+        pg_arena_calloc(arena, vb.n_devices + 1, sizeof(*pinning));
     if (all == NULL || pinning == NULL)
         goto out;
     memcpy(all, vb.devices, vb.n_devices * sizeof(*all));
@@ -231,8 +238,8 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
 
     if (a->json) {
         json_t *o = json_pack(
-            "{s:s, s:b, s:o, s:o, s:b, s:s, s:o, s:o, s:o}", "vmUuid", vm, "known", vb.known,
-            "host", vb.host ? json_string(vb.host) : json_null(), "pin",
+            "{s:s, s:b, s:o, s:o, s:b, s:s, s:o, s:o, s:o}", "vmUuid", vm, "known",
+            vb.known, "host", vb.host ? json_string(vb.host) : json_null(), "pin",
             vb.pin ? json_string(vb.pin) : json_null(), "hostBound", bound, "verdict",
             pg_verdict_name(v.verdict), "reason",
             bound ? json_string(pg_veto_reason_name(v.reason)) : json_null(),
@@ -243,17 +250,18 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
         free(s);
         json_decref(o);
     } else {
-        printf("vm %s: %s", vm, bound ? "HOST-BOUND, migration is vetoed" : "migratable");
+        printf("vm %s: %s", vm,
+               bound ? "HOST-BOUND, migration is vetoed" : "migratable");
         if (bound)
             printf(" (%s)", pg_veto_reason_name(v.reason));
         printf("\n  host: %s\n", vb.known ? vb.host : "(not in the cache: unknown VM)");
-        printf("  operator pin: %s\n", vb.pin ? (vb.pin[0] ? vb.pin : "(no reason given)")
-                                              : "none");
+        printf("  operator pin: %s\n",
+               vb.pin ? (vb.pin[0] ? vb.pin : "(no reason given)") : "none");
         printf("  devices: %zu\n", vb.n_devices);
         for (size_t i = 0; i < vb.n_devices; i++) {
             pg_device_kind_t k = pg_policy_kind_parse(all[i].kind);
             printf("    %-38s %-9s %s\n", all[i].device_uuid, all[i].kind,
-                   k == PG_KIND_UNKNOWN ? "PINS (unknown kind, fail closed)"
+                   k == PG_KIND_UNKNOWN     ? "PINS (unknown kind, fail closed)"
                    : pg_policy_kind_pins(k) ? "PINS"
                                             : "migrates");
         }
@@ -303,14 +311,16 @@ static int cmd_edit(const args_t *a, const pg_config_t *c)
         bool removed = false;
         rc = pg_bindings_unbind(b, vm, a->pos[2], &removed, err, sizeof(err));
         if (rc == 0 && !removed)
-            fprintf(stderr, "pinguard: device %s was not bound to vm %s\n", a->pos[2], vm);
+            fprintf(stderr, "pinguard: device %s was not bound to vm %s\n", a->pos[2],
+                    vm);
     } else if (strcmp(cmd, "place") == 0) {
         rc = pg_bindings_place(b, vm, a->pos[2], err, sizeof(err));
     } else if (strcmp(cmd, "pin") == 0) {
         char reason[1024] = "";
         size_t len = 0;
         for (size_t i = 2; i < a->n_pos; i++)
-            len += (size_t)snprintf(reason + len, len < sizeof(reason) ? sizeof(reason) - len : 0,
+            len += (size_t)snprintf(reason + len,
+                                    len < sizeof(reason) ? sizeof(reason) - len : 0,
                                     "%s%s", i > 2 ? " " : "", a->pos[i]);
         rc = pg_bindings_pin(b, vm, reason, err, sizeof(err));
     } else {
@@ -339,18 +349,22 @@ static int import_line(const char *line, pg_arena_t *arena, const char **vm,
     }
     json_t *jvm = json_object_get(o, "vmUuid"), *jhost = json_object_get(o, "hostUuid"),
            *jpin = json_object_get(o, "pin"), *jdevs = json_object_get(o, "devices");
-    if (!json_is_string(jvm) || (jhost && !json_is_string(jhost) && !json_is_null(jhost)) ||
+    if (!json_is_string(jvm) ||
+        (jhost && !json_is_string(jhost) && !json_is_null(jhost)) ||
         (jpin && !json_is_string(jpin) && !json_is_null(jpin)) ||
         (jdevs && !json_is_array(jdevs))) {
-        snprintf(err, errlen, "needs vmUuid (string), optional hostUuid and pin (strings), "
-                              "devices (array)");
+        snprintf(err, errlen,
+                 "needs vmUuid (string), optional hostUuid and pin (strings), "
+                 "devices (array)");
         goto out;
     }
     memset(vb, 0, sizeof(*vb));
     *vm = pg_arena_strdup(arena, json_string_value(jvm));
-    vb->host = json_is_string(jhost) ? pg_arena_strdup(arena, json_string_value(jhost)) : NULL;
+    vb->host =
+        json_is_string(jhost) ? pg_arena_strdup(arena, json_string_value(jhost)) : NULL;
     vb->known = vb->host != NULL;
-    vb->pin = json_is_string(jpin) ? pg_arena_strdup(arena, json_string_value(jpin)) : NULL;
+    vb->pin =
+        json_is_string(jpin) ? pg_arena_strdup(arena, json_string_value(jpin)) : NULL;
     size_t nd = jdevs ? json_array_size(jdevs) : 0;
     pg_device_ref_t *d = pg_arena_calloc(arena, nd + 1, sizeof(*d));
     if (*vm == NULL || d == NULL) {
@@ -407,7 +421,8 @@ static int cmd_import(const args_t *a, const pg_config_t *c)
             if (strspn(line, " \t\r\n") == (size_t)len)
                 continue;
             if (import_line(line, arena, &vms[n], &vbs[n], err, sizeof(err)) != 0) {
-                fprintf(stderr, "pinguard: import %s:%zu: %s\n", a->pos[1], lineno, err);
+                fprintf(stderr, "pinguard: import %s:%zu: %s\n", a->pos[1], lineno,
+                        err);
                 goto out;
             }
             n++;
@@ -507,10 +522,11 @@ static int cmd_avro(const args_t *a)
         goto out;
     }
     if (strcmp(sub, "encode") == 0) {
-        int erc = pg_codec_from_json(codec, type, (const char *)in.data, in.len, &out, err,
-                                     sizeof(err));
+        int erc = pg_codec_from_json(codec, type, (const char *)in.data, in.len, &out,
+                                     err, sizeof(err));
         if (erc != 0) {
-            fprintf(stderr, "pinguard: avro encode: %s: %s\n", pg_codec_err_name(erc), err);
+            fprintf(stderr, "pinguard: avro encode: %s: %s\n", pg_codec_err_name(erc),
+                    err);
             goto out;
         }
         if (fwrite(out.data, 1, out.len, stdout) != out.len || fflush(stdout) != 0) {
@@ -531,15 +547,17 @@ static int cmd_avro(const args_t *a)
             rc = PG_EXIT_RUNTIME;
             break;
         }
-        int32_t n = (int32_t)((uint32_t)in.data[off] << 24 | (uint32_t)in.data[off + 1] << 16 |
-                              (uint32_t)in.data[off + 2] << 8 | in.data[off + 3]);
+        int32_t n =
+            (int32_t)((uint32_t)in.data[off] << 24 | (uint32_t)in.data[off + 1] << 16 |
+                      (uint32_t)in.data[off + 2] << 8 | in.data[off + 3]);
         off += 4;
         if (n < 0) { /* a null payload (tombstone) */
             printf("null\n");
             continue;
         }
         if ((size_t)n > in.len - off) {
-            fprintf(stderr, "pinguard: avro decode: frame of %d bytes past the end\n", n);
+            fprintf(stderr, "pinguard: avro decode: frame of %d bytes past the end\n",
+                    n);
             rc = PG_EXIT_RUNTIME;
             break;
         }
@@ -582,8 +600,8 @@ int pg_cli_main(int argc, char **argv, char *const *envp, volatile sig_atomic_t 
     const char *cmd = a.pos[0];
     if (strcmp(cmd, "avro") == 0)
         return cmd_avro(&a);
-    static const char *const known[] = {"run",   "explain", "bind",   "unbind", "place",
-                                        "pin",   "unpin",   "import", "config"};
+    static const char *const known[] = {"run", "explain", "bind",   "unbind", "place",
+                                        "pin", "unpin",   "import", "config"};
     bool ok = false;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         ok |= strcmp(cmd, known[i]) == 0;

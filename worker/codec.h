@@ -35,10 +35,10 @@ typedef enum {
     PG_CODEC_EUNION = -9,       /* BAD_UNION_BRANCH */
     PG_CODEC_EENUM = -10,       /* BAD_ENUM_SYMBOL */
     PG_CODEC_ETRAILING = -11,   /* TRAILING_BYTES after the body */
-    PG_CODEC_ELIMIT = -12,      /* LIMIT_EXCEEDED: too many items or a too-long string */
-    PG_CODEC_EFIELD = -13,      /* INVALID_FIELD: an id that is empty, or bad JSON input */
-    PG_CODEC_ENOMEM = -14,      /* OUT_OF_MEMORY */
-    PG_CODEC_EINTERNAL = -15,   /* INTERNAL_ERROR */
+    PG_CODEC_ELIMIT = -12, /* LIMIT_EXCEEDED: too many items or a too-long string */
+    PG_CODEC_EFIELD = -13, /* INVALID_FIELD: an id that is empty, or bad JSON input */
+    PG_CODEC_ENOMEM = -14, /* OUT_OF_MEMORY */
+    PG_CODEC_EINTERNAL = -15, /* INTERNAL_ERROR */
 } pg_codec_err_t;
 
 typedef struct {
@@ -46,7 +46,8 @@ typedef struct {
     size_t max_items;  /* most items in one array (e.g. migrations) */
 } pg_codec_limits_t;
 
-#define PG_CODEC_LIMITS_DEFAULT ((pg_codec_limits_t){.max_string = 1024, .max_items = 10000})
+#define PG_CODEC_LIMITS_DEFAULT                                                        \
+    ((pg_codec_limits_t){.max_string = 1024, .max_items = 10000})
 
 typedef struct pg_codec pg_codec_t;
 

@@ -19,14 +19,15 @@
 typedef struct pg_codec_node pg_codec_node_t;
 struct pg_codec_node {
     avro_type_t type;
-    size_t min_size;        /* fewest body bytes a value takes: bounds array counts */
-    char *name;             /* full name of a record, enum or fixed */
-    size_t n;               /* fields, symbols or branches; bytes of a fixed */
-    pg_codec_node_t **kids; /* field types, branches; kids[0]: array items, map values */
-    char **names;           /* field names or enum symbols */
-    bool *is_id;            /* per field: an id string that must not be empty */
-    json_t **defaults;      /* per field: its default, borrowed from the schema JSON */
-    int null_branch;        /* union: index of the null branch, or -1 */
+    size_t min_size; /* fewest body bytes a value takes: bounds array counts */
+    char *name;      /* full name of a record, enum or fixed */
+    size_t n;        /* fields, symbols or branches; bytes of a fixed */
+    pg_codec_node_t *
+        *kids;         /* field types, branches; kids[0]: array items, map values */
+    char **names;      /* field names or enum symbols */
+    bool *is_id;       /* per field: an id string that must not be empty */
+    json_t **defaults; /* per field: its default, borrowed from the schema JSON */
+    int null_branch;   /* union: index of the null branch, or -1 */
 };
 
 typedef struct {
@@ -55,8 +56,8 @@ __attribute__((format(printf, 4, 5))) int pg_codec_fail(char *errbuf, size_t err
 /* The header, the fingerprint and the whole body of one message, validated
  * against the limits (NULL: the defaults). Sets *type_out on success. */
 int pg_codec_check(const pg_codec_t *c, const uint8_t *buf, size_t len,
-                   const pg_codec_limits_t *lim, pg_record_type_t *type_out, char *errbuf,
-                   size_t errlen);
+                   const pg_codec_limits_t *lim, pg_record_type_t *type_out,
+                   char *errbuf, size_t errlen);
 
 /* Reads a message that pg_codec_check accepted into c->rec[t].value. */
 int pg_codec_read(pg_codec_t *c, pg_record_type_t t, const uint8_t *buf, size_t len,

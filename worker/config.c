@@ -20,19 +20,25 @@ typedef struct {
     entry_type_t type;
     size_t offset;
     const char *def;
-    long min, max;        /* T_INT bounds */
+    long min, max;              /* T_INT bounds */
     const char *const *symbols; /* T_ENUM, NULL-terminated */
     bool secret;
     const char *help;
 } entry_t;
 
-static const char *const delivery_symbols[] = {"at-least-once", NULL};
+static const char *const delivery_symbols[] = {"exactly-once", "at-least-once", NULL};
 static const char *const level_symbols[] = {"error", "warn", "info", "debug", NULL};
 static const char *const format_symbols[] = {"logfmt", "json", NULL};
 
 #define OFF(f) offsetof(pg_config_t, f)
-#define STR(k, f, d, h) {k, T_STRING, OFF(f), d, 0, 0, NULL, false, h}
-#define INT(k, f, d, lo, hi, h) {k, T_INT, OFF(f), d, lo, hi, NULL, false, h}
+#define STR(k, f, d, h)                                                                \
+    {                                                                                  \
+        k, T_STRING, OFF(f), d, 0, 0, NULL, false, h                                   \
+    }
+#define INT(k, f, d, lo, hi, h)                                                        \
+    {                                                                                  \
+        k, T_INT, OFF(f), d, lo, hi, NULL, false, h                                    \
+    }
 
 static const entry_t table[] = {
     STR("topic.advice", topic_advice, "drs.advice", "Input: DrsAdvice records."),
@@ -46,7 +52,8 @@ static const entry_t table[] = {
         "Output: MigrateVmDecision records."),
     STR("topic.release", topic_release, "device.release.decisions",
         "Output: DeviceReleaseDecision records."),
-    STR("topic.dlq", topic_dlq, "pinguard.dlq", "Output: undecodable input, with headers."),
+    STR("topic.dlq", topic_dlq, "pinguard.dlq",
+        "Output: undecodable input, with headers."),
     STR("redis.host", redis_host, "127.0.0.1", "Binding cache host."),
     INT("redis.port", redis_port, "6379", 1, 65535, "Binding cache port."),
     INT("redis.db", redis_db, "0", 0, 15, "Binding cache database number."),
@@ -59,10 +66,13 @@ static const entry_t table[] = {
         "Bound on connecting to Redis."),
     INT("redis.timeout.ms", redis_timeout_ms, "1000", 10, 60000,
         "Bound on one Redis round trip; past it the batch is retried."),
-    {"policy.allow.unknown.vm", T_BOOL, OFF(allow_unknown_vm), "false", 0, 1, NULL, false,
+    {"policy.allow.unknown.vm", T_BOOL, OFF(allow_unknown_vm), "false", 0, 1, NULL,
+     false,
      "Approve VMs the cache does not know instead of vetoing them (UNKNOWN_VM)."},
-    {"delivery", T_ENUM, OFF(delivery), "at-least-once", 0, 0, delivery_symbols, false,
-     "Delivery guarantee of decisions."},
+    {"delivery", T_ENUM, OFF(delivery), "exactly-once", 0, 0, delivery_symbols, false,
+     "exactly-once: decisions and input offsets commit in one Kafka transaction "
+     "(set a stable, unique kafka.transactional.id per replica); at-least-once: "
+     "offsets are stored after the decisions are acknowledged."},
     INT("batch.max.messages", batch_max_messages, "1000", 1, 100000,
         "Most input messages decided together (one Redis round trip)."),
     INT("batch.max.wait.ms", batch_max_wait_ms, "20", 0, 10000,
@@ -91,8 +101,10 @@ static const struct {
 } kafka_defaults[] = {
     {"bootstrap.servers", "127.0.0.1:9092", "Kafka brokers."},
     {"group.id", "pinguard", "Consumer group shared by all replicas."},
-    {"auto.offset.reset", "earliest", "A new group starts at the oldest input: no advice is skipped."},
-    {"partition.assignment.strategy", "range,roundrobin", "Eager assignors (see README)."},
+    {"auto.offset.reset", "earliest",
+     "A new group starts at the oldest input: no advice is skipped."},
+    {"partition.assignment.strategy", "range,roundrobin",
+     "Eager assignors (see README)."},
 };
 
 static const char *const source_names[] = {"default", "file", "env", "flag"};
@@ -239,8 +251,8 @@ int pg_config_set(pg_config_t *c, const char *key, const char *value, int source
     }
     const entry_t *e = entry_find(key);
     if (e == NULL) {
-        snprintf(errbuf, errlen, "unknown setting '%s' (see `pinguard config reference`)",
-                 key);
+        snprintf(errbuf, errlen,
+                 "unknown setting '%s' (see `pinguard config reference`)", key);
         return -1;
     }
     if (entry_apply(c, e, value, errbuf, errlen) != 0)
@@ -386,15 +398,17 @@ static int read_secret_file(const char *path, char **out, char *errbuf, size_t e
 int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen)
 {
     if (c->redis_password_file[0] != '\0' &&
-        read_secret_file(c->redis_password_file, &c->redis_password, errbuf, errlen) != 0)
+        read_secret_file(c->redis_password_file, &c->redis_password, errbuf, errlen) !=
+            0)
         return -1;
     if (c->retry_backoff_max_ms < c->retry_backoff_min_ms) {
-        snprintf(errbuf, errlen, "retry.backoff.max.ms (%d) is below retry.backoff.min.ms (%d)",
+        snprintf(errbuf, errlen,
+                 "retry.backoff.max.ms (%d) is below retry.backoff.min.ms (%d)",
                  c->retry_backoff_max_ms, c->retry_backoff_min_ms);
         return -1;
     }
-    const char *topics[] = {c->topic_advice,    c->topic_requests, c->topic_results,
-                            c->topic_filtered,  c->topic_decisions, c->topic_release,
+    const char *topics[] = {c->topic_advice,   c->topic_requests,  c->topic_results,
+                            c->topic_filtered, c->topic_decisions, c->topic_release,
                             c->topic_dlq};
     for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
         if (topics[i][0] == '\0') {
@@ -452,19 +466,20 @@ void pg_config_print(const pg_config_t *c, FILE *out)
 
 void pg_config_print_reference(FILE *out)
 {
-    fprintf(out, "# pinguard configuration reference\n\n"
-                 "Generated by `pinguard config reference` from the settings table; "
-                 "do not edit by hand.\n\n"
-                 "Sources, lowest precedence first: defaults, the file given with "
-                 "`--config FILE` (`key = value` lines, `#` comments), the environment "
-                 "(`PINGUARD_` + the key in upper case with dots as underscores, e.g. "
-                 "`PINGUARD_REDIS_PASSWORD`), then `--set key=value` and "
-                 "`-X property=value` flags. Any `kafka.<property>` is passed to "
-                 "librdkafka as `<property>` for the consumer and the producer; "
-                 "`kafka.consumer.<property>` and `kafka.producer.<property>` reach one "
-                 "of them only.\n\n"
-                 "| key | type | default | accepted | meaning |\n"
-                 "| --- | --- | --- | --- | --- |\n");
+    fprintf(out,
+            "# pinguard configuration reference\n\n"
+            "Generated by `pinguard config reference` from the settings table; "
+            "do not edit by hand.\n\n"
+            "Sources, lowest precedence first: defaults, the file given with "
+            "`--config FILE` (`key = value` lines, `#` comments), the environment "
+            "(`PINGUARD_` + the key in upper case with dots as underscores, e.g. "
+            "`PINGUARD_REDIS_PASSWORD`), then `--set key=value` and "
+            "`-X property=value` flags. Any `kafka.<property>` is passed to "
+            "librdkafka as `<property>` for the consumer and the producer; "
+            "`kafka.consumer.<property>` and `kafka.producer.<property>` reach one "
+            "of them only.\n\n"
+            "| key | type | default | accepted | meaning |\n"
+            "| --- | --- | --- | --- | --- |\n");
     for (size_t i = 0; i < N_ENTRIES; i++) {
         const entry_t *e = &table[i];
         fprintf(out, "| `%s` | ", e->key);
@@ -488,6 +503,6 @@ void pg_config_print_reference(FILE *out)
         fprintf(out, "%s%s |\n", e->help, e->secret ? " Secret: never printed." : "");
     }
     for (size_t i = 0; i < sizeof(kafka_defaults) / sizeof(kafka_defaults[0]); i++)
-        fprintf(out, "| `kafka.%s` | librdkafka | `%s` | | %s |\n", kafka_defaults[i].key,
-                kafka_defaults[i].value, kafka_defaults[i].help);
+        fprintf(out, "| `kafka.%s` | librdkafka | `%s` | | %s |\n",
+                kafka_defaults[i].key, kafka_defaults[i].value, kafka_defaults[i].help);
 }

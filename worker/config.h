@@ -15,14 +15,19 @@
 #include <stddef.h>
 #include <stdio.h>
 
-typedef enum { PG_DELIVERY_AT_LEAST_ONCE = 0 } pg_delivery_t;
-typedef enum { PG_LOG_ERROR = 0, PG_LOG_WARN, PG_LOG_INFO, PG_LOG_DEBUG } pg_log_level_t;
+typedef enum { PG_DELIVERY_EXACTLY_ONCE = 0, PG_DELIVERY_AT_LEAST_ONCE } pg_delivery_t;
+typedef enum {
+    PG_LOG_ERROR = 0,
+    PG_LOG_WARN,
+    PG_LOG_INFO,
+    PG_LOG_DEBUG
+} pg_log_level_t;
 typedef enum { PG_LOG_LOGFMT = 0, PG_LOG_JSON } pg_log_format_t;
 
 typedef struct {
-    char *key;   /* librdkafka property, without the "kafka." prefix */
+    char *key; /* librdkafka property, without the "kafka." prefix */
     char *value;
-    int source;  /* where it came from, for --check-config */
+    int source; /* where it came from, for --check-config */
 } pg_config_kv_t;
 
 typedef struct {
@@ -62,7 +67,12 @@ typedef struct {
     int sources[64]; /* per table entry: 0 default, 1 file, 2 env, 3 flag */
 } pg_config_t;
 
-enum { PG_CONFIG_SRC_DEFAULT = 0, PG_CONFIG_SRC_FILE, PG_CONFIG_SRC_ENV, PG_CONFIG_SRC_FLAG };
+enum {
+    PG_CONFIG_SRC_DEFAULT = 0,
+    PG_CONFIG_SRC_FILE,
+    PG_CONFIG_SRC_ENV,
+    PG_CONFIG_SRC_FLAG
+};
 
 /* Returns a config holding the defaults, or NULL when out of memory. */
 pg_config_t *pg_config_new(void);

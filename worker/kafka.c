@@ -4,6 +4,10 @@
  * broker acknowledged, and auto-commit sends what is stored; on revoke the
  * stored offsets are committed synchronously before the partitions go, so a
  * new owner starts exactly after the last acknowledged decision.
+ * In exactly-once mode the producer is transactional: each batch's decisions
+ * and its input offsets commit together, consumers of the outputs read
+ * read_committed, and an abort rewinds the consumer to the committed offsets
+ * (the flow of librdkafka's examples/transactions.c).
  */
 #include "kafka.h"
 
@@ -14,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct pg_kafka {
     const pg_config_t *cfg;
@@ -22,23 +27,47 @@ struct pg_kafka {
     rd_kafka_topic_t *out[PG_OUT_COUNT];
     const char *in_topics[PG_IN_COUNT];
     uint64_t generation;
+    bool transactional;
     bool paused;
     bool fatal;
-    char fatal_reason[512];
+    char fatal_reason[768];
 };
 
 /* Properties that belong to one client only: given as plain kafka.<prop> they
  * go only where they mean something, which keeps librdkafka's CONFWARN quiet. */
-static const char *const consumer_only[] = {
-    "group.", "auto.offset.reset", "partition.assignment.strategy", "session.timeout.ms",
-    "max.poll.interval.ms", "heartbeat.interval.ms", "fetch.", "isolation.level",
-    "enable.auto.", "auto.commit.", "queued.", "check.crcs", "enable.partition.eof",
-    "coordinator.query.interval.ms", "offset.store.", NULL};
-static const char *const producer_only[] = {
-    "acks", "request.required.acks", "linger.ms", "queue.buffering.", "batch.",
-    "compression.", "message.timeout.ms", "delivery.timeout.ms", "enable.idempotence",
-    "transactional.", "transaction.", "partitioner", "retries", "message.send.max.retries",
-    "enable.gapless.guarantee", "sticky.partitioning.linger.ms", NULL};
+static const char *const consumer_only[] = {"group.",
+                                            "auto.offset.reset",
+                                            "partition.assignment.strategy",
+                                            "session.timeout.ms",
+                                            "max.poll.interval.ms",
+                                            "heartbeat.interval.ms",
+                                            "fetch.",
+                                            "isolation.level",
+                                            "enable.auto.",
+                                            "auto.commit.",
+                                            "queued.",
+                                            "check.crcs",
+                                            "enable.partition.eof",
+                                            "coordinator.query.interval.ms",
+                                            "offset.store.",
+                                            NULL};
+static const char *const producer_only[] = {"acks",
+                                            "request.required.acks",
+                                            "linger.ms",
+                                            "queue.buffering.",
+                                            "batch.",
+                                            "compression.",
+                                            "message.timeout.ms",
+                                            "delivery.timeout.ms",
+                                            "enable.idempotence",
+                                            "transactional.",
+                                            "transaction.",
+                                            "partitioner",
+                                            "retries",
+                                            "message.send.max.retries",
+                                            "enable.gapless.guarantee",
+                                            "sticky.partitioning.linger.ms",
+                                            NULL};
 
 static bool has_prefix(const char *const *list, const char *prop)
 {
@@ -51,9 +80,10 @@ static bool has_prefix(const char *const *list, const char *prop)
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     (void)rk;
-    pg_log_level_t l = level <= 3 ? PG_LOG_ERROR : level <= 4 ? PG_LOG_WARN
-                       : level <= 6                           ? PG_LOG_INFO
-                                                              : PG_LOG_DEBUG;
+    pg_log_level_t l = level <= 3   ? PG_LOG_ERROR
+                       : level <= 4 ? PG_LOG_WARN
+                       : level <= 6 ? PG_LOG_INFO
+                                    : PG_LOG_DEBUG;
     pg_log(l, "kafka_log", "client", rd_kafka_name(rk), "facility", fac, "message", buf,
            NULL);
 }
@@ -61,9 +91,10 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     pg_kafka_t *k = opaque;
-    char fatal_str[512];
+    char fatal_str[256];
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
-        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, fatal_str, sizeof(fatal_str));
+        rd_kafka_resp_err_t orig =
+            rd_kafka_fatal_error(rk, fatal_str, sizeof(fatal_str));
         snprintf(k->fatal_reason, sizeof(k->fatal_reason), "%s: %s",
                  rd_kafka_err2name(orig), fatal_str);
         k->fatal = true;
@@ -76,8 +107,8 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
                  rd_kafka_err2name(err), reason);
         k->fatal = true;
     }
-    pg_log(k->fatal ? PG_LOG_ERROR : PG_LOG_WARN, "kafka_error", "client", rd_kafka_name(rk),
-           "error", rd_kafka_err2name(err), "reason", reason, NULL);
+    pg_log(k->fatal ? PG_LOG_ERROR : PG_LOG_WARN, "kafka_error", "client",
+           rd_kafka_name(rk), "error", rd_kafka_err2name(err), "reason", reason, NULL);
 }
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -106,10 +137,14 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         return;
     }
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
-        /* Hand over exactly what was acknowledged. */
-        rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
-        if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
-            pg_log_warn("revoke_commit_failed", "error", rd_kafka_err2str(cerr), NULL);
+        /* Hand over exactly what was acknowledged. Transactions carry their
+         * own offsets and none is open between batches. */
+        if (!k->transactional) {
+            rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
+            if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
+                pg_log_warn("revoke_commit_failed", "error", rd_kafka_err2str(cerr),
+                            NULL);
+        }
         pg_log_info("partitions_revoked", "#count", (long long)parts->cnt, NULL);
     } else {
         pg_log_error("rebalance_error", "error", rd_kafka_err2str(err), NULL);
@@ -128,23 +163,50 @@ static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
     return 0;
 }
 
+/* A transactional.id must be stable across restarts of one replica (so that
+ * a restart aborts what a crashed predecessor left open at once) and unique
+ * among replicas. Unless the operator sets one, it is <group.id>-<hostname>:
+ * one replica per host, the pod name on Kubernetes. */
+static int txn_id_default(pg_kafka_t *k, rd_kafka_conf_t *conf, char *errbuf,
+                          size_t errlen)
+{
+    char value[512], host[256] = "localhost";
+    size_t n = sizeof(value);
+    if (rd_kafka_conf_get(conf, "transactional.id", value, &n) == RD_KAFKA_CONF_OK &&
+        value[0] != '\0')
+        return 0;
+    gethostname(host, sizeof(host) - 1);
+    const char *group = pg_config_kafka_get(k->cfg, "group.id");
+    snprintf(value, sizeof(value), "%s-%s", group ? group : "pinguard", host);
+    return conf_set(conf, "transactional.id", value, errbuf, errlen);
+}
+
 /* Builds one client's configuration: pinguard's defaults, then the operator's
  * passthrough properties, then the settings correctness depends on. */
-static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf, size_t errlen)
+static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf,
+                                  size_t errlen)
 {
     static const char *const consumer_defaults[][2] = {
         {"auto.commit.interval.ms", "1000"}, {"enable.partition.eof", "false"}};
     static const char *const producer_defaults[][2] = {
-        {"linger.ms", "5"}, {"compression.type", "lz4"},
+        {"linger.ms", "5"},
+        {"compression.type", "lz4"},
         {"partitioner", "murmur2_random"}, /* the Java client's choice */
-        {"message.timeout.ms", "120000"}};
-    static const char *const consumer_forced[][2] = {{"enable.auto.offset.store", "false"},
-                                                    {"enable.auto.commit", "true"}};
+        {"message.timeout.ms", "60000"},
+        {"transaction.timeout.ms", "60000"}};
+    static const char *const consumer_forced[][2] = {
+        {"enable.auto.offset.store", "false"}, {"enable.auto.commit", "true"}};
+    static const char *const consumer_forced_txn[][2] = {
+        {"enable.auto.offset.store", "false"},
+        {"enable.auto.commit", "false"},
+        {"isolation.level", "read_committed"}};
     static const char *const producer_forced[][2] = {{"enable.idempotence", "true"}};
-    const char *const (*defs)[2] = consumer ? consumer_defaults : producer_defaults;
-    size_t ndefs = consumer ? 2 : 4;
-    const char *const (*forced)[2] = consumer ? consumer_forced : producer_forced;
-    size_t nforced = consumer ? 2 : 1;
+    const char *const(*defs)[2] = consumer ? consumer_defaults : producer_defaults;
+    size_t ndefs = consumer ? 2 : 5;
+    const char *const(*forced)[2] =
+        consumer ? (k->transactional ? consumer_forced_txn : consumer_forced)
+                 : producer_forced;
+    size_t nforced = consumer ? (k->transactional ? 3 : 2) : 1;
     const char *scope = consumer ? "consumer." : "producer.";
     const char *const *foreign = consumer ? producer_only : consumer_only;
 
@@ -167,6 +229,8 @@ static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf, si
     for (size_t i = 0; i < nforced; i++)
         if (conf_set(conf, forced[i][0], forced[i][1], errbuf, errlen) != 0)
             goto fail;
+    if (!consumer && k->transactional && txn_id_default(k, conf, errbuf, errlen) != 0)
+        goto fail;
     rd_kafka_conf_set_opaque(conf, k);
     rd_kafka_conf_set_log_cb(conf, on_log);
     rd_kafka_conf_set_error_cb(conf, on_error);
@@ -191,6 +255,7 @@ pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
         return NULL;
     }
     k->cfg = cfg;
+    k->transactional = cfg->delivery == PG_DELIVERY_EXACTLY_ONCE;
     k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
     k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
     k->in_topics[PG_IN_RESULTS] = cfg->topic_results;
@@ -203,6 +268,17 @@ pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
         goto fail; /* conf is still ours on failure */
     }
     conf = NULL;
+    if (k->transactional) {
+        /* Fences any older producer with the same transactional.id and
+         * aborts what it left open. */
+        rd_kafka_error_t *e = rd_kafka_init_transactions(k->producer, 60000);
+        if (e != NULL) {
+            snprintf(errbuf, errlen, "kafka init_transactions: %s",
+                     rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+            goto fail;
+        }
+    }
     const char *out_names[PG_OUT_COUNT] = {cfg->topic_filtered, cfg->topic_decisions,
                                            cfg->topic_release, cfg->topic_dlq};
     for (int i = 0; i < PG_OUT_COUNT; i++) {
@@ -226,7 +302,8 @@ pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
 
     topics = rd_kafka_topic_partition_list_new(PG_IN_COUNT);
     for (int i = 0; i < PG_IN_COUNT; i++)
-        rd_kafka_topic_partition_list_add(topics, k->in_topics[i], RD_KAFKA_PARTITION_UA);
+        rd_kafka_topic_partition_list_add(topics, k->in_topics[i],
+                                          RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t serr = rd_kafka_subscribe(k->consumer, topics);
     rd_kafka_topic_partition_list_destroy(topics);
     if (serr) {
@@ -307,8 +384,8 @@ static int input_of(const pg_kafka_t *k, const char *topic)
 static void log_consumer_error(const rd_kafka_message_t *m)
 {
     pg_log_warn("consume_error", "topic", m->rkt ? rd_kafka_topic_name(m->rkt) : "",
-                "#partition", (long long)m->partition, "error", rd_kafka_message_errstr(m),
-                NULL);
+                "#partition", (long long)m->partition, "error",
+                rd_kafka_message_errstr(m), NULL);
 }
 
 int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max, int idle_ms,
@@ -386,8 +463,8 @@ static int pause_resume(pg_kafka_t *k, bool pause)
     if (parts != NULL)
         rd_kafka_topic_partition_list_destroy(parts);
     if (err) {
-        pg_log_warn(pause ? "pause_failed" : "resume_failed", "error", rd_kafka_err2str(err),
-                    NULL);
+        pg_log_warn(pause ? "pause_failed" : "resume_failed", "error",
+                    rd_kafka_err2str(err), NULL);
         return PG_KAFKA_ERETRY;
     }
     k->paused = pause;
@@ -417,7 +494,8 @@ static int seek_to(pg_kafka_t *k, rd_kafka_topic_partition_list_t *parts, char *
     for (int i = 0; rc == 0 && i < parts->cnt; i++) {
         if (parts->elems[i].err && parts->elems[i].err != RD_KAFKA_RESP_ERR__STATE) {
             snprintf(errbuf, errlen, "kafka seek %s[%d]: %s", parts->elems[i].topic,
-                     (int)parts->elems[i].partition, rd_kafka_err2str(parts->elems[i].err));
+                     (int)parts->elems[i].partition,
+                     rd_kafka_err2str(parts->elems[i].err));
             rc = PG_KAFKA_ERETRY;
         }
     }
@@ -496,12 +574,12 @@ int pg_kafka_flush(pg_kafka_t *k, char *errbuf, size_t errlen)
 typedef struct {
     const char *topic;
     int32_t partition;
-    int64_t next;    /* offset to store: last settled + 1, or -1 */
-    int64_t rewind;  /* first unsettled offset, or -1 */
+    int64_t next;   /* offset to store: last settled + 1, or -1 */
+    int64_t rewind; /* first unsettled offset, or -1 */
 } part_state_t;
 
-int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done, size_t n,
-                    char *errbuf, size_t errlen)
+int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done,
+                    size_t n, char *errbuf, size_t errlen)
 {
     part_state_t local[32], *ps = local;
     size_t np = 0, cap = sizeof(local) / sizeof(local[0]);
@@ -539,11 +617,11 @@ int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done,
     rd_kafka_topic_partition_list_t *seek = rd_kafka_topic_partition_list_new((int)np);
     for (size_t j = 0; j < np; j++) {
         if (ps[j].next >= 0)
-            rd_kafka_topic_partition_list_add(store, ps[j].topic, ps[j].partition)->offset =
-                ps[j].next;
+            rd_kafka_topic_partition_list_add(store, ps[j].topic, ps[j].partition)
+                ->offset = ps[j].next;
         if (ps[j].rewind >= 0)
-            rd_kafka_topic_partition_list_add(seek, ps[j].topic, ps[j].partition)->offset =
-                ps[j].rewind;
+            rd_kafka_topic_partition_list_add(seek, ps[j].topic, ps[j].partition)
+                ->offset = ps[j].rewind;
     }
     if (store->cnt > 0) {
         rd_kafka_resp_err_t err = rd_kafka_offsets_store(k->consumer, store);
@@ -560,5 +638,125 @@ int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done,
 out:
     if (ps != local)
         free(ps);
+    return rc;
+}
+
+bool pg_kafka_transactional(const pg_kafka_t *k)
+{
+    return k->transactional;
+}
+
+int pg_kafka_txn_begin(pg_kafka_t *k, char *errbuf, size_t errlen)
+{
+    rd_kafka_error_t *e = rd_kafka_begin_transaction(k->producer);
+    if (e == NULL)
+        return 0;
+    snprintf(errbuf, errlen, "kafka begin_transaction: %s", rd_kafka_error_string(e));
+    rd_kafka_error_destroy(e);
+    return PG_KAFKA_EFATAL; /* only a fatal or a state error can fail begin */
+}
+
+/* Puts every assigned partition back at its committed offset, so that what
+ * an aborted transaction consumed is consumed again. */
+static int rewind_to_committed(pg_kafka_t *k, char *errbuf, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_assignment(k->consumer, &parts);
+    int rc = 0;
+    if (err) {
+        snprintf(errbuf, errlen, "kafka assignment: %s", rd_kafka_err2str(err));
+        rc = PG_KAFKA_EFATAL;
+    } else if (parts->cnt > 0) {
+        err = rd_kafka_committed(k->consumer, parts, 30000);
+        if (err) {
+            snprintf(errbuf, errlen, "kafka committed: %s", rd_kafka_err2str(err));
+            rc = PG_KAFKA_EFATAL; /* cannot know where to resume: restart */
+        } else {
+            for (int i = 0; i < parts->cnt; i++)
+                if (parts->elems[i].offset < 0)
+                    parts->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
+            if (seek_to(k, parts, errbuf, errlen) != 0)
+                rc = PG_KAFKA_EFATAL;
+        }
+    }
+    if (parts != NULL)
+        rd_kafka_topic_partition_list_destroy(parts);
+    return rc;
+}
+
+int pg_kafka_txn_abort(pg_kafka_t *k, char *errbuf, size_t errlen)
+{
+    for (;;) {
+        rd_kafka_error_t *e = rd_kafka_abort_transaction(k->producer, 60000);
+        if (e == NULL)
+            break;
+        bool retry = rd_kafka_error_is_retriable(e);
+        snprintf(errbuf, errlen, "kafka abort_transaction: %s",
+                 rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        if (!retry)
+            return PG_KAFKA_EFATAL;
+    }
+    int rc = rewind_to_committed(k, errbuf, errlen);
+    return rc != 0 ? rc : PG_KAFKA_ERETRY;
+}
+
+/* Classifies a transactional API error: retry the call, abort the
+ * transaction, or give up on the process. */
+static int txn_error(pg_kafka_t *k, rd_kafka_error_t *e, const char *what, bool *retry,
+                     char *errbuf, size_t errlen)
+{
+    snprintf(errbuf, errlen, "kafka %s: %s", what, rd_kafka_error_string(e));
+    *retry = rd_kafka_error_is_retriable(e);
+    bool abortable = rd_kafka_error_txn_requires_abort(e);
+    bool fatal = rd_kafka_error_is_fatal(e);
+    rd_kafka_error_destroy(e);
+    if (*retry)
+        return 0;
+    if (fatal || !abortable)
+        return PG_KAFKA_EFATAL;
+    pg_log_warn("transaction_aborted", "error", errbuf, NULL);
+    char aerr[512];
+    int rc = pg_kafka_txn_abort(k, aerr, sizeof(aerr));
+    if (rc == PG_KAFKA_EFATAL)
+        snprintf(errbuf, errlen, "%s", aerr);
+    return rc;
+}
+
+int pg_kafka_txn_commit(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
+                        char *errbuf, size_t errlen)
+{
+    /* The batch's next offsets: every message in it was answered inside this
+     * transaction (a decision or a dead letter). */
+    rd_kafka_topic_partition_list_t *offsets = rd_kafka_topic_partition_list_new(16);
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_topic_partition_t *p = rd_kafka_topic_partition_list_find(
+            offsets, msgs[i].topic, msgs[i].partition);
+        if (p == NULL)
+            p = rd_kafka_topic_partition_list_add(offsets, msgs[i].topic,
+                                                  msgs[i].partition);
+        if (msgs[i].offset + 1 > p->offset)
+            p->offset = msgs[i].offset + 1;
+    }
+    int rc = 0;
+    bool retry = true;
+    while (rc == 0 && retry) {
+        rd_kafka_consumer_group_metadata_t *cgmd =
+            rd_kafka_consumer_group_metadata(k->consumer);
+        rd_kafka_error_t *e =
+            rd_kafka_send_offsets_to_transaction(k->producer, offsets, cgmd, 60000);
+        rd_kafka_consumer_group_metadata_destroy(cgmd);
+        retry = false;
+        if (e != NULL)
+            rc = txn_error(k, e, "send_offsets_to_transaction", &retry, errbuf, errlen);
+    }
+    retry = true;
+    while (rc == 0 && retry) {
+        rd_kafka_error_t *e = rd_kafka_commit_transaction(k->producer, 60000);
+        retry = false;
+        if (e != NULL)
+            rc = txn_error(k, e, "commit_transaction", &retry, errbuf, errlen);
+    }
+    rd_kafka_topic_partition_list_destroy(offsets);
     return rc;
 }

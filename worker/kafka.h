@@ -13,7 +13,12 @@
 
 #include <stdint.h>
 
-typedef enum { PG_IN_ADVICE = 0, PG_IN_REQUESTS, PG_IN_RESULTS, PG_IN_COUNT } pg_input_t;
+typedef enum {
+    PG_IN_ADVICE = 0,
+    PG_IN_REQUESTS,
+    PG_IN_RESULTS,
+    PG_IN_COUNT
+} pg_input_t;
 typedef enum {
     PG_OUT_FILTERED = 0,
     PG_OUT_DECISIONS,
@@ -49,7 +54,11 @@ typedef struct {
 } pg_kafka_header_t;
 
 /* Delivery state of one produced message, written by the delivery report. */
-typedef enum { PG_DELIVERY_PENDING = 0, PG_DELIVERY_OK = 1, PG_DELIVERY_FAILED = -1 } pg_delivery_state_t;
+typedef enum {
+    PG_DELIVERY_PENDING = 0,
+    PG_DELIVERY_OK = 1,
+    PG_DELIVERY_FAILED = -1
+} pg_delivery_state_t;
 
 typedef struct pg_kafka pg_kafka_t;
 
@@ -90,9 +99,20 @@ int pg_kafka_flush(pg_kafka_t *k, char *errbuf, size_t errlen);
 /* Stores offset+1 of every message whose `done[i]` is true, in order, stopping
  * at a partition's first message not done; rewinds that partition to it so it
  * is consumed again. Auto-commit sends what is stored. */
-int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done, size_t n,
-                    char *errbuf, size_t errlen);
+int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done,
+                    size_t n, char *errbuf, size_t errlen);
 
 const char *pg_kafka_output_topic(const pg_kafka_t *k, pg_output_t out);
+
+/* Exactly-once mode (delivery = exactly-once). A batch's outputs are produced
+ * between begin and commit; commit sends the batch's input offsets to the
+ * transaction and commits both atomically. An abortable failure aborts the
+ * transaction, rewinds the consumer to the committed offsets and returns
+ * PG_KAFKA_ERETRY; a fatal one returns PG_KAFKA_EFATAL. */
+bool pg_kafka_transactional(const pg_kafka_t *k);
+int pg_kafka_txn_begin(pg_kafka_t *k, char *errbuf, size_t errlen);
+int pg_kafka_txn_commit(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
+                        char *errbuf, size_t errlen);
+int pg_kafka_txn_abort(pg_kafka_t *k, char *errbuf, size_t errlen);
 
 #endif

@@ -69,7 +69,8 @@ static void put_value(line_t *l, const char *v)
         put(l, "\"", 1);
 }
 
-static void put_pair(line_t *l, const char *key, const char *value, bool raw, bool first)
+static void put_pair(line_t *l, const char *key, const char *value, bool raw,
+                     bool first)
 {
     if (log_format == PG_LOG_JSON) {
         if (!first)

@@ -101,7 +101,8 @@ static bool same_host(const char *a, const char *b)
 }
 
 pg_release_verdict_t pg_policy_release(const char *src_host, const char *dst_host,
-                                       const char *observed_host, const char *cache_host)
+                                       const char *observed_host,
+                                       const char *cache_host)
 {
     const char *evidence[2] = {observed_host, cache_host};
     size_t n_evidence = 0, n_dst = 0, n_src = 0;

@@ -107,7 +107,7 @@ typedef struct {
     const char *request_id;
     const char *vm_uuid;
     const char *src_host_uuid;
-    const char *dst_host_uuid;      /* nullable */
+    const char *dst_host_uuid; /* nullable */
     pg_outcome_t outcome;
     const char *observed_host_uuid; /* nullable */
     const char *error;              /* nullable */

@@ -1,8 +1,11 @@
 /*
- * The decision loop of `pinguard run`, at least once:
+ * The decision loop of `pinguard run`:
  *   poll a batch -> decode -> one pipelined Redis read for every VM named ->
- *   policy -> produce decisions (or dead letters) -> wait for the broker's
- *   acknowledgements -> store the offsets of acknowledged inputs.
+ *   policy -> produce decisions (or dead letters) -> then either
+ *   exactly once: commit the outputs and the batch's input offsets in one
+ *   Kafka transaction, or
+ *   at least once: wait for the broker's acknowledgements and store the
+ *   offsets of acknowledged inputs.
  * When Redis cannot answer, the batch is held, the partitions are paused (the
  * group protocol keeps being served) and the read is retried with capped
  * backoff; nothing is produced and nothing is stored meanwhile. A rebalance
@@ -24,10 +27,10 @@
 #include <time.h>
 
 typedef struct {
-    int rc;             /* 0, or the pg_codec_err_t that sends it to the DLQ */
-    char detail[256];   /* why, for the pinguard-error header */
+    int rc;           /* 0, or the pg_codec_err_t that sends it to the DLQ */
+    char detail[256]; /* why, for the pinguard-error header */
     pg_record_t rec;
-    size_t vm_first;    /* its VMs in the batch's lookup list */
+    size_t vm_first; /* its VMs in the batch's lookup list */
     size_t vm_count;
     pg_delivery_state_t state;
 } slot_t;
@@ -45,7 +48,7 @@ typedef struct {
     pg_buf_t out;
     pg_policy_opts_t policy;
     pg_codec_limits_t limits;
-    unsigned long long decided, dead_lettered, retried_batches;
+    unsigned long long decided, dead_lettered, retried_batches, aborted_batches;
 } worker_t;
 
 enum { HOLD_OK = 0, HOLD_DROPPED = 1, HOLD_STOPPED = 2, HOLD_FATAL = -1 };
@@ -82,8 +85,8 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
         slot_t *s = &w->slots[i];
         const pg_kafka_msg_t *m = &w->msgs[i];
         memset(s, 0, sizeof(*s));
-        s->rc = pg_codec_decode(w->codec, m->payload, m->len, &w->limits, w->arena, &s->rec,
-                                s->detail, sizeof(s->detail));
+        s->rc = pg_codec_decode(w->codec, m->payload, m->len, &w->limits, w->arena,
+                                &s->rec, s->detail, sizeof(s->detail));
         if (s->rc == PG_CODEC_ENOMEM || s->rc == PG_CODEC_EINTERNAL) {
             snprintf(errbuf, errlen, "decoding %s[%d]@%" PRId64 ": %s", m->topic,
                      (int)m->partition, m->offset, s->detail);
@@ -129,8 +132,8 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
 }
 
 /* Reads the bindings, holding the batch while Redis cannot answer. */
-static int lookup_holding(worker_t *w, const char **vms, size_t nvm, pg_vm_binding_t *out,
-                          char *errbuf, size_t errlen)
+static int lookup_holding(worker_t *w, const char **vms, size_t nvm,
+                          pg_vm_binding_t *out, char *errbuf, size_t errlen)
 {
     uint64_t gen = pg_kafka_generation(w->kafka);
     int backoff = w->cfg->retry_backoff_min_ms;
@@ -139,12 +142,14 @@ static int lookup_holding(worker_t *w, const char **vms, size_t nvm, pg_vm_bindi
     bool paused = false;
     char err[512];
     for (;;) {
-        int rc = pg_bindings_lookup(w->bindings, vms, nvm, w->arena, out, err, sizeof(err));
+        int rc =
+            pg_bindings_lookup(w->bindings, vms, nvm, w->arena, out, err, sizeof(err));
         if (rc == 0) {
             if (attempts > 0)
                 pg_log_info("redis_recovered", "#attempts", (long long)attempts, NULL);
             if (paused && pg_kafka_resume(w->kafka) != 0)
-                return HOLD_DROPPED; /* resume failed: redo the batch after a rebalance */
+                return HOLD_DROPPED; /* resume failed: redo the batch after a rebalance
+                                      */
             return HOLD_OK;
         }
         if (rc == PG_BINDINGS_EAUTH) {
@@ -154,8 +159,8 @@ static int lookup_holding(worker_t *w, const char **vms, size_t nvm, pg_vm_bindi
         attempts++;
         w->retried_batches++;
         if (mono_ms() - last_log >= 10000) {
-            pg_log_warn("redis_unavailable", "error", err, "#attempts", (long long)attempts,
-                        "#retry_in_ms", (long long)backoff, NULL);
+            pg_log_warn("redis_unavailable", "error", err, "#attempts",
+                        (long long)attempts, "#retry_in_ms", (long long)backoff, NULL);
             last_log = mono_ms();
         }
         if (!paused) {
@@ -173,8 +178,9 @@ static int lookup_holding(worker_t *w, const char **vms, size_t nvm, pg_vm_bindi
             if (*w->stop)
                 return HOLD_STOPPED;
         }
-        backoff = backoff > w->cfg->retry_backoff_max_ms / 2 ? w->cfg->retry_backoff_max_ms
-                                                             : backoff * 2;
+        backoff = backoff > w->cfg->retry_backoff_max_ms / 2
+                      ? w->cfg->retry_backoff_max_ms
+                      : backoff * 2;
     }
 }
 
@@ -183,11 +189,12 @@ static pg_device_ref_t *device_scratch(worker_t *w, size_t n)
     return pg_arena_calloc(w->arena, n ? n : 1, sizeof(pg_device_ref_t));
 }
 
-static int decide_advice(worker_t *w, const pg_drs_advice_t *a, const pg_vm_binding_t *b,
-                         int64_t now, pg_record_t *out)
+static int decide_advice(worker_t *w, const pg_drs_advice_t *a,
+                         const pg_vm_binding_t *b, int64_t now, pg_record_t *out)
 {
     size_t n = a->n_migrations, na = 0, nv = 0;
-    pg_migration_advice_t *approved = pg_arena_calloc(w->arena, n ? n : 1, sizeof(*approved));
+    pg_migration_advice_t *approved =
+        pg_arena_calloc(w->arena, n ? n : 1, sizeof(*approved));
     pg_veto_t *vetoed = pg_arena_calloc(w->arena, n ? n : 1, sizeof(*vetoed));
     if (approved == NULL || vetoed == NULL)
         return -1;
@@ -201,17 +208,24 @@ static int decide_advice(worker_t *w, const pg_drs_advice_t *a, const pg_vm_bind
             approved[na++] = a->migrations[i];
             continue;
         }
-        vetoed[nv++] = (pg_veto_t){.migration = a->migrations[i], .reason = v.reason,
-                                   .n_devices = v.n_devices, .devices = devs};
-        pg_log_info("advice_vetoed", "advice", a->advice_id, "vm", a->migrations[i].vm_uuid,
-                    "reason", pg_veto_reason_name(v.reason), "#devices",
-                    (long long)v.n_devices, NULL);
+        vetoed[nv++] = (pg_veto_t){.migration = a->migrations[i],
+                                   .reason = v.reason,
+                                   .n_devices = v.n_devices,
+                                   .devices = devs};
+        pg_log_info("advice_vetoed", "advice", a->advice_id, "vm",
+                    a->migrations[i].vm_uuid, "reason", pg_veto_reason_name(v.reason),
+                    "#devices", (long long)v.n_devices, NULL);
     }
     out->type = PG_REC_FILTERED_ADVICE;
-    out->u.filtered_advice = (pg_filtered_advice_t){
-        .advice_id = a->advice_id, .cluster_uuid = a->cluster_uuid,
-        .generated_at_ms = a->generated_at_ms, .decided_at_ms = now,
-        .n_approved = na, .approved = approved, .n_vetoed = nv, .vetoed = vetoed};
+    out->u.filtered_advice =
+        (pg_filtered_advice_t){.advice_id = a->advice_id,
+                               .cluster_uuid = a->cluster_uuid,
+                               .generated_at_ms = a->generated_at_ms,
+                               .decided_at_ms = now,
+                               .n_approved = na,
+                               .approved = approved,
+                               .n_vetoed = nv,
+                               .vetoed = vetoed};
     return 0;
 }
 
@@ -225,17 +239,24 @@ static int decide_request(worker_t *w, const pg_migrate_request_t *r,
     pg_policy_judge(&w->policy, b, devs, &v);
     bool veto = v.verdict == PG_VERDICT_VETOED;
     out->type = PG_REC_MIGRATE_DECISION;
-    out->u.migrate_decision = (pg_migrate_decision_t){
-        .request_id = r->request_id, .vm_uuid = r->vm_uuid,
-        .src_host_uuid = r->src_host_uuid, .dst_host_uuid = r->dst_host_uuid,
-        .origin = r->origin, .verdict = v.verdict, .has_reason = veto,
-        .reason = v.reason, .n_devices = v.n_devices, .devices = devs,
-        .decided_at_ms = now};
+    out->u.migrate_decision = (pg_migrate_decision_t){.request_id = r->request_id,
+                                                      .vm_uuid = r->vm_uuid,
+                                                      .src_host_uuid = r->src_host_uuid,
+                                                      .dst_host_uuid = r->dst_host_uuid,
+                                                      .origin = r->origin,
+                                                      .verdict = v.verdict,
+                                                      .has_reason = veto,
+                                                      .reason = v.reason,
+                                                      .n_devices = v.n_devices,
+                                                      .devices = devs,
+                                                      .decided_at_ms = now};
     if (veto)
-        pg_log_info("request_vetoed", "request", r->request_id, "vm", r->vm_uuid, "reason",
-                    pg_veto_reason_name(v.reason), "#devices", (long long)v.n_devices, NULL);
+        pg_log_info("request_vetoed", "request", r->request_id, "vm", r->vm_uuid,
+                    "reason", pg_veto_reason_name(v.reason), "#devices",
+                    (long long)v.n_devices, NULL);
     else
-        pg_log_debug("request_approved", "request", r->request_id, "vm", r->vm_uuid, NULL);
+        pg_log_debug("request_approved", "request", r->request_id, "vm", r->vm_uuid,
+                     NULL);
     return 0;
 }
 
@@ -248,19 +269,26 @@ static int decide_result(worker_t *w, const pg_migration_result_t *r,
     if (b->n_devices > 0)
         memcpy(devs, b->devices, b->n_devices * sizeof(*devs));
     pg_policy_sort_devices(devs, b->n_devices);
-    pg_release_verdict_t v = pg_policy_release(r->src_host_uuid, r->dst_host_uuid,
-                                               r->observed_host_uuid,
-                                               b->known ? b->host : NULL);
+    pg_release_verdict_t v =
+        pg_policy_release(r->src_host_uuid, r->dst_host_uuid, r->observed_host_uuid,
+                          b->known ? b->host : NULL);
     out->type = PG_REC_RELEASE_DECISION;
-    out->u.release_decision = (pg_release_decision_t){
-        .request_id = r->request_id, .vm_uuid = r->vm_uuid, .outcome = r->outcome,
-        .action = v.action, .reason = v.reason, .from_host_uuid = r->src_host_uuid,
-        .dst_host_uuid = r->dst_host_uuid, .n_devices = b->n_devices, .devices = devs,
-        .decided_at_ms = now};
-    pg_log_info("release_decided", "request", r->request_id, "vm", r->vm_uuid, "outcome",
-                pg_outcome_name(r->outcome), "action", pg_release_action_name(v.action),
-                "reason", pg_release_reason_name(v.reason), "#devices",
-                (long long)b->n_devices, NULL);
+    out->u.release_decision =
+        (pg_release_decision_t){.request_id = r->request_id,
+                                .vm_uuid = r->vm_uuid,
+                                .outcome = r->outcome,
+                                .action = v.action,
+                                .reason = v.reason,
+                                .from_host_uuid = r->src_host_uuid,
+                                .dst_host_uuid = r->dst_host_uuid,
+                                .n_devices = b->n_devices,
+                                .devices = devs,
+                                .decided_at_ms = now};
+    pg_log_info("release_decided", "request", r->request_id, "vm", r->vm_uuid,
+                "outcome", pg_outcome_name(r->outcome), "action",
+                pg_release_action_name(v.action), "reason",
+                pg_release_reason_name(v.reason), "#devices", (long long)b->n_devices,
+                NULL);
     return 0;
 }
 
@@ -279,15 +307,15 @@ static int produce_dead_letter(worker_t *w, size_t i, char *errbuf, size_t errle
         {"pinguard-source-offset", offset},
     };
     pg_log_warn("input_dead_lettered", "topic", m->topic, "#partition",
-                (long long)m->partition, "#offset", (long long)m->offset, "error", error,
-                NULL);
+                (long long)m->partition, "#offset", (long long)m->offset, "error",
+                error, NULL);
     w->dead_lettered++;
-    return pg_kafka_produce(w->kafka, PG_OUT_DLQ, m->key, m->key_len, m->payload, m->len,
-                            headers, 4, &s->state, errbuf, errlen);
+    return pg_kafka_produce(w->kafka, PG_OUT_DLQ, m->key, m->key_len, m->payload,
+                            m->len, headers, 4, &s->state, errbuf, errlen);
 }
 
-static int produce_decision(worker_t *w, size_t i, const pg_vm_binding_t *b, int64_t now,
-                            char *errbuf, size_t errlen)
+static int produce_decision(worker_t *w, size_t i, const pg_vm_binding_t *b,
+                            int64_t now, char *errbuf, size_t errlen)
 {
     slot_t *s = &w->slots[i];
     const pg_vm_binding_t *vb = b + s->vm_first;
@@ -312,7 +340,8 @@ static int produce_decision(worker_t *w, size_t i, const pg_vm_binding_t *b, int
         key = s->rec.u.migration_result.vm_uuid;
         break;
     default:
-        snprintf(errbuf, errlen, "no decision for a %s", pg_record_type_name(s->rec.type));
+        snprintf(errbuf, errlen, "no decision for a %s",
+                 pg_record_type_name(s->rec.type));
         return PG_KAFKA_EFATAL;
     }
     if (rc != 0) {
@@ -337,7 +366,8 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
     size_t nvm = 0;
     if (decode_batch(w, n, &vms, &nvm, errbuf, errlen) != 0)
         return -1;
-    pg_vm_binding_t *bindings = pg_arena_calloc(w->arena, nvm ? nvm : 1, sizeof(*bindings));
+    pg_vm_binding_t *bindings =
+        pg_arena_calloc(w->arena, nvm ? nvm : 1, sizeof(*bindings));
     if (bindings == NULL) {
         snprintf(errbuf, errlen, "out of memory for %zu bindings", nvm);
         return -1;
@@ -355,16 +385,33 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
         }
     }
 
+    bool txn = pg_kafka_transactional(w->kafka);
+    if (txn && pg_kafka_txn_begin(w->kafka, errbuf, errlen) != 0)
+        return -1;
     int64_t now = wall_ms();
+    bool failed = false;
     for (size_t i = 0; i < n; i++) {
-        int rc = w->slots[i].rc != 0 ? produce_dead_letter(w, i, errbuf, errlen)
-                                     : produce_decision(w, i, bindings, now, errbuf, errlen);
+        int rc = w->slots[i].rc != 0
+                     ? produce_dead_letter(w, i, errbuf, errlen)
+                     : produce_decision(w, i, bindings, now, errbuf, errlen);
         if (rc == PG_KAFKA_EFATAL)
             return -1;
         if (rc != 0) {
             pg_log_warn("produce_failed", "error", errbuf, NULL);
             w->slots[i].state = PG_DELIVERY_FAILED;
+            failed = true;
         }
+    }
+    if (txn) {
+        /* All or nothing: a batch with a failed output is aborted and
+         * consumed again from the committed offsets. */
+        int rc = failed ? pg_kafka_txn_abort(w->kafka, errbuf, errlen)
+                        : pg_kafka_txn_commit(w->kafka, w->msgs, n, errbuf, errlen);
+        if (rc == PG_KAFKA_EFATAL)
+            return -1;
+        if (rc != 0)
+            w->aborted_batches++;
+        return 0;
     }
     if (pg_kafka_flush(w->kafka, errbuf, errlen) != 0)
         return -1;
@@ -403,11 +450,14 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         .limits = {.max_string = (size_t)cfg->max_string_length,
                    .max_items = (size_t)cfg->advice_max_migrations},
     };
-    const pg_bindings_opts_t bopts = {
-        .host = cfg->redis_host, .port = cfg->redis_port, .db = cfg->redis_db,
-        .user = cfg->redis_user, .password = cfg->redis_password,
-        .connect_timeout_ms = cfg->redis_connect_timeout_ms,
-        .timeout_ms = cfg->redis_timeout_ms};
+    const pg_bindings_opts_t bopts = {.host = cfg->redis_host,
+                                      .port = cfg->redis_port,
+                                      .db = cfg->redis_db,
+                                      .user = cfg->redis_user,
+                                      .password = cfg->redis_password,
+                                      .connect_timeout_ms =
+                                          cfg->redis_connect_timeout_ms,
+                                      .timeout_ms = cfg->redis_timeout_ms};
 
     w.msgs = calloc(max, sizeof(*w.msgs));
     w.slots = calloc(max, sizeof(*w.slots));
@@ -429,13 +479,15 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
     }
     if ((w.kafka = pg_kafka_new(cfg, errbuf, errlen)) == NULL)
         goto out;
-    pg_log_info("worker_started", "group", pg_config_kafka_get(cfg, "group.id"), "brokers",
-                pg_config_kafka_get(cfg, "bootstrap.servers"), "delivery", "at-least-once",
+    pg_log_info("worker_started", "group", pg_config_kafka_get(cfg, "group.id"),
+                "brokers", pg_config_kafka_get(cfg, "bootstrap.servers"), "delivery",
+                cfg->delivery == PG_DELIVERY_EXACTLY_ONCE ? "exactly-once"
+                                                          : "at-least-once",
                 NULL);
 
     while (!*stop) {
-        int n = pg_kafka_poll_batch(w.kafka, w.msgs, max, 100, cfg->batch_max_wait_ms, errbuf,
-                                    errlen);
+        int n = pg_kafka_poll_batch(w.kafka, w.msgs, max, 100, cfg->batch_max_wait_ms,
+                                    errbuf, errlen);
         if (n < 0)
             goto out;
         if (n == 0)
@@ -450,7 +502,8 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
     }
     rc = 0;
     pg_log_info("worker_stopping", "#decided", (long long)w.decided, "#dead_lettered",
-                (long long)w.dead_lettered, NULL);
+                (long long)w.dead_lettered, "#aborted_batches",
+                (long long)w.aborted_batches, NULL);
 out:
     worker_teardown(&w);
     return rc;

@@ -20,8 +20,18 @@ def services():
     assert _reachable("127.0.0.1", REDIS_PORT), "Redis is not running: bash deploy/local/up.sh"
 
 
+@pytest.fixture(params=["exactly-once", "at-least-once"])
+def env(request):
+    """A test's own topics, group and cache entries; each worker test runs in
+    both delivery modes."""
+    e = Env(delivery=request.param)
+    yield e
+    e.close()
+
+
 @pytest.fixture
-def env():
+def cache_env():
+    """For tests that need the cache and topics but no delivery mode."""
     e = Env()
     yield e
     e.close()

@@ -34,9 +34,10 @@ def load_schema(name):
 
 
 SCHEMAS = {n: load_schema(n) for n in RECORDS}
+# fastavro gives the fingerprint as the hex of its little-endian bytes.
 FINGERPRINTS = {
-    n: int(fastavro.schema.fingerprint(
-        fastavro.schema.to_parsing_canonical_form(s), "CRC-64-AVRO"), 16)
+    n: int.from_bytes(bytes.fromhex(fastavro.schema.fingerprint(
+        fastavro.schema.to_parsing_canonical_form(s), "CRC-64-AVRO")), "little")
     for n, s in SCHEMAS.items()}
 BY_FINGERPRINT = {fp: n for n, fp in FINGERPRINTS.items()}
 
@@ -84,8 +85,9 @@ class Env:
     INPUTS = ("advice", "requests", "results")
     OUTPUTS = ("advice.filtered", "decisions", "release", "dlq")
 
-    def __init__(self, partitions=6):
+    def __init__(self, partitions=6, delivery="exactly-once"):
         tag = uuid.uuid4().hex[:10]
+        self.delivery = delivery
         self.tag = tag
         self.topics = {k: f"it.{tag}.{k}" for k in self.INPUTS + self.OUTPUTS}
         self.group = f"it-{tag}"
@@ -109,7 +111,7 @@ class Env:
 
     def settings(self):
         s = [f"topic.{k}={v}" for k, v in self.topics.items()]
-        return s + [f"kafka.group.id={self.group}"]
+        return s + [f"kafka.group.id={self.group}", f"delivery={self.delivery}"]
 
     # --- cache -----------------------------------------------------------
     def vm(self, host=None, devices=(), pin=None, vm=None):
@@ -143,6 +145,7 @@ class Env:
         try:
             deadline = time.monotonic() + timeout
             while len(out) < count and time.monotonic() < deadline:
+                self.check_workers()
                 m = c.poll(0.2)
                 if m is None:
                     continue
@@ -172,6 +175,13 @@ class Env:
         finally:
             c.close()
         return {tp.partition: tp.offset for tp in tps}
+
+    def check_workers(self):
+        """Fails at once, with its log, when a worker died on its own."""
+        for w in self.workers:
+            rc = w.proc.poll()
+            if rc is not None and rc != 0 and not w.stopping:
+                raise AssertionError(f"worker exited with {rc}:\n{w.logs()[-3000:]}")
 
     # --- worker ------------------------------------------------------------
     def worker(self, *extra, env=None):
@@ -211,6 +221,7 @@ class Worker:
         self.log = open(self.log_path, "w+")
         e = dict(os.environ)
         e.update(env or {})
+        self.stopping = False
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=e)
 
     def logs(self):
@@ -221,11 +232,13 @@ class Worker:
         return wait_until(lambda: needle in self.logs(), timeout, f"log line {needle!r}")
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
+        self.stopping = True
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
     def kill(self):
+        self.stopping = True
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)

@@ -6,7 +6,8 @@ import json
 from pgtest import FINGERPRINTS, decode, encode, run_cli, uid
 
 
-def test_edit_and_explain(env):
+def test_edit_and_explain(cache_env):
+    env = cache_env
     vm, host = uid(), uid()
     env.vms.add(vm)
     run_cli("place", vm, host, check=0)
@@ -37,7 +38,8 @@ def test_edit_and_explain(env):
     assert env.redis.get(f"pinguard:vm:{{{vm}}}:host") == host
 
 
-def test_import_many(env):
+def test_import_many(cache_env):
+    env = cache_env
     vms = [uid() for _ in range(2500)]
     env.vms.update(vms)
     lines = []

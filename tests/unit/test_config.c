@@ -76,7 +76,9 @@ START_TEST(precedence_file_env_flag)
     ck_assert_int_eq(c->redis_port, 7001);
     ck_assert_int_eq(c->redis_db, 3);
     ck_assert_str_eq(pg_config_kafka_get(c, "group.id"), "from-env");
-    ck_assert_int_eq(pg_config_set(c, "redis.port", "7002", PG_CONFIG_SRC_FLAG, err, sizeof(err)), 0);
+    ck_assert_int_eq(
+        pg_config_set(c, "redis.port", "7002", PG_CONFIG_SRC_FLAG, err, sizeof(err)),
+        0);
     ck_assert_int_eq(c->redis_port, 7002);
     char *shown = capture(pg_config_print, c);
     ck_assert_ptr_nonnull(strstr(shown, "redis.port = 7002  # flag"));
@@ -96,9 +98,11 @@ START_TEST(bounds_and_types)
     ck_assert_int_eq(pg_config_set(c, "redis.port", "12x", 3, err, sizeof(err)), -1);
     ck_assert_int_eq(pg_config_set(c, "redis.port", "", 3, err, sizeof(err)), -1);
     ck_assert_int_eq(c->redis_port, 6379); /* a rejected value changes nothing */
-    ck_assert_int_eq(pg_config_set(c, "policy.allow.unknown.vm", "yes", 3, err, sizeof(err)), 0);
+    ck_assert_int_eq(
+        pg_config_set(c, "policy.allow.unknown.vm", "yes", 3, err, sizeof(err)), 0);
     ck_assert(c->allow_unknown_vm);
-    ck_assert_int_eq(pg_config_set(c, "policy.allow.unknown.vm", "maybe", 3, err, sizeof(err)), -1);
+    ck_assert_int_eq(
+        pg_config_set(c, "policy.allow.unknown.vm", "maybe", 3, err, sizeof(err)), -1);
     ck_assert_int_eq(pg_config_set(c, "log.level", "debug", 3, err, sizeof(err)), 0);
     ck_assert_int_eq(c->log_level, PG_LOG_DEBUG);
     ck_assert_int_eq(pg_config_set(c, "log.level", "loud", 3, err, sizeof(err)), -1);
@@ -172,16 +176,17 @@ START_TEST(docs_match_table)
     char path[1024];
     snprintf(path, sizeof(path), "%s/docs/CONFIG.md", src);
     FILE *f = fopen(path, "r");
-    ck_assert_msg(f != NULL, "missing %s: run `pinguard config reference > docs/CONFIG.md`",
-                  path);
+    ck_assert_msg(f != NULL,
+                  "missing %s: run `pinguard config reference > docs/CONFIG.md`", path);
     char *doc = NULL;
     size_t cap = 0;
     ssize_t n = getdelim(&doc, &cap, '\0', f);
     fclose(f);
     ck_assert_int_gt(n, 0);
     char *ref = capture(reference_adapter, NULL);
-    ck_assert_msg(strcmp(doc, ref) == 0,
-                  "docs/CONFIG.md is stale: run `pinguard config reference > docs/CONFIG.md`");
+    ck_assert_msg(
+        strcmp(doc, ref) == 0,
+        "docs/CONFIG.md is stale: run `pinguard config reference > docs/CONFIG.md`");
     free(ref);
     free(doc);
 }

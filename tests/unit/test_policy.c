@@ -18,9 +18,11 @@ static pg_policy_verdict_t judge(const pg_policy_opts_t *o, bool known, const ch
                                  const pg_device_ref_t *devs, size_t n,
                                  pg_device_ref_t *out)
 {
-    pg_vm_binding_t b = {
-        .known = known, .host = known ? HOST : NULL, .pin = pin, .n_devices = n,
-        .devices = devs};
+    pg_vm_binding_t b = {.known = known,
+                         .host = known ? HOST : NULL,
+                         .pin = pin,
+                         .n_devices = n,
+                         .devices = devs};
     pg_policy_verdict_t v;
     memset(&v, 0xAB, sizeof(v)); /* catch fields left unset */
     pg_policy_judge(o, &b, out, &v);
@@ -32,12 +34,18 @@ static const struct {
     pg_device_kind_t parsed;
     bool pins;
 } kind_cases[] = {
-    {"pci", PG_KIND_PCI, true},           {"dgpu", PG_KIND_DGPU, true},
-    {"mdev", PG_KIND_MDEV, true},         {"usb", PG_KIND_USB, true},
-    {"pci+vf", PG_KIND_PCI_VF, false},    {"pci+vf2", PG_KIND_PCI_VF2, false},
-    {"pci+vdpa", PG_KIND_PCI_VDPA, false}, {"fpga", PG_KIND_UNKNOWN, true},
-    {"PCI", PG_KIND_UNKNOWN, true},       {"", PG_KIND_UNKNOWN, true},
-    {"pci+vf ", PG_KIND_UNKNOWN, true},   {"pci+vf3", PG_KIND_UNKNOWN, true},
+    {"pci", PG_KIND_PCI, true},
+    {"dgpu", PG_KIND_DGPU, true},
+    {"mdev", PG_KIND_MDEV, true},
+    {"usb", PG_KIND_USB, true},
+    {"pci+vf", PG_KIND_PCI_VF, false},
+    {"pci+vf2", PG_KIND_PCI_VF2, false},
+    {"pci+vdpa", PG_KIND_PCI_VDPA, false},
+    {"fpga", PG_KIND_UNKNOWN, true},
+    {"PCI", PG_KIND_UNKNOWN, true},
+    {"", PG_KIND_UNKNOWN, true},
+    {"pci+vf ", PG_KIND_UNKNOWN, true},
+    {"pci+vf3", PG_KIND_UNKNOWN, true},
 };
 
 START_TEST(kind_table)
@@ -92,7 +100,8 @@ END_TEST
 /* Production incident: a VF NIC's backing PCI devices must not block a move. */
 START_TEST(vf_nic_backed_pci_approved)
 {
-    pg_device_ref_t d[] = {{"b", "pci+vf"}, {"a", "pci+vf2"}, {"c", "pci+vdpa"}}, out[3];
+    pg_device_ref_t d[] = {{"b", "pci+vf"}, {"a", "pci+vf2"}, {"c", "pci+vdpa"}},
+                    out[3];
     pg_policy_verdict_t v = judge(&strict, true, NULL, d, 3, out);
     ck_assert_int_eq(v.verdict, PG_VERDICT_APPROVED);
     ck_assert_uint_eq(v.n_devices, 0);
@@ -114,8 +123,8 @@ END_TEST
 /* The veto lists only pinning devices, unknown kinds included, sorted. */
 START_TEST(veto_lists_pinning_devices_sorted)
 {
-    pg_device_ref_t d[] = {{"d4", "pci+vf"}, {"d3", "usb"},  {"d1", "weird"},
-                           {"d5", "dgpu"},   {"d2", "pci"},  {"d0", "pci+vdpa"}};
+    pg_device_ref_t d[] = {{"d4", "pci+vf"}, {"d3", "usb"}, {"d1", "weird"},
+                           {"d5", "dgpu"},   {"d2", "pci"}, {"d0", "pci+vdpa"}};
     pg_device_ref_t out[6];
     pg_policy_verdict_t v = judge(&strict, true, NULL, d, 6, out);
     ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
@@ -240,9 +249,9 @@ static const struct {
 
 START_TEST(release_table)
 {
-    pg_release_verdict_t v = pg_policy_release(SRC, release_cases[_i].dst,
-                                               release_cases[_i].observed,
-                                               release_cases[_i].cache);
+    pg_release_verdict_t v =
+        pg_policy_release(SRC, release_cases[_i].dst, release_cases[_i].observed,
+                          release_cases[_i].cache);
     ck_assert_msg(v.action == release_cases[_i].action &&
                       v.reason == release_cases[_i].reason,
                   "case %d: got %s/%s", _i, pg_release_action_name(v.action),
@@ -263,7 +272,8 @@ END_TEST
 
 START_TEST(enum_names_match_schema)
 {
-    ck_assert_str_eq(pg_veto_reason_name(PG_VETO_UNKNOWN_DEVICE_KIND), "UNKNOWN_DEVICE_KIND");
+    ck_assert_str_eq(pg_veto_reason_name(PG_VETO_UNKNOWN_DEVICE_KIND),
+                     "UNKNOWN_DEVICE_KIND");
     ck_assert_str_eq(pg_origin_name(PG_ORIGIN_MAINTENANCE), "MAINTENANCE");
     ck_assert_str_eq(pg_verdict_name(PG_VERDICT_VETOED), "VETOED");
     ck_assert_str_eq(pg_outcome_name(PG_OUTCOME_FAILED), "FAILED");

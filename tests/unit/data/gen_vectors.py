@@ -39,8 +39,10 @@ C_TYPES = {
     NS + "DeviceRef": "pg_device_ref_t",
 }
 
-ADV1 = {"vmUuid": "vm-1", "srcHostUuid": "host-a", "dstHostUuid": "host-b", "score": 0.87}
-ADV2 = {"vmUuid": "vm-2", "srcHostUuid": "host-a", "dstHostUuid": "host-c", "score": None}
+ADV1 = {"vmUuid": "vm-1", "srcHostUuid": "host-a", "dstHostUuid": "host-b",
+        "score": 0.87}
+ADV2 = {"vmUuid": "vm-2", "srcHostUuid": "host-a", "dstHostUuid": "host-c",
+        "score": None}
 ADV3 = {"vmUuid": "vm-\u00fc\u4e2d\U0001f600", "srcHostUuid": "host-d",
         "dstHostUuid": "host-e", "score": -1.5e-300}
 DEV1 = {"deviceUuid": "dev-1", "kind": "dgpu"}
@@ -61,7 +63,8 @@ SAMPLES = [
         "adviceId": "adv-1", "clusterUuid": "cl-1", "generatedAtMs": 1732580000123,
         "decidedAtMs": 1732580000456, "approved": [ADV2],
         "vetoed": [
-            {"migration": ADV1, "reason": "HOST_BOUND_DEVICE", "devices": [DEV1, DEV2, DEV3]},
+            {"migration": ADV1, "reason": "HOST_BOUND_DEVICE",
+             "devices": [DEV1, DEV2, DEV3]},
             {"migration": ADV3, "reason": "UNKNOWN_VM", "devices": []},
             {"migration": ADV2, "reason": "OPERATOR_PIN", "devices": [DEV2]},
         ]}),
@@ -70,7 +73,8 @@ SAMPLES = [
         "dstHostUuid": None, "origin": "HA", "requestedAtMs": 9223372036854775807}),
     ("migrate_request_dst", "MigrateVmRequest", {
         "requestId": "req-2", "vmUuid": "vm-2", "srcHostUuid": "host-a",
-        "dstHostUuid": "host-b", "origin": "OTHER", "requestedAtMs": -9223372036854775808}),
+        "dstHostUuid": "host-b", "origin": "OTHER",
+        "requestedAtMs": -9223372036854775808}),
     ("migrate_decision_vetoed", "MigrateVmDecision", {
         "requestId": "req-1", "vmUuid": "vm-1", "srcHostUuid": "host-a",
         "dstHostUuid": "host-b", "origin": "DRS", "verdict": "VETOED",
@@ -89,12 +93,40 @@ SAMPLES = [
         "error": None, "finishedAtMs": 1}),
     ("release_decision", "DeviceReleaseDecision", {
         "requestId": "req-1", "vmUuid": "vm-1", "outcome": "FAILED", "action": "KEEP",
-        "reason": "PLACEMENT_CONFLICT", "fromHostUuid": "host-a", "dstHostUuid": "host-b",
+        "reason": "PLACEMENT_CONFLICT", "fromHostUuid": "host-a",
+        "dstHostUuid": "host-b",
         "devices": [DEV1, DEV2], "decidedAtMs": 1732580010000}),
     ("release_decision_nodst", "DeviceReleaseDecision", {
         "requestId": "req-3", "vmUuid": "vm-3", "outcome": "SUCCEEDED",
         "action": "KEEP", "reason": "NO_DESTINATION", "fromHostUuid": "host-a",
         "dstHostUuid": None, "devices": [], "decidedAtMs": 7}),
+]
+
+# Standalone schemas for the canonical-form rules: primitives in object form,
+# namespaces inherited, overridden and dotted, references by short and full
+# name, a recursive reference, attributes to strip, \u escapes.
+PCF_CASES = [
+    '{"type": "int"}',
+    '"string"',
+    '{"type": "long", "logicalType": "timestamp-millis"}',
+    '["null", {"type": "string"}, "double"]',
+    """{"type": "record", "name": "Outer", "namespace": "a.b", "doc": "x",
+   "aliases": ["Old"], "fields": [
+     {"name": "e", "type": {"type": "enum", "name": "Color", "symbols": ["R", "G"],
+                            "default": "R", "doc": "d"},
+      "default": "G", "order": "descending"},
+     {"name": "f", "type": {"type": "fixed", "name": "x.y.Hash", "size": 16,
+                            "aliases": ["H"]}},
+     {"name": "m", "type": {"type": "map",
+                            "values": {"type": "array", "items": "Color"}}},
+     {"name": "u", "type": ["null", "Color", "x.y.Hash", "Outer"], "default": null},
+     {"name": "n", "type": {"type": "record", "name": "Inner", "namespace": "c",
+                            "fields": [{"name": "k", "type": ["null", "Inner"]},
+                                       {"name": "\\u0041", "type": "a.b.Color"}]}},
+     {"name": "z", "type": {"type": "record", "name": "Z",
+                            "fields": [{"name": "h", "type": "x.y.Hash",
+                                        "doc": "\\u00e9"}]}}
+   ]}""",
 ]
 
 
@@ -222,6 +254,17 @@ def main():
     out.append("static const tv_schema_t tv_schemas[PG_REC_COUNT] = {\n%s\n};\n"
                % "\n".join(rows))
 
+    rows = []
+    for text in PCF_CASES:
+        parsed = fastavro.schema.parse_schema(json.loads(text), _write_hint=False,
+                                              _force=True)
+        pcf, raw = fingerprint(parsed)
+        rows.append("    {%s,\n     %s, UINT64_C(0x%016x)},"
+                    % (c_str(text), c_str(pcf), int.from_bytes(raw, "little")))
+    out.append("static const struct {\n    const char *schema;\n    const char *pcf;\n"
+               "    uint64_t fingerprint;\n} tv_pcf_cases[] = {\n%s\n};\n"
+               % "\n".join(rows))
+
     table = []
     em = Emitter()
     for sname, rname, rec in SAMPLES:
@@ -240,7 +283,8 @@ def main():
         out.append("static const uint8_t tv_%s_bytes[] = {\n%s\n};\n"
                    % (sname, c_bytes(data)))
         table.append("    {%s, &tv_%s_rec, tv_%s_bytes, sizeof(tv_%s_bytes),\n     %s},"
-                     % (c_str(sname), sname, sname, sname, c_str(js.getvalue().strip())))
+                     % (c_str(sname), sname, sname, sname,
+                        c_str(js.getvalue().strip())))
     out.append("static const tv_sample_t tv_samples[] = {\n%s\n};\n" % "\n".join(table))
     out.append("#endif\n")
     with open(os.path.join(HERE, "vectors.h"), "w") as f:

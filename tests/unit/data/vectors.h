@@ -35,6 +35,23 @@ static const tv_schema_t tv_schemas[PG_REC_COUNT] = {
      "{\"name\":\"io.pinguard.v1.DeviceReleaseDecision\",\"type\":\"record\",\"fields\":[{\"name\":\"requestId\",\"type\":\"string\"},{\"name\":\"vmUuid\",\"type\":\"string\"},{\"name\":\"outcome\",\"type\":{\"name\":\"io.pinguard.v1.MigrationOutcome\",\"type\":\"enum\",\"symbols\":[\"SUCCEEDED\",\"FAILED\"]}},{\"name\":\"action\",\"type\":{\"name\":\"io.pinguard.v1.ReleaseAction\",\"type\":\"enum\",\"symbols\":[\"RELEASE\",\"KEEP\"]}},{\"name\":\"reason\",\"type\":{\"name\":\"io.pinguard.v1.ReleaseReason\",\"type\":\"enum\",\"symbols\":[\"CONFIRMED_ON_DESTINATION\",\"NO_DESTINATION\",\"STILL_ON_SOURCE\",\"PLACEMENT_UNCONFIRMED\",\"PLACEMENT_CONFLICT\"]}},{\"name\":\"fromHostUuid\",\"type\":\"string\"},{\"name\":\"dstHostUuid\",\"type\":[\"null\",\"string\"]},{\"name\":\"devices\",\"type\":{\"type\":\"array\",\"items\":{\"name\":\"io.pinguard.v1.DeviceRef\",\"type\":\"record\",\"fields\":[{\"name\":\"deviceUuid\",\"type\":\"string\"},{\"name\":\"kind\",\"type\":\"string\"}]}}},{\"name\":\"decidedAtMs\",\"type\":\"long\"}]}"},
 };
 
+static const struct {
+    const char *schema;
+    const char *pcf;
+    uint64_t fingerprint;
+} tv_pcf_cases[] = {
+    {"{\"type\": \"int\"}",
+     "\"int\"", UINT64_C(0x7275d51a3f395c8f)},
+    {"\"string\"",
+     "\"string\"", UINT64_C(0x8f014872634503c7)},
+    {"{\"type\": \"long\", \"logicalType\": \"timestamp-millis\"}",
+     "\"long\"", UINT64_C(0xd054e14493f41db7)},
+    {"[\"null\", {\"type\": \"string\"}, \"double\"]",
+     "[\"null\",\"string\",\"double\"]", UINT64_C(0x9513fe6e7e7a2602)},
+    {"{\"type\": \"record\", \"name\": \"Outer\", \"namespace\": \"a.b\", \"doc\": \"x\",\012   \"aliases\": [\"Old\"], \"fields\": [\012     {\"name\": \"e\", \"type\": {\"type\": \"enum\", \"name\": \"Color\", \"symbols\": [\"R\", \"G\"],\012                            \"default\": \"R\", \"doc\": \"d\"},\012      \"default\": \"G\", \"order\": \"descending\"},\012     {\"name\": \"f\", \"type\": {\"type\": \"fixed\", \"name\": \"x.y.Hash\", \"size\": 16,\012                            \"aliases\": [\"H\"]}},\012     {\"name\": \"m\", \"type\": {\"type\": \"map\",\012                            \"values\": {\"type\": \"array\", \"items\": \"Color\"}}},\012     {\"name\": \"u\", \"type\": [\"null\", \"Color\", \"x.y.Hash\", \"Outer\"], \"default\": null},\012     {\"name\": \"n\", \"type\": {\"type\": \"record\", \"name\": \"Inner\", \"namespace\": \"c\",\012                            \"fields\": [{\"name\": \"k\", \"type\": [\"null\", \"Inner\"]},\012                                       {\"name\": \"\\u0041\", \"type\": \"a.b.Color\"}]}},\012     {\"name\": \"z\", \"type\": {\"type\": \"record\", \"name\": \"Z\",\012                            \"fields\": [{\"name\": \"h\", \"type\": \"x.y.Hash\",\012                                        \"doc\": \"\\u00e9\"}]}}\012   ]}",
+     "{\"name\":\"a.b.Outer\",\"type\":\"record\",\"fields\":[{\"name\":\"e\",\"type\":{\"name\":\"a.b.Color\",\"type\":\"enum\",\"symbols\":[\"R\",\"G\"]}},{\"name\":\"f\",\"type\":{\"name\":\"x.y.Hash\",\"type\":\"fixed\",\"size\":16}},{\"name\":\"m\",\"type\":{\"type\":\"map\",\"values\":{\"type\":\"array\",\"items\":\"a.b.Color\"}}},{\"name\":\"u\",\"type\":[\"null\",\"a.b.Color\",\"x.y.Hash\",\"a.b.Outer\"]},{\"name\":\"n\",\"type\":{\"name\":\"c.Inner\",\"type\":\"record\",\"fields\":[{\"name\":\"k\",\"type\":[\"null\",\"c.Inner\"]},{\"name\":\"A\",\"type\":\"a.b.Color\"}]}},{\"name\":\"z\",\"type\":{\"name\":\"a.b.Z\",\"type\":\"record\",\"fields\":[{\"name\":\"h\",\"type\":\"x.y.Hash\"}]}}]}", UINT64_C(0x7dcacf0f2dc7e1d5)},
+};
+
 static const pg_migration_advice_t tv_drs_advice_many_migrations[] = {
     {.vm_uuid = "vm-1", .src_host_uuid = "host-a", .dst_host_uuid = "host-b", .has_score = true, .score = 0.87},
     {.vm_uuid = "vm-2", .src_host_uuid = "host-a", .dst_host_uuid = "host-c"},
