@@ -43,7 +43,7 @@ for line in open(decisions_path):
     elif "verdict" in d:
         reason = union(d["reason"])
         devs = ", ".join(f"{x['deviceUuid']}({x['kind']})" for x in d["devices"]) or "-"
-        print(f"MigrateVm {rid}: vm {d['vmUuid']} -> {union(d['dstHostUuid'])}: "
+        print(f"MigrateVm {rid}: vm {d['vmUuid']} -> {union(d['dstHostUuid']) or '(no destination)'}: "
               f"{d['verdict']} {reason or ''}  devices: {devs}")
         ok = d["verdict"] == exp["verdict"] and reason == exp["reason"]
     else:

@@ -18,8 +18,13 @@ import redis
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-BOOTSTRAP = os.environ.get("PG_KAFKA", "127.0.0.1:9092")
-REDIS_PORT = int(os.environ.get("PG_REDIS_PORT", "6379"))
+# The same variables as deploy/local/*.sh, so that a private set of services
+# (PINGUARD_RUN=... PINGUARD_KAFKA_PORT=... up.sh) can be tested in parallel.
+BOOTSTRAP = "127.0.0.1:" + os.environ.get("PINGUARD_KAFKA_PORT", "9092")
+REDIS_PORT = int(os.environ.get("PINGUARD_REDIS_PORT", "6379"))
+# pinguard reads both from the environment too (kafka.bootstrap.servers, redis.port).
+os.environ["PINGUARD_KAFKA_BOOTSTRAP_SERVERS"] = BOOTSTRAP
+os.environ["PINGUARD_REDIS_PORT"] = str(REDIS_PORT)
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCHEMAS_DIR = os.environ.get("PG_SCHEMAS_DIR", os.path.join(ROOT, "schemas"))
 PINGUARD = os.environ.get("PINGUARD_BIN", os.path.join(ROOT, "build", "pinguard"))

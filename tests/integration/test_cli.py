@@ -3,7 +3,7 @@ Avro tools (checked against fastavro), usage errors and exit codes."""
 
 import json
 
-from pgtest import FINGERPRINTS, decode, encode, run_cli, uid
+from pgtest import BOOTSTRAP, FINGERPRINTS, decode, encode, run_cli, uid
 
 
 def test_edit_and_explain(cache_env):
@@ -99,7 +99,7 @@ def test_usage_and_config():
     out = p.stdout.decode()
     assert "hunter2" not in out and "s3cr3t" not in out
     assert "redis.password = (set, hidden)" in out
-    assert "kafka.bootstrap.servers = 127.0.0.1:9092" in out
+    assert f"kafka.bootstrap.servers = {BOOTSTRAP}  # env" in out
     assert "kafka.group.id = pinguard" in out
     # Redis unreachable: a runtime error, exit 1, naming what failed.
     p = run_cli("explain", uid(), "--set", "redis.port=1", check=1)
