@@ -10,6 +10,7 @@
 #include "bindings.h"
 #include "codec.h"
 #include "config.h"
+#include "kafka.h"
 #include "log.h"
 #include "policy.h"
 #include "worker.h"
@@ -41,6 +42,7 @@ static const char usage_text[] =
     "                               single-object Avro to JSON lines; --framed reads\n"
     "                               kcat -f '%R%s' frames (4-byte length + payload)\n"
     "  avro fingerprint [--type T]  print schema fingerprints and canonical forms\n"
+    "  lag [--json]                 the group's lag per input partition\n"
     "  config reference             print the configuration reference (Markdown)\n"
     "  config show                  print the effective configuration, secrets hidden\n"
     "\n"
@@ -50,7 +52,7 @@ static const char usage_text[] =
     "  -X PROP=VALUE                librdkafka property, same as --set "
     "kafka.PROP=VALUE\n"
     "  --check-config               with run: validate the settings, print them, exit\n"
-    "  --json                       with explain: one JSON object\n"
+    "  --json                       with explain and lag: JSON output\n"
     "  --type T, --framed           with avro: record type / framed input\n"
     "  -h, --help                   this text\n"
     "\n"
@@ -574,6 +576,60 @@ out:
     return rc;
 }
 
+static int cmd_lag(const args_t *a, const pg_config_t *c)
+{
+    char err[512];
+    pg_lag_row_t *rows = NULL;
+    size_t n = 0;
+    if (a->n_pos != 1)
+        return usage_error("%s", "usage: pinguard lag [--json]");
+    pg_kafka_t *k = pg_kafka_new_inspector(c, err, sizeof(err));
+    if (k == NULL || pg_kafka_lag(k, true, &rows, &n, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pinguard: lag: %s\n", err);
+        pg_kafka_destroy(k);
+        return PG_EXIT_RUNTIME;
+    }
+    const char *group = pg_config_kafka_get(c, "group.id");
+    long long total = 0;
+    if (a->json) {
+        json_t *parts = json_array();
+        for (size_t i = 0; i < n; i++) {
+            total += rows[i].lag;
+            json_array_append_new(parts, json_pack("{s:s, s:i, s:o, s:I, s:I}", "topic",
+                                                   rows[i].topic, "partition",
+                                                   (int)rows[i].partition, "committed",
+                                                   rows[i].committed >= 0
+                                                       ? json_integer(rows[i].committed)
+                                                       : json_null(),
+                                                   "high", (json_int_t)rows[i].high,
+                                                   "lag", (json_int_t)rows[i].lag));
+        }
+        json_t *o = json_pack("{s:s, s:o, s:I}", "group", group, "partitions", parts,
+                              "totalLag", (json_int_t)total);
+        char *s = json_dumps(o, JSON_COMPACT);
+        printf("%s\n", s);
+        free(s);
+        json_decref(o);
+    } else {
+        printf("group %s\n%-32s %9s %12s %12s %10s\n", group, "TOPIC", "PARTITION",
+               "COMMITTED", "HIGH", "LAG");
+        for (size_t i = 0; i < n; i++) {
+            char committed[24] = "-";
+            if (rows[i].committed >= 0)
+                snprintf(committed, sizeof(committed), "%lld",
+                         (long long)rows[i].committed);
+            printf("%-32s %9d %12s %12lld %10lld\n", rows[i].topic,
+                   (int)rows[i].partition, committed, (long long)rows[i].high,
+                   (long long)rows[i].lag);
+            total += rows[i].lag;
+        }
+        printf("total lag %lld\n", total);
+    }
+    free(rows);
+    pg_kafka_destroy(k);
+    return PG_EXIT_OK;
+}
+
 static int cmd_config(const args_t *a, const pg_config_t *c)
 {
     if (a->n_pos == 2 && strcmp(a->pos[1], "reference") == 0) {
@@ -601,7 +657,7 @@ int pg_cli_main(int argc, char **argv, char *const *envp, volatile sig_atomic_t 
     if (strcmp(cmd, "avro") == 0)
         return cmd_avro(&a);
     static const char *const known[] = {"run", "explain", "bind",   "unbind", "place",
-                                        "pin", "unpin",   "import", "config"};
+                                        "pin", "unpin",   "import", "config", "lag"};
     bool ok = false;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         ok |= strcmp(cmd, known[i]) == 0;
@@ -619,6 +675,8 @@ int pg_cli_main(int argc, char **argv, char *const *envp, volatile sig_atomic_t 
         rc = cmd_import(&a, c);
     else if (strcmp(cmd, "config") == 0)
         rc = cmd_config(&a, c);
+    else if (strcmp(cmd, "lag") == 0)
+        rc = cmd_lag(&a, c);
     else
         rc = cmd_edit(&a, c);
     pg_config_destroy(c);

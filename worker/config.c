@@ -86,7 +86,10 @@ static const entry_t table[] = {
     INT("retry.backoff.max.ms", retry_backoff_max_ms, "5000", 1, 600000,
         "Cap of the doubling retry wait."),
     STR("metrics.listen", metrics_listen, "127.0.0.1:9464",
-        "Address of the /metrics, /healthz and /readyz endpoints."),
+        "IPv4 address:port of the /metrics, /healthz and /readyz endpoints; port 0 "
+        "picks a free one (logged), an empty value turns them off."),
+    INT("health.stall.timeout.ms", health_stall_timeout_ms, "90000", 1000, 3600000,
+        "/healthz and /readyz fail when the loop has not turned for this long."),
     {"log.level", T_ENUM, OFF(log_level), "info", 0, 0, level_symbols, false,
      "Least severe level logged."},
     {"log.format", T_ENUM, OFF(log_format), "logfmt", 0, 0, format_symbols, false,

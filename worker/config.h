@@ -58,6 +58,7 @@ typedef struct {
     int retry_backoff_max_ms;
 
     char *metrics_listen;
+    int health_stall_timeout_ms;
     int log_level;  /* pg_log_level_t */
     int log_format; /* pg_log_format_t */
 

@@ -14,6 +14,7 @@
 #include "log.h"
 
 #include <librdkafka/rdkafka.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,9 @@ struct pg_kafka {
     rd_kafka_topic_t *out[PG_OUT_COUNT];
     const char *in_topics[PG_IN_COUNT];
     uint64_t generation;
+    /* Read by the metrics thread. */
+    _Atomic bool joined;
+    _Atomic unsigned long long rebalances, assigned, aborts;
     bool transactional;
     bool paused;
     bool fatal;
@@ -103,7 +107,8 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
                err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
                err == RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED) {
         /* Wrong credentials do not heal by retrying: stop and say so. */
-        snprintf(k->fatal_reason, sizeof(k->fatal_reason), "%s: %s",
+        snprintf(k->fatal_reason, sizeof(k->fatal_reason),
+                 "%s: %s (check the kafka.sasl.* and kafka.ssl.* settings)",
                  rd_kafka_err2name(err), reason);
         k->fatal = true;
     }
@@ -131,11 +136,15 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     pg_kafka_t *k = opaque;
     k->generation++;
     k->paused = false; /* pause state does not survive a rebalance */
+    atomic_fetch_add(&k->rebalances, 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         pg_log_info("partitions_assigned", "#count", (long long)parts->cnt, NULL);
         rd_kafka_assign(rk, parts);
+        atomic_store(&k->assigned, (unsigned long long)parts->cnt);
+        atomic_store(&k->joined, true);
         return;
     }
+    atomic_store(&k->assigned, 0ULL);
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         /* Hand over exactly what was acknowledged. Transactions carry their
          * own offsets and none is open between batches. */
@@ -244,6 +253,33 @@ fail:
     return NULL;
 }
 
+static int64_t now_ms(void);
+static int check_fatal(pg_kafka_t *k, char *errbuf, size_t errlen);
+
+/* Fences any older producer with the same transactional.id and aborts what it
+ * left open. Called in short slices (the call resumes after a retriable
+ * timeout) with the producer's error callback served between them: a wrong
+ * SASL password shows up there as _AUTHENTICATION within a second, while a
+ * single call would only time out after 60 s with no word of the cause. */
+static int init_transactions(pg_kafka_t *k, char *errbuf, size_t errlen)
+{
+    int64_t deadline = now_ms() + 60000;
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        int slice = left > 500 ? 500 : left > 1 ? (int)left : 1;
+        rd_kafka_error_t *e = rd_kafka_init_transactions(k->producer, slice);
+        if (e == NULL)
+            return 0;
+        bool retry = rd_kafka_error_is_retriable(e);
+        snprintf(errbuf, errlen, "kafka init_transactions: %s",
+                 rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        rd_kafka_poll(k->producer, 0); /* runs on_error, which may set k->fatal */
+        if (check_fatal(k, errbuf, errlen) != 0 || !retry || now_ms() >= deadline)
+            return -1;
+    }
+}
+
 pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
 {
     char err[512];
@@ -268,17 +304,8 @@ pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
         goto fail; /* conf is still ours on failure */
     }
     conf = NULL;
-    if (k->transactional) {
-        /* Fences any older producer with the same transactional.id and
-         * aborts what it left open. */
-        rd_kafka_error_t *e = rd_kafka_init_transactions(k->producer, 60000);
-        if (e != NULL) {
-            snprintf(errbuf, errlen, "kafka init_transactions: %s",
-                     rd_kafka_error_string(e));
-            rd_kafka_error_destroy(e);
-            goto fail;
-        }
-    }
+    if (k->transactional && init_transactions(k, errbuf, errlen) != 0)
+        goto fail;
     const char *out_names[PG_OUT_COUNT] = {cfg->topic_filtered, cfg->topic_decisions,
                                            cfg->topic_release, cfg->topic_dlq};
     for (int i = 0; i < PG_OUT_COUNT; i++) {
@@ -716,6 +743,7 @@ static int txn_error(pg_kafka_t *k, rd_kafka_error_t *e, const char *what, bool 
     if (fatal || !abortable)
         return PG_KAFKA_EFATAL;
     pg_log_warn("transaction_aborted", "error", errbuf, NULL);
+    atomic_fetch_add(&k->aborts, 1);
     char aerr[512];
     int rc = pg_kafka_txn_abort(k, aerr, sizeof(aerr));
     if (rc == PG_KAFKA_EFATAL)
@@ -758,5 +786,125 @@ int pg_kafka_txn_commit(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
             rc = txn_error(k, e, "commit_transaction", &retry, errbuf, errlen);
     }
     rd_kafka_topic_partition_list_destroy(offsets);
+    return rc;
+}
+
+void pg_kafka_group_stats(const pg_kafka_t *k, pg_kafka_group_stats_t *out)
+{
+    out->joined = atomic_load(&k->joined);
+    out->rebalances = atomic_load(&k->rebalances);
+    out->assigned_partitions = atomic_load(&k->assigned);
+    out->transaction_aborts = atomic_load(&k->aborts);
+}
+
+pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t errlen)
+{
+    char err[512];
+    pg_kafka_t *k = calloc(1, sizeof(*k));
+    if (k == NULL) {
+        snprintf(errbuf, errlen, "out of memory");
+        return NULL;
+    }
+    k->cfg = cfg;
+    k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
+    k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
+    k->in_topics[PG_IN_RESULTS] = cfg->topic_results;
+    rd_kafka_conf_t *conf = make_conf(k, true, errbuf, errlen);
+    if (conf == NULL)
+        goto fail;
+    k->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    if (k->consumer == NULL) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(errbuf, errlen, "kafka consumer: %s", err);
+        goto fail;
+    }
+    return k;
+fail:
+    pg_kafka_destroy(k);
+    return NULL;
+}
+
+/* The partitions of the input topics, from a metadata request. */
+static int input_partitions(pg_kafka_t *k, rd_kafka_topic_partition_list_t **out,
+                            char *errbuf, size_t errlen)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(k->consumer, 1, NULL, &md, 10000);
+    if (err) {
+        snprintf(errbuf, errlen, "kafka metadata: %s", rd_kafka_err2str(err));
+        return -1;
+    }
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(32);
+    for (int t = 0; t < PG_IN_COUNT; t++)
+        for (int i = 0; i < md->topic_cnt; i++)
+            if (strcmp(md->topics[i].topic, k->in_topics[t]) == 0)
+                for (int p = 0; p < md->topics[i].partition_cnt; p++)
+                    rd_kafka_topic_partition_list_add(parts, k->in_topics[t],
+                                                      md->topics[i].partitions[p].id);
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_partition_list_sort(parts, NULL, NULL);
+    *out = parts;
+    return 0;
+}
+
+int pg_kafka_lag(pg_kafka_t *k, bool all, pg_lag_row_t **rows_out, size_t *n_out,
+                 char *errbuf, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    pg_lag_row_t *rows = NULL;
+    int rc = -1;
+    if (all) {
+        if (input_partitions(k, &parts, errbuf, errlen) != 0)
+            goto out;
+    } else {
+        rd_kafka_resp_err_t err = rd_kafka_assignment(k->consumer, &parts);
+        if (err) {
+            snprintf(errbuf, errlen, "kafka assignment: %s", rd_kafka_err2str(err));
+            goto out;
+        }
+        rd_kafka_topic_partition_list_sort(parts, NULL, NULL);
+    }
+    rows = calloc(parts->cnt ? (size_t)parts->cnt : 1, sizeof(*rows));
+    if (rows == NULL) {
+        snprintf(errbuf, errlen, "out of memory");
+        goto out;
+    }
+    if (parts->cnt > 0) {
+        /* What the group committed, as the coordinator knows it: the same
+         * figure Kafka's consumer-groups tool reads, in either delivery mode. */
+        rd_kafka_resp_err_t err = rd_kafka_committed(k->consumer, parts, 10000);
+        if (err) {
+            snprintf(errbuf, errlen, "kafka committed: %s", rd_kafka_err2str(err));
+            goto out;
+        }
+    }
+    for (int i = 0; i < parts->cnt; i++) {
+        const rd_kafka_topic_partition_t *p = &parts->elems[i];
+        pg_lag_row_t *r = &rows[i];
+        int64_t lo = 0, hi = 0;
+        rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
+            k->consumer, p->topic, p->partition, &lo, &hi, 10000);
+        if (err) {
+            snprintf(errbuf, errlen, "kafka watermarks of %s[%d]: %s", p->topic,
+                     (int)p->partition, rd_kafka_err2str(err));
+            goto out;
+        }
+        snprintf(r->topic, sizeof(r->topic), "%s", p->topic);
+        r->partition = p->partition;
+        r->committed = p->offset >= 0 ? p->offset : -1;
+        r->low = lo;
+        r->high = hi;
+        r->lag = hi - (r->committed >= 0 ? r->committed : lo);
+        if (r->lag < 0)
+            r->lag = 0;
+    }
+    *rows_out = rows;
+    *n_out = (size_t)parts->cnt;
+    rows = NULL;
+    rc = 0;
+out:
+    free(rows);
+    if (parts != NULL)
+        rd_kafka_topic_partition_list_destroy(parts);
     return rc;
 }

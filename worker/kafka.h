@@ -62,6 +62,28 @@ typedef enum {
 
 typedef struct pg_kafka pg_kafka_t;
 
+/* One partition's offsets; lag = high - committed, or high - low when the
+ * group has committed nothing yet (the whole log is pending). */
+typedef struct {
+    char topic[256];
+    int32_t partition;
+    int64_t committed; /* -1: none */
+    int64_t high;
+    int64_t low;
+    int64_t lag;
+} pg_lag_row_t;
+
+typedef struct {
+    bool joined; /* the first assignment arrived */
+    unsigned long long rebalances;
+    unsigned long long assigned_partitions;
+    unsigned long long transaction_aborts;
+} pg_kafka_group_stats_t;
+
+/* A consumer in the configured group that neither subscribes nor produces:
+ * for reading the group's offsets (`pinguard lag`). NULL with errbuf filled. */
+pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t errlen);
+
 /* Creates the producer and the consumer, subscribes to the input topics.
  * Returns NULL with errbuf filled (a configuration error: fatal). The config
  * must outlive the client. */
@@ -103,6 +125,14 @@ int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done,
                     size_t n, char *errbuf, size_t errlen);
 
 const char *pg_kafka_output_topic(const pg_kafka_t *k, pg_output_t out);
+
+/* Offsets and lag of the partitions this consumer owns (all = false), or of
+ * every partition of the input topics (all = true). Safe to call from another
+ * thread than the one polling. *rows is malloc'd; the caller frees it. */
+int pg_kafka_lag(pg_kafka_t *k, bool all, pg_lag_row_t **rows, size_t *n, char *errbuf,
+                 size_t errlen);
+/* Safe to call from any thread. */
+void pg_kafka_group_stats(const pg_kafka_t *k, pg_kafka_group_stats_t *out);
 
 /* Exactly-once mode (delivery = exactly-once). A batch's outputs are produced
  * between begin and commit; commit sends the batch's input offsets to the

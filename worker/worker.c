@@ -18,6 +18,7 @@
 #include "codec.h"
 #include "kafka.h"
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 
 #include <inttypes.h>
@@ -41,6 +42,8 @@ typedef struct {
     pg_codec_t *codec;
     pg_bindings_t *bindings;
     pg_kafka_t *kafka;
+    pg_metrics_t *metrics;
+    pg_bindings_t *probe; /* the HTTP thread's own Redis connection, for /readyz */
     pg_arena_t *arena;
     pg_kafka_msg_t *msgs;
     slot_t *slots;
@@ -66,11 +69,16 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int64_t mono_ms(void)
+static int64_t mono_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t mono_ms(void)
+{
+    return mono_us() / 1000;
 }
 
 /* Decodes every message and lists the VMs whose bindings the batch needs.
@@ -132,7 +140,7 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
 }
 
 /* Reads the bindings, holding the batch while Redis cannot answer. */
-static int lookup_holding(worker_t *w, const char **vms, size_t nvm,
+static int lookup_holding(worker_t *w, size_t n, const char **vms, size_t nvm,
                           pg_vm_binding_t *out, char *errbuf, size_t errlen)
 {
     uint64_t gen = pg_kafka_generation(w->kafka);
@@ -142,8 +150,10 @@ static int lookup_holding(worker_t *w, const char **vms, size_t nvm,
     bool paused = false;
     char err[512];
     for (;;) {
+        int64_t t0 = mono_us();
         int rc =
             pg_bindings_lookup(w->bindings, vms, nvm, w->arena, out, err, sizeof(err));
+        pg_metrics_redis_exchange(w->metrics, (double)(mono_us() - t0) / 1e6, rc == 0);
         if (rc == 0) {
             if (attempts > 0)
                 pg_log_info("redis_recovered", "#attempts", (long long)attempts, NULL);
@@ -158,6 +168,8 @@ static int lookup_holding(worker_t *w, const char **vms, size_t nvm,
         }
         attempts++;
         w->retried_batches++;
+        for (size_t i = 0; i < n; i++)
+            pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_RETRIED, 1);
         if (mono_ms() - last_log >= 10000) {
             pg_log_warn("redis_unavailable", "error", err, "#attempts",
                         (long long)attempts, "#retry_in_ms", (long long)backoff, NULL);
@@ -173,6 +185,7 @@ static int lookup_holding(worker_t *w, const char **vms, size_t nvm,
             if (pg_kafka_idle(w->kafka, left < 100 ? (int)left : 100, errbuf, errlen) ==
                 PG_KAFKA_EFATAL)
                 return HOLD_FATAL;
+            pg_metrics_tick(w->metrics);
             if (pg_kafka_generation(w->kafka) != gen)
                 return HOLD_DROPPED;
             if (*w->stop)
@@ -204,6 +217,9 @@ static int decide_advice(worker_t *w, const pg_drs_advice_t *a,
             return -1;
         pg_policy_verdict_t v;
         pg_policy_judge(&w->policy, &b[i], devs, &v);
+        pg_metrics_unknown_kinds(w->metrics, v.n_unknown_kinds);
+        pg_metrics_decision(w->metrics, PG_M_STREAM_ADVICE, (int)v.verdict,
+                            v.verdict == PG_VERDICT_APPROVED ? -1 : (int)v.reason);
         if (v.verdict == PG_VERDICT_APPROVED) {
             approved[na++] = a->migrations[i];
             continue;
@@ -238,6 +254,9 @@ static int decide_request(worker_t *w, const pg_migrate_request_t *r,
     pg_policy_verdict_t v;
     pg_policy_judge(&w->policy, b, devs, &v);
     bool veto = v.verdict == PG_VERDICT_VETOED;
+    pg_metrics_unknown_kinds(w->metrics, v.n_unknown_kinds);
+    pg_metrics_decision(w->metrics, PG_M_STREAM_MIGRATE, (int)v.verdict,
+                        veto ? (int)v.reason : -1);
     out->type = PG_REC_MIGRATE_DECISION;
     out->u.migrate_decision = (pg_migrate_decision_t){.request_id = r->request_id,
                                                       .vm_uuid = r->vm_uuid,
@@ -272,6 +291,7 @@ static int decide_result(worker_t *w, const pg_migration_result_t *r,
     pg_release_verdict_t v =
         pg_policy_release(r->src_host_uuid, r->dst_host_uuid, r->observed_host_uuid,
                           b->known ? b->host : NULL);
+    pg_metrics_decision(w->metrics, PG_M_STREAM_RELEASE, (int)v.action, (int)v.reason);
     out->type = PG_REC_RELEASE_DECISION;
     out->u.release_decision =
         (pg_release_decision_t){.request_id = r->request_id,
@@ -310,6 +330,7 @@ static int produce_dead_letter(worker_t *w, size_t i, char *errbuf, size_t errle
                 (long long)m->partition, "#offset", (long long)m->offset, "error",
                 error, NULL);
     w->dead_lettered++;
+    pg_metrics_input(w->metrics, (int)m->input, PG_M_IN_DLQ, 1);
     return pg_kafka_produce(w->kafka, PG_OUT_DLQ, m->key, m->key_len, m->payload,
                             m->len, headers, 4, &s->state, errbuf, errlen);
 }
@@ -354,6 +375,7 @@ static int produce_decision(worker_t *w, size_t i, const pg_vm_binding_t *b,
     if (rc != 0)
         return PG_KAFKA_EFATAL; /* our own record failed to encode: a bug */
     w->decided++;
+    pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_DECIDED, 1);
     return pg_kafka_produce(w->kafka, topic, key, strlen(key), w->out.data, w->out.len,
                             NULL, 0, &s->state, errbuf, errlen);
 }
@@ -373,7 +395,7 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
         return -1;
     }
     if (nvm > 0) {
-        int hold = lookup_holding(w, vms, nvm, bindings, errbuf, errlen);
+        int hold = lookup_holding(w, n, vms, nvm, bindings, errbuf, errlen);
         if (hold == HOLD_FATAL)
             return -1;
         if (hold == HOLD_STOPPED)
@@ -409,8 +431,11 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
                         : pg_kafka_txn_commit(w->kafka, w->msgs, n, errbuf, errlen);
         if (rc == PG_KAFKA_EFATAL)
             return -1;
-        if (rc != 0)
+        if (rc != 0) {
             w->aborted_batches++;
+            for (size_t i = 0; i < n; i++)
+                pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_RETRIED, 1);
+        }
         return 0;
     }
     if (pg_kafka_flush(w->kafka, errbuf, errlen) != 0)
@@ -425,9 +450,58 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
     return 0;
 }
 
+static int scrape_lag(void *ctx, pg_lag_row_t **rows, size_t *n, char *errbuf,
+                      size_t errlen)
+{
+    worker_t *w = ctx;
+    return pg_kafka_lag(w->kafka, false, rows, n, errbuf, errlen);
+}
+
+static void scrape_group(void *ctx, pg_metrics_group_t *out)
+{
+    worker_t *w = ctx;
+    pg_kafka_group_stats_t s;
+    pg_kafka_group_stats(w->kafka, &s);
+    *out = (pg_metrics_group_t){.joined = s.joined,
+                                .rebalances = s.rebalances,
+                                .assigned_partitions = s.assigned_partitions,
+                                .transaction_aborts = s.transaction_aborts};
+}
+
+static bool scrape_redis(void *ctx)
+{
+    worker_t *w = ctx;
+    char err[256];
+    return pg_bindings_ping(w->probe, err, sizeof(err)) == 0;
+}
+
+static int start_metrics(worker_t *w, const pg_bindings_opts_t *bopts, char *errbuf,
+                         size_t errlen)
+{
+    const char *topics[3] = {w->cfg->topic_advice, w->cfg->topic_requests,
+                             w->cfg->topic_results};
+    w->metrics = pg_metrics_new(topics, w->cfg->health_stall_timeout_ms);
+    w->probe = pg_bindings_new(bopts);
+    if (w->metrics == NULL || w->probe == NULL) {
+        snprintf(errbuf, errlen, "out of memory starting the metrics");
+        return -1;
+    }
+    pg_metrics_set_sources(w->metrics, scrape_lag, scrape_group, scrape_redis, w);
+    if (w->cfg->metrics_listen[0] == '\0')
+        return 0;
+    if (pg_metrics_serve(w->metrics, w->cfg->metrics_listen, errbuf, errlen) != 0)
+        return -1;
+    pg_log_info("metrics_listening", "listen", w->cfg->metrics_listen, "#port",
+                (long long)pg_metrics_port(w->metrics), NULL);
+    return 0;
+}
+
 static void worker_teardown(worker_t *w)
 {
-    /* Kafka first: closing the consumer commits what was acknowledged. */
+    /* The HTTP thread reads the Kafka client: stop it first. Then Kafka:
+     * closing the consumer commits what was acknowledged. */
+    pg_metrics_destroy(w->metrics);
+    pg_bindings_destroy(w->probe);
     pg_kafka_destroy(w->kafka);
     pg_bindings_destroy(w->bindings);
     pg_codec_destroy(w->codec);
@@ -479,6 +553,8 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
     }
     if ((w.kafka = pg_kafka_new(cfg, errbuf, errlen)) == NULL)
         goto out;
+    if (start_metrics(&w, &bopts, errbuf, errlen) != 0)
+        goto out;
     pg_log_info("worker_started", "group", pg_config_kafka_get(cfg, "group.id"),
                 "brokers", pg_config_kafka_get(cfg, "bootstrap.servers"), "delivery",
                 cfg->delivery == PG_DELIVERY_EXACTLY_ONCE ? "exactly-once"
@@ -486,6 +562,7 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
                 NULL);
 
     while (!*stop) {
+        pg_metrics_tick(w.metrics);
         int n = pg_kafka_poll_batch(w.kafka, w.msgs, max, 100, cfg->batch_max_wait_ms,
                                     errbuf, errlen);
         if (n < 0)

@@ -6,10 +6,13 @@ group and VM uuids, and removes them afterwards."""
 import io
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import fastavro
@@ -28,6 +31,10 @@ os.environ["PINGUARD_REDIS_PORT"] = str(REDIS_PORT)
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCHEMAS_DIR = os.environ.get("PG_SCHEMAS_DIR", os.path.join(ROOT, "schemas"))
 PINGUARD = os.environ.get("PINGUARD_BIN", os.path.join(ROOT, "build", "pinguard"))
+# A command prefix for every pinguard process (tests/valgrind.sh sets it to
+# valgrind ...), and a factor for the waits, which such a wrapper slows down.
+WRAPPER = os.environ.get("PG_WRAPPER", "").split()
+TIME_SCALE = float(os.environ.get("PG_TIME_SCALE", "1"))
 NS = "io.pinguard.v1."
 RECORDS = ["DrsAdvice", "FilteredAdvice", "MigrateVmRequest", "MigrateVmDecision",
            "MigrationResult", "DeviceReleaseDecision"]
@@ -73,7 +80,17 @@ def now_ms():
     return int(time.time() * 1000)
 
 
+def child_env(extra=None):
+    """The environment of a pinguard process. PINGUARD_KAFKA_PORT belongs to
+    deploy/local; pinguard would read it as the librdkafka property `port`."""
+    e = dict(os.environ)
+    e.pop("PINGUARD_KAFKA_PORT", None)
+    e.update(extra or {})
+    return e
+
+
 def wait_until(pred, timeout, what, interval=0.05):
+    timeout *= TIME_SCALE
     deadline = time.monotonic() + timeout
     while True:
         v = pred()
@@ -116,7 +133,9 @@ class Env:
 
     def settings(self):
         s = [f"topic.{k}={v}" for k, v in self.topics.items()]
-        return s + [f"kafka.group.id={self.group}", f"delivery={self.delivery}"]
+        # Port 0: every worker gets a free metrics port (see Worker.metrics_port).
+        return s + [f"kafka.group.id={self.group}", f"delivery={self.delivery}",
+                    "metrics.listen=127.0.0.1:0"]
 
     # --- cache -----------------------------------------------------------
     def vm(self, host=None, devices=(), pin=None, vm=None):
@@ -148,7 +167,7 @@ class Env:
         c.subscribe([self.topics[topic_key]])
         out = []
         try:
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + timeout * TIME_SCALE
             while len(out) < count and time.monotonic() < deadline:
                 self.check_workers()
                 m = c.poll(0.2)
@@ -219,19 +238,33 @@ class Worker:
     """A `pinguard run` process with its log in a file."""
 
     def __init__(self, settings, env=None, tag="w"):
-        args = [PINGUARD, "run"]
+        args = WRAPPER + [PINGUARD, "run"]
         for s in settings:
             args += ["--set", s]
         self.log_path = os.path.join("/tmp", f"pinguard-{tag}-{uuid.uuid4().hex[:6]}.log")
         self.log = open(self.log_path, "w+")
-        e = dict(os.environ)
-        e.update(env or {})
         self.stopping = False
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=e)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=child_env(env))
 
     def logs(self):
         with open(self.log_path) as f:
             return f.read()
+
+    def metrics_port(self, timeout=30):
+        def port():
+            m = re.search(r"event=metrics_listening .*port=(\d+)", self.logs())
+            return int(m.group(1)) if m else None
+        return wait_until(port, timeout, "the metrics endpoint")
+
+    def http(self, path, timeout=30):
+        """GET path on the worker's metrics port: (status, body)."""
+        url = f"http://127.0.0.1:{self.metrics_port()}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def wait_log(self, needle, timeout=30):
         return wait_until(lambda: needle in self.logs(), timeout, f"log line {needle!r}")
@@ -240,26 +273,41 @@ class Worker:
         self.stopping = True
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        return self.proc.wait(timeout * TIME_SCALE)
 
     def kill(self):
         self.stopping = True
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(10)
+            self.proc.wait(10 * TIME_SCALE)
         self.log.close()
 
 
 def run_cli(*args, input=None, env=None, check=None):
-    e = dict(os.environ)
-    e.update(env or {})
-    p = subprocess.run([PINGUARD, *args], input=input, capture_output=True, env=e,
-                       timeout=60)
+    p = subprocess.run([*WRAPPER, PINGUARD, *args], input=input, capture_output=True,
+                       env=child_env(env), timeout=60 * TIME_SCALE)
     if check is not None:
         assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
     return p
 
 
+def _ctl_env():
+    """deploy/local/*.sh find the services to stop by the pid files under
+    PINGUARD_RUN: with non-default ports but the default run dir they would
+    stop the shared services. Refuse that mix."""
+    custom = (os.environ.get("PINGUARD_KAFKA_PORT", "9092") != "9092"
+              or os.environ.get("PINGUARD_REDIS_PORT", "6379") != "6379")
+    if custom and not os.environ.get("PINGUARD_RUN"):
+        raise AssertionError("private ports need PINGUARD_RUN (the run dir of their up.sh)")
+    return dict(os.environ)
+
+
 def redis_ctl(action):
     subprocess.run(["bash", os.path.join(ROOT, "deploy", "local", "redis.sh"), action],
-                   check=True, timeout=120, capture_output=True)
+                   check=True, timeout=120, capture_output=True, env=_ctl_env())
+
+
+def kafka_ctl(action):
+    """deploy/local/kafka.sh stop|kill|start: the broker keeps its data."""
+    subprocess.run(["bash", os.path.join(ROOT, "deploy", "local", "kafka.sh"), action],
+                   check=True, timeout=180, capture_output=True, env=_ctl_env())
