@@ -90,7 +90,9 @@ static int error_class(const redisReply *r)
     if (strncmp(r->str, "WRONGPASS", 9) == 0 || strncmp(r->str, "NOAUTH", 6) == 0 ||
         strncmp(r->str, "NOPERM", 6) == 0 ||
         strstr(r->str, "invalid password") != NULL ||
-        strstr(r->str, "invalid username-password") != NULL)
+        strstr(r->str, "invalid username-password") != NULL ||
+        /* a password is configured but the server expects none */
+        strstr(r->str, "without any password configured") != NULL)
         return PG_BINDINGS_EAUTH;
     if (strncmp(r->str, "WRONGTYPE", 9) == 0)
         return PG_BINDINGS_EDATA;

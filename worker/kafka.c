@@ -130,6 +130,27 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     }
 }
 
+/* "topic:0,1,2 other:3" for logs; cut short (ending "...") when long. */
+static void partition_list(const rd_kafka_topic_partition_list_t *parts, char *buf,
+                           size_t len)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < parts->cnt && off + 16 < len; i++) {
+        bool same =
+            i > 0 && strcmp(parts->elems[i].topic, parts->elems[i - 1].topic) == 0;
+        int n =
+            same ? snprintf(buf + off, len - off, ",%d", (int)parts->elems[i].partition)
+                 : snprintf(buf + off, len - off, "%s%s:%d", i ? " " : "",
+                            parts->elems[i].topic, (int)parts->elems[i].partition);
+        if (n < 0 || (size_t)n >= len - off) {
+            snprintf(buf + (off < len - 4 ? off : len - 4), 4, "...");
+            return;
+        }
+        off += (size_t)n;
+    }
+}
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -138,7 +159,10 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     k->paused = false; /* pause state does not survive a rebalance */
     atomic_fetch_add(&k->rebalances, 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        pg_log_info("partitions_assigned", "#count", (long long)parts->cnt, NULL);
+        char list[1024];
+        partition_list(parts, list, sizeof(list));
+        pg_log_info("partitions_assigned", "#count", (long long)parts->cnt,
+                    "partitions", list, NULL);
         rd_kafka_assign(rk, parts);
         atomic_store(&k->assigned, (unsigned long long)parts->cnt);
         atomic_store(&k->joined, true);
@@ -230,6 +254,14 @@ static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf,
                 continue;
             key += 9;
         } else if (has_prefix(foreign, key)) {
+            continue;
+        }
+        if (!consumer && !k->transactional && strcmp(key, "transactional.id") == 0) {
+            /* A transactional producer refuses every produce() before
+             * init_transactions (Local: Erroneous state): at least once
+             * uses a plain idempotent producer, so the id is moot here. */
+            pg_log_warn("kafka_property_ignored", "property", "transactional.id", "why",
+                        "delivery=at-least-once", NULL);
             continue;
         }
         if (conf_set(conf, key, k->cfg->kafka[i].value, errbuf, errlen) != 0)
@@ -847,10 +879,30 @@ static int input_partitions(pg_kafka_t *k, rd_kafka_topic_partition_list_t **out
     return 0;
 }
 
+/* A copy of parts with each partition's offset at `which` (END or BEGINNING). */
+static int query_offsets(pg_kafka_t *k, const rd_kafka_topic_partition_list_t *parts,
+                         int64_t which, rd_kafka_topic_partition_list_t **out,
+                         char *errbuf, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *q = rd_kafka_topic_partition_list_copy(parts);
+    for (int i = 0; i < q->cnt; i++)
+        q->elems[i].offset = which;
+    rd_kafka_resp_err_t err = rd_kafka_offsets_for_times(k->consumer, q, 10000);
+    for (int i = 0; !err && i < q->cnt; i++)
+        if (q->elems[i].err)
+            err = q->elems[i].err;
+    *out = q;
+    if (err) {
+        snprintf(errbuf, errlen, "kafka list offsets: %s", rd_kafka_err2str(err));
+        return -1;
+    }
+    return 0;
+}
+
 int pg_kafka_lag(pg_kafka_t *k, bool all, pg_lag_row_t **rows_out, size_t *n_out,
                  char *errbuf, size_t errlen)
 {
-    rd_kafka_topic_partition_list_t *parts = NULL;
+    rd_kafka_topic_partition_list_t *parts = NULL, *hi = NULL, *lo = NULL;
     pg_lag_row_t *rows = NULL;
     int rc = -1;
     if (all) {
@@ -878,23 +930,21 @@ int pg_kafka_lag(pg_kafka_t *k, bool all, pg_lag_row_t **rows_out, size_t *n_out
             goto out;
         }
     }
+    /* End and start offsets of every partition in one ListOffsets request per
+     * broker (timestamps -1 and -2 ask for the latest and the earliest). */
+    if (parts->cnt > 0 &&
+        (query_offsets(k, parts, RD_KAFKA_OFFSET_END, &hi, errbuf, errlen) ||
+         query_offsets(k, parts, RD_KAFKA_OFFSET_BEGINNING, &lo, errbuf, errlen)))
+        goto out;
     for (int i = 0; i < parts->cnt; i++) {
         const rd_kafka_topic_partition_t *p = &parts->elems[i];
         pg_lag_row_t *r = &rows[i];
-        int64_t lo = 0, hi = 0;
-        rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
-            k->consumer, p->topic, p->partition, &lo, &hi, 10000);
-        if (err) {
-            snprintf(errbuf, errlen, "kafka watermarks of %s[%d]: %s", p->topic,
-                     (int)p->partition, rd_kafka_err2str(err));
-            goto out;
-        }
         snprintf(r->topic, sizeof(r->topic), "%s", p->topic);
         r->partition = p->partition;
         r->committed = p->offset >= 0 ? p->offset : -1;
-        r->low = lo;
-        r->high = hi;
-        r->lag = hi - (r->committed >= 0 ? r->committed : lo);
+        r->low = lo->elems[i].offset;
+        r->high = hi->elems[i].offset;
+        r->lag = r->high - (r->committed >= 0 ? r->committed : r->low);
         if (r->lag < 0)
             r->lag = 0;
     }
@@ -906,5 +956,9 @@ out:
     free(rows);
     if (parts != NULL)
         rd_kafka_topic_partition_list_destroy(parts);
+    if (hi != NULL)
+        rd_kafka_topic_partition_list_destroy(hi);
+    if (lo != NULL)
+        rd_kafka_topic_partition_list_destroy(lo);
     return rc;
 }

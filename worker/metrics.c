@@ -7,6 +7,8 @@
  */
 #include "metrics.h"
 
+#include "log.h"
+
 #include <microhttpd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -192,6 +194,8 @@ static void render_lag(pg_metrics_t *m, pg_buf_t *b, pg_metrics_lag_fn lag, void
     size_t n = 0;
     char err[256];
     if (lag == NULL || lag(ctx, &rows, &n, err, sizeof(err)) != 0) {
+        if (lag != NULL)
+            pg_log_warn("lag_scrape_failed", "error", err, NULL);
         head(b, "pinguard_lag_scrape_error", "gauge",
              "1 when the consumer lag could not be read at this scrape.");
         put(b, "pinguard_lag_scrape_error 1\n");

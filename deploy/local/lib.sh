@@ -10,6 +10,9 @@
 # Environment: PINGUARD_RUN, PINGUARD_CACHE (jar cache, see
 # deploy/kafka/fetch.sh), PINGUARD_REDIS_PORT (6379), PINGUARD_KAFKA_PORT
 # (9092), PINGUARD_KAFKA_CONTROLLER_PORT (Kafka port + 1),
+# PINGUARD_KAFKA_SASL_PORT (Kafka port + 2: a SASL_PLAINTEXT listener with
+# SCRAM-SHA-256 and the test user PG_SASL_USER below; inter-broker traffic and
+# readiness stay on the PLAINTEXT port),
 # PINGUARD_KAFKA_HEAP (512m), PINGUARD_UP_TIMEOUT (90 s),
 # PINGUARD_STOP_TIMEOUT (30 s).
 
@@ -20,6 +23,13 @@ PG_HOST=127.0.0.1
 PG_REDIS_PORT="${PINGUARD_REDIS_PORT:-6379}"
 PG_KAFKA_PORT="${PINGUARD_KAFKA_PORT:-9092}"
 PG_CTL_PORT="${PINGUARD_KAFKA_CONTROLLER_PORT:-$((PG_KAFKA_PORT + 1))}"
+PG_SASL_PORT="${PINGUARD_KAFKA_SASL_PORT:-$((PG_KAFKA_PORT + 2))}"
+# SCRAM-SHA-256 user written into the storage at format time. TEST-ONLY
+# credentials for this loopback broker; never use them anywhere else. Do not
+# delete SCRAM users on this broker: with Kafka 3.9.1, after any deletion the
+# next broker start has no SCRAM users at all (tests upsert this one instead).
+PG_SASL_USER=pinguard-test
+PG_SASL_PASSWORD=pinguard-test-secret
 PG_KAFKA_HEAP="${PINGUARD_KAFKA_HEAP:-512m}"
 PG_UP_TIMEOUT="${PINGUARD_UP_TIMEOUT:-90}"
 PG_STOP_TIMEOUT="${PINGUARD_STOP_TIMEOUT:-30}"
@@ -215,9 +225,13 @@ pg_kafka_write_props() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$PG_HOST:$PG_CTL_PORT
-listeners=PLAINTEXT://$PG_HOST:$PG_KAFKA_PORT,CONTROLLER://$PG_HOST:$PG_CTL_PORT
-advertised.listeners=PLAINTEXT://$PG_HOST:$PG_KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://$PG_HOST:$PG_KAFKA_PORT,CONTROLLER://$PG_HOST:$PG_CTL_PORT,SASL_PLAINTEXT://$PG_HOST:$PG_SASL_PORT
+advertised.listeners=PLAINTEXT://$PG_HOST:$PG_KAFKA_PORT,SASL_PLAINTEXT://$PG_HOST:$PG_SASL_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+# Clients may authenticate with SCRAM-SHA-256 on the SASL_PLAINTEXT listener
+# (users: StorageTool format --add-scram, or kafka-configs / AdminClient).
+sasl.enabled.mechanisms=SCRAM-SHA-256
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$PG_KAFKA_DATA
@@ -253,6 +267,8 @@ pg_kafka_start() {
     pg_die "kafka: port $PG_KAFKA_PORT is taken by something that is not a Kafka broker"
   elif pg_port_open "$PG_CTL_PORT"; then
     pg_die "kafka: controller port $PG_CTL_PORT is taken (set PINGUARD_KAFKA_CONTROLLER_PORT)"
+  elif pg_port_open "$PG_SASL_PORT"; then
+    pg_die "kafka: SASL port $PG_SASL_PORT is taken (set PINGUARD_KAFKA_SASL_PORT)"
   else
     local libs
     libs="$(pg_libs)"
@@ -262,7 +278,8 @@ pg_kafka_start() {
       cid="$(pg_java_tool "$libs" kafka.tools.StorageTool random-uuid | tail -n1)"
       [ -n "$cid" ] || pg_die "kafka: StorageTool random-uuid printed nothing"
       pg_log "kafka: formatting $PG_KAFKA_DATA (cluster id $cid)"
-      pg_java_tool "$libs" kafka.tools.StorageTool format -t "$cid" -c "$PG_KAFKA_PROPS" >&2 \
+      pg_java_tool "$libs" kafka.tools.StorageTool format -t "$cid" -c "$PG_KAFKA_PROPS" \
+        --add-scram "SCRAM-SHA-256=[name=$PG_SASL_USER,password=$PG_SASL_PASSWORD]" >&2 \
         || pg_die "kafka: StorageTool format failed"
     fi
     rm -f "$PG_KAFKA_PID"

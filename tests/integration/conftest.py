@@ -13,11 +13,23 @@ def _reachable(host, port):
         return False
 
 
-@pytest.fixture(scope="session", autouse=True)
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "no_services: the test needs neither Kafka nor Redis (e.g. test_deploy.py)")
+
+
+@pytest.fixture(scope="session")
 def services():
     host, port = BOOTSTRAP.rsplit(":", 1)
     assert _reachable(host, int(port)), "Kafka is not running: bash deploy/local/up.sh"
     assert _reachable("127.0.0.1", REDIS_PORT), "Redis is not running: bash deploy/local/up.sh"
+
+
+@pytest.fixture(autouse=True)
+def _require_services(request):
+    """Every test needs the shared Kafka and Redis unless marked no_services."""
+    if request.node.get_closest_marker("no_services") is None:
+        request.getfixturevalue("services")
 
 
 @pytest.fixture(params=["exactly-once", "at-least-once"])

@@ -25,6 +25,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 # (PINGUARD_RUN=... PINGUARD_KAFKA_PORT=... up.sh) can be tested in parallel.
 BOOTSTRAP = "127.0.0.1:" + os.environ.get("PINGUARD_KAFKA_PORT", "9092")
 REDIS_PORT = int(os.environ.get("PINGUARD_REDIS_PORT", "6379"))
+# The broker's SASL_PLAINTEXT (SCRAM-SHA-256) listener, as lib.sh places it.
+SASL_BOOTSTRAP = "127.0.0.1:" + os.environ.get(
+    "PINGUARD_KAFKA_SASL_PORT", str(int(BOOTSTRAP.rsplit(":", 1)[1]) + 2))
 # pinguard reads both from the environment too (kafka.bootstrap.servers, redis.port).
 os.environ["PINGUARD_KAFKA_BOOTSTRAP_SERVERS"] = BOOTSTRAP
 os.environ["PINGUARD_REDIS_PORT"] = str(REDIS_PORT)
@@ -81,10 +84,12 @@ def now_ms():
 
 
 def child_env(extra=None):
-    """The environment of a pinguard process. PINGUARD_KAFKA_PORT belongs to
-    deploy/local; pinguard would read it as the librdkafka property `port`."""
+    """The environment of a pinguard process. PINGUARD_KAFKA_PORT and
+    PINGUARD_KAFKA_SASL_PORT belong to deploy/local; pinguard would read them
+    as the librdkafka properties `port` and `sasl.port`."""
     e = dict(os.environ)
     e.pop("PINGUARD_KAFKA_PORT", None)
+    e.pop("PINGUARD_KAFKA_SASL_PORT", None)
     e.update(extra or {})
     return e
 
