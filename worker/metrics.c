@@ -43,7 +43,7 @@ static const char *const release_reasons[] = {
 typedef struct {
     unsigned long long inputs[3][PG_M_IN_OUTCOMES];
     unsigned long long decisions[PG_M_STREAMS][2][N_REASONS];
-    unsigned long long redis_round_trips, redis_errors, unknown_kinds;
+    unsigned long long redis_round_trips, redis_errors, unknown_kinds, batches;
     unsigned long long redis_hist[N_BUCKETS + 1];
     double redis_sum;
     bool redis_last_ok;
@@ -156,6 +156,15 @@ void pg_metrics_unknown_kinds(pg_metrics_t *m, unsigned long long n)
         return;
     pthread_mutex_lock(&m->lock);
     m->v.unknown_kinds += n;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void pg_metrics_batch(pg_metrics_t *m)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->v.batches++;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -281,6 +290,9 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
          "Devices of a kind pinguard does not know, seen in decisions (they pin).");
     put(b, "pinguard_unknown_device_kinds_total %llu\n", s.unknown_kinds);
 
+    head(b, "pinguard_batches_total", "counter",
+         "Consumed batches processed (each costs at most one Redis round trip).");
+    put(b, "pinguard_batches_total %llu\n", s.batches);
     head(b, "pinguard_redis_round_trips_total", "counter",
          "Pipelined exchanges with the binding cache.");
     put(b, "pinguard_redis_round_trips_total %llu\n", s.redis_round_trips);

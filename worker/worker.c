@@ -570,6 +570,7 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         if (n == 0)
             continue;
         int brc = process_batch(&w, (size_t)n, errbuf, errlen);
+        pg_metrics_batch(w.metrics);
         pg_kafka_batch_release(w.msgs, (size_t)n);
         pg_arena_reset(w.arena);
         if (brc < 0)
