@@ -3,6 +3,8 @@
  *   pinguard:vm:{<vm>}:host     string, the VM's current host (presence = known)
  *   pinguard:vm:{<vm>}:devices  hash, device uuid -> kind
  *   pinguard:vm:{<vm>}:pin      string, operator pin reason
+ * A lookup costs two commands per VM, MGET host+pin and HGETALL devices, each
+ * on one hash slot, so the layout stays usable on a Redis Cluster.
  * hiredis marks a context dead after any I/O error or timeout, and a timed-out
  * command may still have run; so every failure drops the context and the next
  * call reconnects, re-applying AUTH, SELECT and the socket timeouts.
@@ -23,6 +25,7 @@ struct pg_bindings {
     char *host, *user, *password;
     int port, db, connect_timeout_ms, timeout_ms;
     bool ever_connected;
+    pg_buf_t cmd; /* the pipeline being formatted, reused across lookups */
     pg_bindings_stats_t stats;
 };
 
@@ -56,6 +59,7 @@ void pg_bindings_destroy(pg_bindings_t *b)
         return;
     if (b->ctx != NULL)
         redisFree(b->ctx);
+    pg_buf_free(&b->cmd);
     free(b->host);
     free(b->user);
     if (b->password != NULL)
@@ -244,40 +248,68 @@ static const char *reply_string(pg_arena_t *arena, const redisReply *r, bool *oo
     return s;
 }
 
+/* Appends one RESP bulk string. */
+static int resp_bulk(pg_buf_t *b, const char *s, size_t n)
+{
+    char head[24];
+    int h = snprintf(head, sizeof(head), "$%zu\r\n", n);
+    return pg_buf_append(b, head, (size_t)h) || pg_buf_append(b, s, n) ||
+           pg_buf_append(b, "\r\n", 2);
+}
+
+/* Appends a VM key as a RESP bulk string: pinguard:vm:{<vm>}:<suffix>. */
+static int resp_vm_key(pg_buf_t *b, const char *vm, size_t vm_len, const char *suffix)
+{
+    static const char prefix[] = "pinguard:vm:{";
+    size_t sl = strlen(suffix), n = sizeof(prefix) - 1 + vm_len + 2 + sl;
+    char head[24];
+    int h = snprintf(head, sizeof(head), "$%zu\r\n", n);
+    return pg_buf_append(b, head, (size_t)h) ||
+           pg_buf_append(b, prefix, sizeof(prefix) - 1) ||
+           pg_buf_append(b, vm, vm_len) || pg_buf_append(b, "}:", 2) ||
+           pg_buf_append(b, suffix, sl) || pg_buf_append(b, "\r\n", 2);
+}
+
+/* Two commands per VM, each on keys of one hash slot (cluster-safe):
+ *   MGET host pin   and   HGETALL devices
+ * formatted straight into one buffer and handed to hiredis in one append. */
 int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                        pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
                        size_t errlen)
 {
-    enum { PER_VM = 3 };
+    enum { PER_VM = 2 };
     redisReply **replies = NULL;
     int rc = ensure_connected(b, errbuf, errlen);
     if (rc != 0 || n == 0)
         return rc;
+    pg_buf_reset(&b->cmd);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(vm_uuids[i]);
+        if (len == 0 || len > KEY_MAX - 32) {
+            snprintf(errbuf, errlen, "vm uuid of %zu bytes cannot name a cache key",
+                     len);
+            return PG_BINDINGS_EUSAGE;
+        }
+        if (pg_buf_append(&b->cmd, "*3\r\n", 4) || resp_bulk(&b->cmd, "MGET", 4) ||
+            resp_vm_key(&b->cmd, vm_uuids[i], len, "host") ||
+            resp_vm_key(&b->cmd, vm_uuids[i], len, "pin") ||
+            pg_buf_append(&b->cmd, "*2\r\n", 4) || resp_bulk(&b->cmd, "HGETALL", 7) ||
+            resp_vm_key(&b->cmd, vm_uuids[i], len, "devices")) {
+            snprintf(errbuf, errlen, "out of memory formatting %zu lookups", n);
+            return PG_BINDINGS_ETRANSIENT;
+        }
+    }
     replies = calloc(n * PER_VM, sizeof(*replies));
     if (replies == NULL) {
         snprintf(errbuf, errlen, "out of memory for %zu replies", n * PER_VM);
         return PG_BINDINGS_ETRANSIENT;
     }
-    for (size_t i = 0; i < n; i++) {
-        char k_host[KEY_MAX], k_pin[KEY_MAX], k_dev[KEY_MAX];
-        if (vm_key(k_host, vm_uuids[i], "host") < 0 ||
-            vm_key(k_pin, vm_uuids[i], "pin") < 0 ||
-            vm_key(k_dev, vm_uuids[i], "devices") < 0) {
-            snprintf(errbuf, errlen, "vm uuid too long for a cache key");
-            rc = PG_BINDINGS_EUSAGE;
-            drop(b); /* commands were appended but not sent */
-            goto out;
-        }
-        const char *get_host[2] = {"GET", k_host};
-        const char *get_pin[2] = {"GET", k_pin};
-        const char *hgetall[2] = {"HGETALL", k_dev};
-        if (append(b, 2, get_host, NULL) || append(b, 2, get_pin, NULL) ||
-            append(b, 2, hgetall, NULL)) {
-            snprintf(errbuf, errlen, "redis: cannot buffer the pipeline");
-            rc = PG_BINDINGS_ETRANSIENT;
-            drop(b);
-            goto out;
-        }
+    if (redisAppendFormattedCommand(b->ctx, (const char *)b->cmd.data, b->cmd.len) !=
+        REDIS_OK) {
+        snprintf(errbuf, errlen, "redis: cannot buffer the pipeline");
+        rc = PG_BINDINGS_ETRANSIENT;
+        drop(b);
+        goto out;
     }
     rc = exchange(b, replies, n * PER_VM, errbuf, errlen);
     if (rc != 0) {
@@ -286,19 +318,18 @@ int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
     }
     bool oom = false;
     for (size_t i = 0; i < n && rc == 0; i++) {
-        redisReply *host = replies[i * PER_VM], *pin = replies[i * PER_VM + 1],
-                   *devs = replies[i * PER_VM + 2];
+        redisReply *hp = replies[i * PER_VM], *devs = replies[i * PER_VM + 1];
         pg_vm_binding_t *vb = &out[i];
         memset(vb, 0, sizeof(*vb));
-        vb->host = reply_string(arena, host, &oom);
-        vb->known = vb->host != NULL;
-        vb->pin = reply_string(arena, pin, &oom);
-        if (devs->type != REDIS_REPLY_ARRAY || devs->elements % 2 != 0) {
-            snprintf(errbuf, errlen, "redis: unexpected HGETALL reply for vm %s",
-                     vm_uuids[i]);
+        if (hp->type != REDIS_REPLY_ARRAY || hp->elements != 2 ||
+            devs->type != REDIS_REPLY_ARRAY || devs->elements % 2 != 0) {
+            snprintf(errbuf, errlen, "redis: unexpected reply for vm %s", vm_uuids[i]);
             rc = PG_BINDINGS_EDATA;
             break;
         }
+        vb->host = reply_string(arena, hp->element[0], &oom);
+        vb->known = vb->host != NULL;
+        vb->pin = reply_string(arena, hp->element[1], &oom);
         size_t nd = devs->elements / 2;
         pg_device_ref_t *d = nd ? pg_arena_calloc(arena, nd, sizeof(*d)) : NULL;
         if (nd && d == NULL)

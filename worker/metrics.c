@@ -1,9 +1,9 @@
 /*
  * The metrics registry and its HTTP face. Every counter is fixed in shape
  * (topics, streams, reasons are small enums), so the registry is a struct of
- * arrays under one mutex: recording costs a lock and an add, rendering walks
- * the arrays. Lag and readiness are computed at scrape time from callbacks,
- * so the figures are as fresh as the scrape.
+ * arrays of relaxed atomics: recording costs one add and no lock, rendering
+ * walks the arrays. Lag and readiness are computed at scrape time from
+ * callbacks, so the figures are as fresh as the scrape.
  */
 #include "metrics.h"
 
@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,19 +40,24 @@ static const char *const release_reasons[] = {
     "CONFIRMED_ON_DESTINATION", "NO_DESTINATION", "STILL_ON_SOURCE",
     "PLACEMENT_UNCONFIRMED", "PLACEMENT_CONFLICT"};
 
-/* What the worker records; copied whole at scrape time. */
+/* What the worker records. Relaxed atomics: the worker adds on its hot path
+ * without a lock; a scrape may see one counter a step ahead of another. */
+typedef _Atomic unsigned long long counter_t;
 typedef struct {
-    unsigned long long inputs[3][PG_M_IN_OUTCOMES];
-    unsigned long long decisions[PG_M_STREAMS][2][N_REASONS];
-    unsigned long long redis_round_trips, redis_errors, unknown_kinds, batches;
-    unsigned long long redis_hist[N_BUCKETS + 1];
-    double redis_sum;
-    bool redis_last_ok;
-    int64_t last_tick_ms;
+    counter_t inputs[3][PG_M_IN_OUTCOMES];
+    counter_t decisions[PG_M_STREAMS][2][N_REASONS];
+    counter_t redis_round_trips, redis_errors, unknown_kinds, batches;
+    counter_t redis_hist[N_BUCKETS + 1];
+    counter_t redis_sum_ns;
+    _Atomic bool redis_last_ok;
+    _Atomic int64_t last_tick_ms;
 } values_t;
 
+#define ADD(c, n) atomic_fetch_add_explicit(&(c), (n), memory_order_relaxed)
+#define GET(c) atomic_load_explicit(&(c), memory_order_relaxed)
+
 struct pg_metrics {
-    pthread_mutex_t lock; /* guards v and the sources */
+    pthread_mutex_t lock; /* guards the sources */
     char *topics[3];
     int stall_timeout_ms;
     values_t v;
@@ -83,8 +89,8 @@ pg_metrics_t *pg_metrics_new(const char *const input_topics[3], int stall_timeou
         }
     }
     m->stall_timeout_ms = stall_timeout_ms;
-    m->v.last_tick_ms = mono_ms();
-    m->v.redis_last_ok = true;
+    atomic_init(&m->v.last_tick_ms, mono_ms());
+    atomic_init(&m->v.redis_last_ok, true);
     return m;
 }
 
@@ -117,9 +123,7 @@ void pg_metrics_input(pg_metrics_t *m, int input, pg_metrics_outcome_t outcome,
 {
     if (m == NULL || input < 0 || input > 2)
         return;
-    pthread_mutex_lock(&m->lock);
-    m->v.inputs[input][outcome] += n;
-    pthread_mutex_unlock(&m->lock);
+    ADD(m->v.inputs[input][outcome], n);
 }
 
 void pg_metrics_decision(pg_metrics_t *m, pg_metrics_stream_t stream, int verdict,
@@ -128,9 +132,7 @@ void pg_metrics_decision(pg_metrics_t *m, pg_metrics_stream_t stream, int verdic
     if (m == NULL || verdict < 0 || verdict > 1 || reason < -1 ||
         reason >= N_REASONS - 1)
         return;
-    pthread_mutex_lock(&m->lock);
-    m->v.decisions[stream][verdict][reason + 1]++;
-    pthread_mutex_unlock(&m->lock);
+    ADD(m->v.decisions[stream][verdict][reason + 1], 1);
 }
 
 void pg_metrics_redis_exchange(pg_metrics_t *m, double seconds, bool ok)
@@ -140,42 +142,33 @@ void pg_metrics_redis_exchange(pg_metrics_t *m, double seconds, bool ok)
     size_t b = 0;
     while (b < N_BUCKETS && seconds > buckets[b])
         b++;
-    pthread_mutex_lock(&m->lock);
-    m->v.redis_round_trips++;
+    ADD(m->v.redis_round_trips, 1);
     if (!ok)
-        m->v.redis_errors++;
-    m->v.redis_last_ok = ok;
-    m->v.redis_hist[b]++;
-    m->v.redis_sum += seconds;
-    pthread_mutex_unlock(&m->lock);
+        ADD(m->v.redis_errors, 1);
+    atomic_store_explicit(&m->v.redis_last_ok, ok, memory_order_relaxed);
+    ADD(m->v.redis_hist[b], 1);
+    ADD(m->v.redis_sum_ns, (unsigned long long)(seconds * 1e9));
 }
 
 void pg_metrics_unknown_kinds(pg_metrics_t *m, unsigned long long n)
 {
     if (m == NULL || n == 0)
         return;
-    pthread_mutex_lock(&m->lock);
-    m->v.unknown_kinds += n;
-    pthread_mutex_unlock(&m->lock);
+    ADD(m->v.unknown_kinds, n);
 }
 
 void pg_metrics_batch(pg_metrics_t *m)
 {
     if (m == NULL)
         return;
-    pthread_mutex_lock(&m->lock);
-    m->v.batches++;
-    pthread_mutex_unlock(&m->lock);
+    ADD(m->v.batches, 1);
 }
 
 void pg_metrics_tick(pg_metrics_t *m)
 {
     if (m == NULL)
         return;
-    int64_t now = mono_ms();
-    pthread_mutex_lock(&m->lock);
-    m->v.last_tick_ms = now;
-    pthread_mutex_unlock(&m->lock);
+    atomic_store_explicit(&m->v.last_tick_ms, mono_ms(), memory_order_relaxed);
 }
 
 __attribute__((format(printf, 2, 3))) static int put(pg_buf_t *b, const char *fmt, ...)
@@ -241,10 +234,10 @@ static void render_lag(pg_metrics_t *m, pg_buf_t *b, pg_metrics_lag_fn lag, void
 
 int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
 {
-    /* Copy what the lock guards, then render without holding it across the
-     * broker queries the lag callback makes. */
+    /* Take the sources under the lock, then render without holding it across
+     * the broker queries the lag callback makes. */
+    values_t *s = &m->v;
     pthread_mutex_lock(&m->lock);
-    values_t s = m->v;
     pg_metrics_lag_fn lag = m->lag;
     pg_metrics_group_fn group = m->group;
     pg_metrics_redis_fn redis = m->redis;
@@ -254,7 +247,7 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
     pg_metrics_group_t g = {0};
     if (group != NULL)
         group(ctx, &g);
-    bool redis_up = redis != NULL ? redis(ctx) : s.redis_last_ok;
+    bool redis_up = redis != NULL ? redis(ctx) : atomic_load(&s->redis_last_ok);
 
     render_lag(m, b, lag, ctx);
 
@@ -263,7 +256,7 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
     for (int t = 0; t < 3; t++)
         for (int o = 0; o < PG_M_IN_OUTCOMES; o++)
             put(b, "pinguard_inputs_total{topic=\"%s\",outcome=\"%s\"} %llu\n",
-                m->topics[t], outcome_names[o], s.inputs[t][o]);
+                m->topics[t], outcome_names[o], GET(s->inputs[t][o]));
 
     head(b, "pinguard_decisions_total", "counter",
          "Decisions produced, by stream, verdict (or release action) and reason.");
@@ -282,34 +275,35 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
                     "s\"} "
                     "%llu\n",
                     stream_names[st], verdict_names[st][v], r < 0 ? "none" : reasons[r],
-                    s.decisions[st][v][r + 1]);
+                    GET(s->decisions[st][v][r + 1]));
             }
         }
     }
     head(b, "pinguard_unknown_device_kinds_total", "counter",
          "Devices of a kind pinguard does not know, seen in decisions (they pin).");
-    put(b, "pinguard_unknown_device_kinds_total %llu\n", s.unknown_kinds);
+    put(b, "pinguard_unknown_device_kinds_total %llu\n", GET(s->unknown_kinds));
 
     head(b, "pinguard_batches_total", "counter",
          "Consumed batches processed (each costs at most one Redis round trip).");
-    put(b, "pinguard_batches_total %llu\n", s.batches);
+    put(b, "pinguard_batches_total %llu\n", GET(s->batches));
     head(b, "pinguard_redis_round_trips_total", "counter",
          "Pipelined exchanges with the binding cache.");
-    put(b, "pinguard_redis_round_trips_total %llu\n", s.redis_round_trips);
+    put(b, "pinguard_redis_round_trips_total %llu\n", GET(s->redis_round_trips));
     head(b, "pinguard_redis_errors_total", "counter",
          "Exchanges with the binding cache that failed.");
-    put(b, "pinguard_redis_errors_total %llu\n", s.redis_errors);
+    put(b, "pinguard_redis_errors_total %llu\n", GET(s->redis_errors));
     head(b, "pinguard_redis_latency_seconds", "histogram",
          "Duration of one pipelined exchange with the binding cache.");
     unsigned long long cum = 0;
     for (size_t i = 0; i < N_BUCKETS; i++) {
-        cum += s.redis_hist[i];
+        cum += GET(s->redis_hist[i]);
         put(b, "pinguard_redis_latency_seconds_bucket{le=\"%g\"} %llu\n", buckets[i],
             cum);
     }
-    cum += s.redis_hist[N_BUCKETS];
+    cum += GET(s->redis_hist[N_BUCKETS]);
     put(b, "pinguard_redis_latency_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
-    put(b, "pinguard_redis_latency_seconds_sum %.6f\n", s.redis_sum);
+    put(b, "pinguard_redis_latency_seconds_sum %.6f\n",
+        (double)GET(s->redis_sum_ns) / 1e9);
     put(b, "pinguard_redis_latency_seconds_count %llu\n", cum);
     head(b, "pinguard_redis_up", "gauge", "1 when the binding cache answers.");
     put(b, "pinguard_redis_up %d\n", redis_up ? 1 : 0);
@@ -329,9 +323,7 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
 
 int pg_metrics_health(pg_metrics_t *m, char *why, size_t whylen)
 {
-    pthread_mutex_lock(&m->lock);
-    int64_t age = mono_ms() - m->v.last_tick_ms;
-    pthread_mutex_unlock(&m->lock);
+    int64_t age = mono_ms() - atomic_load(&m->v.last_tick_ms);
     if (age > m->stall_timeout_ms) {
         snprintf(why, whylen, "loop stalled for %lld ms", (long long)age);
         return -1;

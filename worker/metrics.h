@@ -64,7 +64,7 @@ void pg_metrics_decision(pg_metrics_t *m, pg_metrics_stream_t stream, int verdic
                          int reason);
 void pg_metrics_redis_exchange(pg_metrics_t *m, double seconds, bool ok);
 void pg_metrics_unknown_kinds(pg_metrics_t *m, unsigned long long n);
-void pg_metrics_tick(pg_metrics_t *m); /* the loop is alive */
+void pg_metrics_tick(pg_metrics_t *m);  /* the loop is alive */
 void pg_metrics_batch(pg_metrics_t *m); /* one consumed batch was processed */
 
 /* Renders the Prometheus text into out (appended). */
