@@ -373,7 +373,7 @@ def main():
             m = scrape(port)
             rc, rss = w.stop()
             after = redis_cmdstats()
-            cmds = sum(after.get(c, 0) - before.get(c, 0) for c in ("get", "hgetall"))
+            cmds = sum(after.get(c, 0) - before.get(c, 0) for c in ("get", "mget", "hgetall"))
             items = counts[k] * (10 if k == "advice" else 1)
             d = {"mode": mode, "stream": k, "inputs": counts[k], "items": items,
                  "seconds": elapsed, "rate": counts[k] / elapsed, "item_rate": items / elapsed,
