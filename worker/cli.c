@@ -231,7 +231,9 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
         pg_arena_calloc(arena, vb.n_devices + 1, sizeof(*pinning));
     if (all == NULL || pinning == NULL)
         goto out;
-    memcpy(all, vb.devices, vb.n_devices * sizeof(*all));
+    /* A VM without devices has devices == NULL: memcpy(p, NULL, 0) is undefined. */
+    if (vb.n_devices > 0)
+        memcpy(all, vb.devices, vb.n_devices * sizeof(*all));
     pg_policy_sort_devices(all, vb.n_devices);
     const pg_policy_opts_t po = {.allow_unknown_vm = c->allow_unknown_vm};
     pg_policy_verdict_t v;

@@ -429,6 +429,23 @@ int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen)
         snprintf(errbuf, errlen, "redis.user is set but no password is given");
         return -1;
     }
+    /* The rebalance handling is eager only: rd_kafka_assign() (refused under
+     * the COOPERATIVE protocol, so the consumer would fetch nothing), and a
+     * rebalance drops the batch in hand, which only an eager revoke of every
+     * partition makes safe. librdkafka 2.0.2's cooperative-sticky also has
+     * known hangs and loops (fixed in 2.4.0 and 2.6.1). */
+    const char *strategies[] = {"partition.assignment.strategy",
+                                "consumer.partition.assignment.strategy"};
+    for (size_t i = 0; i < 2; i++) {
+        const char *s = pg_config_kafka_get(c, strategies[i]);
+        if (s != NULL && strstr(s, "cooperative") != NULL) {
+            snprintf(errbuf, errlen,
+                     "kafka.%s=%s: cooperative assignors are not supported, use the "
+                     "eager range or roundrobin",
+                     strategies[i], s);
+            return -1;
+        }
+    }
     return 0;
 }
 

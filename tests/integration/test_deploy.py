@@ -1,0 +1,1012 @@
+"""Checks the wiring of deploy/: the Kubernetes manifests, the systemd unit, the
+Dockerfile, the Grafana dashboard and the alerting rules, against each other
+and against the worker's settings and metric names. Needs no Kafka or Redis.
+
+Every check is a function that raises AssertionError; test_check runs each on
+the real files and test_check_catches runs each on a copy with one deliberate
+fault, so that no check can pass vacuously."""
+
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+# Independent of the shared Kafka and Redis (see conftest.py).
+pytestmark = pytest.mark.no_services
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DEPLOY = os.path.join(ROOT, "deploy")
+K8S = os.path.join(DEPLOY, "k8s")
+UNIT = os.path.join(DEPLOY, "systemd", "pinguard.service")
+DOCKERFILE = os.path.join(DEPLOY, "Dockerfile")
+DASHBOARD = os.path.join(DEPLOY, "grafana", "pinguard-dashboard.json")
+SECRET_EXAMPLE = "secret.example.yaml"
+
+METRICS_PORT = 9464
+PARTITIONS_PER_TOPIC = 6
+# commit_transaction waits up to 60 s, the final producer flush up to 10 s.
+MIN_STOP_SECONDS = 70
+
+# The worker's metrics and their labels (besides the scrape's target labels).
+METRICS = {
+    "pinguard_consumer_lag_messages": {"topic", "partition"},
+    "pinguard_topic_consumer_lag_messages": {"topic"},
+    "pinguard_committed_offset": {"topic", "partition"},
+    "pinguard_high_watermark_offset": {"topic", "partition"},
+    "pinguard_inputs_total": {"topic", "outcome"},
+    "pinguard_decisions_total": {"stream", "verdict", "reason"},
+    "pinguard_redis_round_trips_total": set(),
+    "pinguard_redis_errors_total": set(),
+    "pinguard_redis_latency_seconds": set(),
+    "pinguard_redis_up": set(),
+    "pinguard_rebalances_total": set(),
+    "pinguard_assigned_partitions": set(),
+    "pinguard_transaction_aborts_total": set(),
+    "pinguard_build_info": {"version"},
+}
+HISTOGRAMS = {"pinguard_redis_latency_seconds"}
+TARGET_LABELS = {"namespace", "pod", "instance", "job", "container", "service", "endpoint"}
+LABEL_VALUES = {
+    "outcome": {"decided", "dlq", "retried"},
+    "stream": {"advice", "migrate", "release"},
+    "verdict": {"APPROVED", "VETOED", "RELEASE", "KEEP"},
+}
+
+DEFAULTS = {
+    "kafka.bootstrap.servers": "127.0.0.1:9092",
+    "kafka.group.id": "pinguard",
+    "kafka.auto.offset.reset": "earliest",
+    "kafka.security.protocol": "plaintext",
+    "delivery": "exactly-once",
+    "topic.advice": "drs.advice",
+    "topic.requests": "vm.migrate.requests",
+    "topic.results": "vm.migrate.results",
+    "metrics.listen": "127.0.0.1:9464",
+}
+INPUT_TOPIC_KEYS = ("topic.advice", "topic.requests", "topic.results")
+KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+
+BUILD_PACKAGES = {"build-essential", "cmake", "ninja-build", "pkg-config", "librdkafka-dev",
+                  "libavro-dev", "libhiredis-dev", "libjansson-dev", "libmicrohttpd-dev", "check"}
+RUNTIME_PACKAGES = {"librdkafka1", "libavro23", "libhiredis0.14", "libjansson4", "libmicrohttpd12"}
+
+UNIT_HARDENING = {
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "NoNewPrivileges": "yes",
+    "CapabilityBoundingSet": "",
+    "MemoryDenyWriteExecute": "yes",
+    "LockPersonality": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "SystemCallArchitectures": "native",
+}
+
+
+# --------------------------------------------------------------------------
+# Loading and parsing
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def load_bundle():
+    """Everything the checks look at, as plain data that a test may alter."""
+    files = sorted(f for f in os.listdir(K8S) if f.endswith((".yaml", ".yml")))
+    docs = []
+    kustomization = None
+    for name in files:
+        for doc in yaml.safe_load_all(_read(os.path.join(K8S, name))):
+            if doc is None:
+                continue
+            if name == "kustomization.yaml":
+                kustomization = doc
+            else:
+                docs.append({"file": name, "doc": doc})
+    return {
+        "files": files,
+        "docs": docs,
+        "kustomization": kustomization,
+        "unit": _read(UNIT),
+        "dockerfile": _read(DOCKERFILE),
+        "dashboard": json.loads(_read(DASHBOARD)),
+        "readme": _read(os.path.join(ROOT, "README.md")),
+        "config_md": _read(os.path.join(ROOT, "docs", "CONFIG.md")),
+        "metrics_c": _read(os.path.join(ROOT, "worker", "metrics.c")),
+    }
+
+
+def objects(b, kind=None, file=None):
+    return [d["doc"] for d in b["docs"]
+            if (kind is None or d["doc"].get("kind") == kind)
+            and (file is None or d["file"] == file)
+            and (file is not None or d["file"] != SECRET_EXAMPLE)]
+
+
+def one(b, kind):
+    found = objects(b, kind)
+    assert len(found) == 1, f"expected exactly one {kind}, found {len(found)}"
+    return found[0]
+
+
+def workload(b):
+    found = objects(b, "StatefulSet") + objects(b, "Deployment")
+    assert len(found) == 1, f"expected one StatefulSet or Deployment, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(b):
+    return workload(b)["spec"]["template"]["spec"]
+
+
+def pod_labels(b):
+    return workload(b)["spec"]["template"]["metadata"]["labels"]
+
+
+def container(b):
+    cs = [c for c in pod_spec(b)["containers"] if c["name"] == "pinguard"]
+    assert len(cs) == 1, "the workload needs one container named pinguard"
+    return cs[0]
+
+
+def env_map(c):
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def selects(selector, labels):
+    assert selector, "empty selector selects everything"
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def resolve_port(c, port):
+    """A probe's or endpoint's port, by name or number, to a container port."""
+    for p in c.get("ports", []):
+        if port in (p.get("name"), p["containerPort"]):
+            return p["containerPort"]
+    raise AssertionError(f"port {port!r} is not a port of container {c['name']}")
+
+
+def config_map_file(b):
+    """The settings file the container reads: PINGUARD_CONFIG -> mount -> ConfigMap key."""
+    c = container(b)
+    path = env_map(c).get("PINGUARD_CONFIG", {}).get("value")
+    assert path, "the container does not set PINGUARD_CONFIG"
+    volumes = {v["name"]: v for v in pod_spec(b).get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        v = volumes.get(m["name"], {})
+        if "configMap" not in v:
+            continue
+        for item in v["configMap"].get("items", []):
+            if os.path.join(m["mountPath"], item["path"]) == path:
+                cms = [cm for cm in objects(b, "ConfigMap")
+                       if cm["metadata"]["name"] == v["configMap"]["name"]]
+                assert cms, f"ConfigMap {v['configMap']['name']} is not among the manifests"
+                assert item["key"] in cms[0].get("data", {}), \
+                    f"ConfigMap {v['configMap']['name']} has no key {item['key']}"
+                return cms[0]["data"][item["key"]]
+    raise AssertionError(f"PINGUARD_CONFIG={path} is no file mounted from a ConfigMap")
+
+
+def parse_conf(text):
+    """`key = value` lines as config.c reads them (whole-line # comments)."""
+    out = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        assert "=" in s, f"pinguard.conf line {n}: expected 'key = value': {line!r}"
+        k, v = s.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def setting(b, key):
+    """Effective value in the pod: literal PINGUARD_* env > pinguard.conf > default."""
+    env_name = "PINGUARD_" + key.upper().replace(".", "_")
+    e = env_map(container(b)).get(env_name)
+    if e is not None and "value" in e:
+        return e["value"]
+    return parse_conf(config_map_file(b)).get(key, DEFAULTS.get(key))
+
+
+def documented_keys(b):
+    keys = set(re.findall(r"^\| `([a-z0-9.]+)` \|", b["config_md"], re.M))
+    assert len(keys) > 20, "docs/CONFIG.md: settings table not found"
+    return keys
+
+
+def parse_quantity(q):
+    q = str(q)
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 1e3, "M": 1e6, "G": 1e9}
+    m = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", q)
+    assert m and (m.group(2) in units or m.group(2) == ""), f"bad quantity {q!r}"
+    return float(m.group(1)) * units.get(m.group(2), 1)
+
+
+def parse_unit(text):
+    """systemd unit -> list of (section, key, value), repeated keys kept."""
+    out, section = [], None
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s[0] in "#;":
+            continue
+        if s.startswith("[") and s.endswith("]"):
+            section = s[1:-1]
+            continue
+        assert "=" in s and section, f"unit: cannot parse {line!r}"
+        k, v = s.split("=", 1)
+        out.append((section, k.strip(), v.strip()))
+    return out
+
+
+def unit_values(entries, key, section="Service"):
+    return [v for s, k, v in entries if s == section and k == key]
+
+
+def systemd_seconds(v):
+    total = 0.0
+    for num, unit in re.findall(r"([0-9.]+)\s*(min|ms|s|h)?", v):
+        total += float(num) * {"min": 60, "ms": 1e-3, "s": 1, "h": 3600, "": 1}[unit]
+    return total
+
+
+def parse_dockerfile(text):
+    """-> list of stages, each {'from': image, 'as': name, 'ins': [(KEYWORD, args)]}."""
+    lines, cur = [], ""
+    for raw in text.splitlines():
+        s = raw.strip()
+        if s.startswith("#") or (not s and not cur):
+            continue
+        if s.endswith("\\"):
+            cur += s[:-1] + " "
+            continue
+        cur += s
+        if cur.strip():
+            lines.append(cur.strip())
+        cur = ""
+    args, stages = {}, []
+    for line in lines:
+        kw, _, rest = line.partition(" ")
+        kw, rest = kw.upper(), rest.strip()
+        if kw == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif kw == "FROM":
+            parts = rest.split()
+            image = re.sub(r"\$\{(\w+)\}|\$(\w+)",
+                           lambda m: args.get(m.group(1) or m.group(2), ""), parts[0])
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append({"from": image, "as": name, "ins": []})
+        else:
+            assert stages, f"Dockerfile: {kw} before any FROM"
+            stages[-1]["ins"].append((kw, rest))
+    return stages
+
+
+def apt_installed(stage):
+    pkgs = set()
+    for kw, rest in stage["ins"]:
+        if kw == "RUN":
+            for m in re.finditer(r"apt-get install((?:\s+[^&;|]+))", rest):
+                pkgs |= {t for t in m.group(1).split() if not t.startswith("-")}
+    return pkgs
+
+
+def exec_form(rest):
+    v = json.loads(rest)
+    assert isinstance(v, list), f"not in exec form: {rest}"
+    return v
+
+
+def promql_exprs(b):
+    """(where, expr) of every query in the dashboard, the alerts and KEDA."""
+    out = []
+    dash = b["dashboard"]
+    for p in dash.get("panels", []):
+        for sub in [p] + p.get("panels", []):
+            for t in sub.get("targets", []):
+                out.append((f"dashboard panel {sub.get('title')!r}", t.get("expr", "")))
+    for v in dash.get("templating", {}).get("list", []):
+        q = v.get("query")
+        if isinstance(q, dict):
+            q = q.get("query", "")
+        if v.get("type") == "query":
+            out.append((f"dashboard variable {v.get('name')}", q or ""))
+    for rule_doc in objects(b, "PrometheusRule"):
+        for g in rule_doc["spec"]["groups"]:
+            for r in g["rules"]:
+                out.append((f"rule {r.get('alert') or r.get('record')}", str(r["expr"])))
+    for so in objects(b, "ScaledObject"):
+        for t in so["spec"].get("triggers", []):
+            if "query" in t.get("metadata", {}):
+                out.append((f"KEDA trigger {t.get('name')}", t["metadata"]["query"]))
+    return out
+
+
+def metric_base(name):
+    for h in HISTOGRAMS:
+        if name in (h + "_bucket", h + "_sum", h + "_count"):
+            return h, name.endswith("_bucket")
+    return name, False
+
+
+# --------------------------------------------------------------------------
+# Checks
+
+def check_manifests(b):
+    assert b["kustomization"] is not None, "deploy/k8s/kustomization.yaml missing"
+    for d in b["docs"]:
+        doc = d["doc"]
+        for field in ("apiVersion", "kind"):
+            assert doc.get(field), f"{d['file']}: a document without {field}"
+        assert doc.get("metadata", {}).get("name"), f"{d['file']}: {doc['kind']} without a name"
+        assert "namespace" not in doc["metadata"], \
+            f"{d['file']}: {doc['kind']} sets a namespace; the manifests are namespace-agnostic"
+    kinds = {d["doc"]["kind"] for d in b["docs"]}
+    for k in ("ConfigMap", "Service", "PodMonitor", "ScaledObject", "PrometheusRule", "Secret"):
+        assert k in kinds, f"no {k} among deploy/k8s"
+    workload(b)
+
+
+def check_kustomization(b):
+    k = b["kustomization"]
+    listed = set(k.get("resources", []))
+    expected = set(b["files"]) - {"kustomization.yaml", SECRET_EXAMPLE}
+    assert SECRET_EXAMPLE not in listed, "the example Secret must not be deployed"
+    assert listed == expected, f"kustomization resources {sorted(listed)} != {sorted(expected)}"
+    image = container(b)["image"].rsplit(":", 1)[0]
+    assert any(i.get("name") == image for i in k.get("images", [])), \
+        f"kustomization images do not override {image}"
+
+
+def check_image_and_args(b):
+    c = container(b)
+    repo, _, tag = c["image"].rpartition(":")
+    assert repo and tag and tag != "latest" and "/" not in tag, \
+        f"image {c['image']!r} needs a pinned tag"
+    assert c.get("args") == ["run"], f"container args {c.get('args')} != ['run']"
+    cmd = c.get("command")
+    assert cmd is None or (len(cmd) == 1 and os.path.basename(cmd[0]) == "pinguard"), \
+        f"command {cmd} overrides the image's ENTRYPOINT pinguard"
+
+
+def check_metrics_port(b):
+    c = container(b)
+    ports = [p for p in c.get("ports", []) if p.get("name") == "metrics"]
+    assert len(ports) == 1 and ports[0]["containerPort"] == METRICS_PORT, \
+        f"the container needs port 'metrics' = {METRICS_PORT}"
+    listen = env_map(c).get("PINGUARD_METRICS_LISTEN", {}).get("value")
+    assert listen == f"0.0.0.0:{METRICS_PORT}", \
+        f"PINGUARD_METRICS_LISTEN={listen!r}: must bind 0.0.0.0:{METRICS_PORT}"
+    assert setting(b, "metrics.listen") == listen, "metrics.listen is overridden elsewhere"
+
+
+def check_probes(b):
+    c = container(b)
+    want = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
+    for probe, path in want.items():
+        if probe == "startupProbe" and probe not in c:
+            continue
+        p = c.get(probe)
+        assert p and "httpGet" in p, f"{probe} must be an httpGet probe"
+        assert p["httpGet"].get("path") == path, f"{probe} path {p['httpGet'].get('path')} != {path}"
+        assert p["httpGet"].get("scheme", "HTTP") == "HTTP", f"{probe}: plain HTTP"
+        assert resolve_port(c, p["httpGet"]["port"]) == METRICS_PORT, \
+            f"{probe} does not probe the metrics port"
+    # /healthz fails only after health.stall.timeout.ms (90 s); a liveness probe
+    # that gives up within seconds of a slow start would loop restarts.
+    lp = c["livenessProbe"]
+    assert lp.get("periodSeconds", 10) * lp.get("failureThreshold", 3) >= 20, "liveness too eager"
+
+
+def check_config(b):
+    conf = parse_conf(config_map_file(b))
+    keys = documented_keys(b)
+    for k, v in conf.items():
+        assert k in keys or k.startswith("kafka."), f"pinguard.conf: unknown setting {k}"
+        assert not re.search(r"password|secret|sasl\.oauthbearer\.client", k) or k.endswith(".file"), \
+            f"pinguard.conf holds the secret {k}: it belongs in a Secret"
+    for name, e in env_map(container(b)).items():
+        if re.search(r"PASSWORD|SECRET", name) and not name.endswith("_FILE"):
+            assert "value" not in e, f"{name} is a literal in the manifest; use a secretKeyRef"
+
+
+def check_identity(b):
+    w = workload(b)
+    env = env_map(container(b))
+
+    def from_pod_name(name):
+        e = env.get(name, {})
+        return e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name"
+
+    if setting(b, "delivery") == "exactly-once":
+        assert from_pod_name("PINGUARD_KAFKA_TRANSACTIONAL_ID"), \
+            "exactly-once: each pod needs kafka.transactional.id = its pod name"
+    if "PINGUARD_KAFKA_GROUP_INSTANCE_ID" in env:
+        assert from_pod_name("PINGUARD_KAFKA_GROUP_INSTANCE_ID"), \
+            "kafka.group.instance.id must be the pod name"
+        # Static membership needs names that survive a restart (statefulset.yaml).
+        assert w["kind"] == "StatefulSet", "static membership on a Deployment leaves ghost members"
+
+
+def secret_refs(b):
+    """(secret, key, where) for every Secret the workload and KEDA use."""
+    refs = []
+    spec = pod_spec(b)
+    c = container(b)
+    for e in c.get("env", []):
+        r = e.get("valueFrom", {}).get("secretKeyRef")
+        if r:
+            refs.append((r["name"], r["key"], f"env {e['name']}"))
+    for ef in c.get("envFrom", []):
+        if "secretRef" in ef:
+            refs.append((ef["secretRef"]["name"], None, "envFrom"))
+    for v in spec.get("volumes", []):
+        if "secret" in v:
+            items = v["secret"].get("items") or [{"key": None}]
+            for it in items:
+                refs.append((v["secret"]["secretName"], it["key"], f"volume {v['name']}"))
+    for ta in objects(b, "TriggerAuthentication"):
+        for r in ta["spec"].get("secretTargetRef", []):
+            refs.append((r["name"], r["key"], f"TriggerAuthentication {ta['metadata']['name']}"))
+    return refs
+
+
+def check_secrets(b):
+    examples = {s["metadata"]["name"]: {**s.get("data", {}), **s.get("stringData", {})}
+                for s in objects(b, "Secret", file=SECRET_EXAMPLE)}
+    assert not objects(b, "Secret"), "real Secrets do not belong among the deployed manifests"
+    refs = secret_refs(b)
+    assert refs, "the workload references no Secret"
+    for name, key, where in refs:
+        assert name in examples, f"{where}: Secret {name} is not in {SECRET_EXAMPLE}"
+        assert key is None or key in examples[name], f"{where}: Secret {name} has no key {key}"
+    for name, data in examples.items():
+        for k, v in data.items():
+            if "password" in k:
+                assert v == "CHANGE-ME", f"{SECRET_EXAMPLE}: {name}/{k} must stay a placeholder"
+    env = env_map(container(b))
+    # The Redis password file lies in a mounted Secret volume.
+    pw_file = env.get("PINGUARD_REDIS_PASSWORD_FILE", {}).get("value") or \
+        parse_conf(config_map_file(b)).get("redis.password.file")
+    if pw_file:
+        volumes = {v["name"]: v for v in pod_spec(b).get("volumes", [])}
+        files = {os.path.join(m["mountPath"], it["path"])
+                 for m in container(b).get("volumeMounts", [])
+                 if "secret" in volumes.get(m["name"], {})
+                 for it in volumes[m["name"]]["secret"].get("items", [])}
+        assert pw_file in files, f"redis.password.file {pw_file} is no mounted Secret file"
+    else:
+        assert "secretKeyRef" in env.get("PINGUARD_REDIS_PASSWORD", {}).get("valueFrom", {}), \
+            "the Redis password comes from no Secret"
+    if setting(b, "kafka.security.protocol").upper().startswith("SASL"):
+        for v in ("PINGUARD_KAFKA_SASL_USERNAME", "PINGUARD_KAFKA_SASL_PASSWORD"):
+            assert "secretKeyRef" in env.get(v, {}).get("valueFrom", {}), f"{v} not from a Secret"
+
+
+def check_security_context(b):
+    spec = pod_spec(b)
+    psc, csc = spec.get("securityContext", {}), container(b).get("securityContext", {})
+    merged = {**psc, **csc}
+    assert merged.get("runAsNonRoot") is True, "runAsNonRoot"
+    assert merged.get("runAsUser", 0) != 0, "runAsUser must not be root"
+    assert csc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem"
+    assert csc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation"
+    assert not csc.get("privileged"), "privileged"
+    caps = csc.get("capabilities", {})
+    assert "ALL" in caps.get("drop", []) and not caps.get("add"), "capabilities: drop ALL, add none"
+    assert merged.get("seccompProfile", {}).get("type") == "RuntimeDefault", "seccomp RuntimeDefault"
+    assert spec.get("automountServiceAccountToken") is False, "no API token: pinguard needs none"
+    user = [r for kw, r in parse_dockerfile(b["dockerfile"])[-1]["ins"] if kw == "USER"]
+    assert user and user[-1].split(":")[0] == str(merged["runAsUser"]), \
+        f"runAsUser {merged['runAsUser']} differs from the image's USER {user}"
+
+
+def check_resources(b):
+    r = container(b).get("resources", {})
+    req, lim = r.get("requests", {}), r.get("limits", {})
+    for k in ("cpu", "memory"):
+        assert k in req and k in lim, f"resources need {k} requests and limits"
+        assert parse_quantity(req[k]) <= parse_quantity(lim[k]), f"{k} request above limit"
+    # RSS target < 64 MB: request that, allow headroom, but not a leak's worth.
+    assert 64 * 2**20 <= parse_quantity(req["memory"]) <= 128 * 2**20, \
+        f"memory request {req['memory']}: 64Mi to 128Mi for an RSS target below 64 MB"
+    assert parse_quantity(lim["memory"]) <= 256 * 2**20, f"memory limit {lim['memory']} above 256Mi"
+
+
+def check_shutdown(b):
+    grace = pod_spec(b).get("terminationGracePeriodSeconds", 30)
+    assert grace >= MIN_STOP_SECONDS, f"terminationGracePeriodSeconds {grace} < {MIN_STOP_SECONDS}"
+
+
+def check_service(b):
+    svc = one(b, "Service")
+    c = container(b)
+    assert selects(svc["spec"]["selector"], pod_labels(b)), "Service does not select the pods"
+    ports = [p for p in svc["spec"]["ports"] if p.get("name") == "metrics"]
+    assert len(ports) == 1, "Service needs a port named metrics"
+    assert ports[0]["port"] == METRICS_PORT, f"Service port {ports[0]['port']} != {METRICS_PORT}"
+    assert resolve_port(c, ports[0].get("targetPort", ports[0]["port"])) == METRICS_PORT, \
+        "Service targetPort is not the metrics port"
+    w = workload(b)
+    if w["kind"] == "StatefulSet":
+        assert w["spec"]["serviceName"] == svc["metadata"]["name"], "serviceName"
+        assert svc["spec"].get("clusterIP") == "None", "a StatefulSet's Service is headless"
+
+
+def check_podmonitor(b):
+    pm = one(b, "PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1", pm["apiVersion"]
+    assert selects(pm["spec"]["selector"]["matchLabels"], pod_labels(b)), \
+        "PodMonitor does not select the pods"
+    eps = pm["spec"]["podMetricsEndpoints"]
+    assert eps and all(e.get("path") == "/metrics" for e in eps), "PodMonitor path must be /metrics"
+    for e in eps:
+        assert "port" in e, "a PodMonitor endpoint needs a named port"
+        names = {p.get("name") for p in container(b)["ports"]}
+        assert e["port"] in names, f"PodMonitor port {e['port']} is no named container port"
+        assert resolve_port(container(b), e["port"]) == METRICS_PORT, "PodMonitor port"
+
+
+def check_disruption_budget(b):
+    for pdb in objects(b, "PodDisruptionBudget"):
+        assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels(b)), \
+            "PodDisruptionBudget does not select the pods"
+        assert pdb["spec"].get("maxUnavailable") == 1, "one pod at a time"
+
+
+def check_scaledobject(b):
+    so = one(b, "ScaledObject")
+    w = workload(b)
+    spec = so["spec"]
+    assert so["apiVersion"] == "keda.sh/v1alpha1", so["apiVersion"]
+    ref = spec["scaleTargetRef"]
+    assert ref.get("kind", "Deployment") == w["kind"] and ref["name"] == w["metadata"]["name"], \
+        f"ScaledObject targets {ref}, not {w['kind']}/{w['metadata']['name']}"
+    assert spec["maxReplicaCount"] == PARTITIONS_PER_TOPIC, \
+        f"maxReplicaCount {spec['maxReplicaCount']} != {PARTITIONS_PER_TOPIC} partitions per topic"
+    assert 1 <= spec.get("minReplicaCount", 0) <= spec["maxReplicaCount"], "minReplicaCount"
+    assert w["spec"].get("replicas", 1) <= spec["maxReplicaCount"], "replicas above maxReplicaCount"
+    triggers = spec["triggers"]
+    assert triggers and all(t["type"] == "kafka" for t in triggers), "kafka triggers only"
+    inputs = {setting(b, k) for k in INPUT_TOPIC_KEYS}
+    protocol = setting(b, "kafka.security.protocol").upper()
+    auths = {t["metadata"]["name"]: t for t in objects(b, "TriggerAuthentication")}
+    topics = []
+    for t in triggers:
+        md = t["metadata"]
+        assert md["consumerGroup"] == setting(b, "kafka.group.id"), \
+            f"trigger consumerGroup {md['consumerGroup']} != kafka.group.id"
+        assert md["bootstrapServers"] == setting(b, "kafka.bootstrap.servers"), \
+            f"bootstrapServers {md['bootstrapServers']} != kafka.bootstrap.servers"
+        assert md.get("offsetResetPolicy", "latest") == setting(b, "kafka.auto.offset.reset"), \
+            "offsetResetPolicy != kafka.auto.offset.reset"
+        assert str(md.get("allowIdleConsumers", "false")).lower() == "false", \
+            "idle consumers: replicas beyond the partitions do nothing"
+        assert str(md["lagThreshold"]).isdigit(), f"lagThreshold {md['lagThreshold']!r}"
+        if "topic" in md:
+            assert md["topic"] in inputs, f"trigger topic {md['topic']} is not an input topic"
+        topics.append(md.get("topic"))
+        if protocol.startswith("SASL"):
+            mech = setting(b, "kafka.sasl.mechanisms") or setting(b, "kafka.sasl.mechanism") or "GSSAPI"
+            assert md.get("sasl") == KEDA_SASL.get(mech.upper()), f"sasl {md.get('sasl')} vs {mech}"
+            name = t.get("authenticationRef", {}).get("name")
+            assert name in auths, f"authenticationRef {name} is no TriggerAuthentication"
+            params = {r["parameter"] for r in auths[name]["spec"]["secretTargetRef"]}
+            assert {"username", "password"} <= params, f"TriggerAuthentication {name}: {params}"
+        assert (md.get("tls") == "enable") == (protocol in ("SSL", "SASL_SSL")), "tls"
+    assert topics == [None] or (None not in topics and sorted(topics) == sorted(inputs)), \
+        f"triggers cover {topics}; need each input topic {sorted(inputs)} once, or one without topic"
+
+
+def check_systemd_unit(b):
+    u = parse_unit(b["unit"])
+    for k, v in UNIT_HARDENING.items():
+        got = unit_values(u, k)
+        assert got and got[-1] == v, f"unit: {k}={v} expected, got {got}"
+    assert unit_values(u, "DynamicUser") == ["yes"] or \
+        unit_values(u, "User") not in ([], ["root"], ["0"]), "unit: run as an unprivileged user"
+    fams = unit_values(u, "RestrictAddressFamilies")
+    assert fams and set(fams[-1].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}, \
+        f"RestrictAddressFamilies {fams}"
+    filt = unit_values(u, "SystemCallFilter")
+    assert filt and filt[0].split()[0] == "@system-service", "SystemCallFilter=@system-service"
+    exec_start = unit_values(u, "ExecStart")
+    assert len(exec_start) == 1, f"ExecStart {exec_start}"
+    argv = shlex.split(exec_start[0])
+    assert argv[0] == "/usr/local/bin/pinguard" and argv[1] == "run", f"ExecStart {argv}"
+    assert unit_values(u, "KillSignal") == ["SIGTERM"], "KillSignal=SIGTERM"
+    assert unit_values(u, "Restart") == ["on-failure"], "Restart=on-failure"
+    stop = unit_values(u, "TimeoutStopSec")
+    assert stop and systemd_seconds(stop[-1]) >= MIN_STOP_SECONDS, f"TimeoutStopSec {stop}"
+    # The Redis password arrives as a credential and is read from its file.
+    creds = [v.split(":", 1)[0] for v in unit_values(u, "LoadCredential")]
+    assert creds, "unit: LoadCredential for the Redis password"
+    env = " ".join(unit_values(u, "Environment"))
+    m = re.search(r"PINGUARD_REDIS_PASSWORD_FILE=(?:%d|\$\{?CREDENTIALS_DIRECTORY\}?)/(\S+)", env)
+    assert m and m.group(1) in creds, "PINGUARD_REDIS_PASSWORD_FILE must name a loaded credential"
+    assert not re.search(r"PASSWORD=(?!%d|\$)", env), "unit: a literal password in Environment="
+    assert unit_values(u, "WantedBy", "Install"), "unit: [Install] WantedBy="
+
+
+def check_dockerfile(b):
+    stages = parse_dockerfile(b["dockerfile"])
+    assert len(stages) >= 2, "multi-stage: at least two FROM"
+    for s in stages:
+        assert re.fullmatch(r"debian:bookworm(-slim)?", s["from"]), f"FROM {s['from']} is not bookworm"
+    final, builders = stages[-1], stages[:-1]
+    names = {s["as"] for s in builders}
+    copies = [r for kw, r in final["ins"] if kw == "COPY" and "--from=" in r]
+    assert any(re.search(r"--from=(\S+)", r).group(1) in names
+               and r.split()[-1] == "/usr/local/bin/pinguard" for r in copies), \
+        "the runtime stage must COPY --from the build stage to /usr/local/bin/pinguard"
+    users = [r for kw, r in final["ins"] if kw == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "non-root USER"
+    assert exec_form(dict(final["ins"]).get("ENTRYPOINT", "null") or "null") in \
+        (["pinguard"], ["/usr/local/bin/pinguard"]), "ENTRYPOINT pinguard"
+    assert exec_form([r for kw, r in final["ins"] if kw == "CMD"][-1]) == ["run"], 'CMD ["run"]'
+    assert str(METRICS_PORT) in " ".join(r for kw, r in final["ins"] if kw == "EXPOSE"), "EXPOSE 9464"
+    assert all(r == "SIGTERM" for kw, r in final["ins"] if kw == "STOPSIGNAL"), "STOPSIGNAL"
+    built = set().union(*(apt_installed(s) for s in builders))
+    assert BUILD_PACKAGES <= built, f"build stage lacks {sorted(BUILD_PACKAGES - built)}"
+    runtime = apt_installed(final)
+    assert RUNTIME_PACKAGES <= runtime, f"runtime stage lacks {sorted(RUNTIME_PACKAGES - runtime)}"
+    assert not [p for p in runtime if p.endswith("-dev") or p in BUILD_PACKAGES], \
+        "build tools in the runtime stage"
+    for s in builders:
+        for kw, r in s["ins"]:
+            if kw == "COPY" and "--from=" not in r:
+                for src in r.split()[:-1]:
+                    assert os.path.exists(os.path.join(ROOT, src)), f"COPY {src}: not in the repo"
+
+
+def check_metric_names(b):
+    exprs = promql_exprs(b)
+    assert exprs, "no queries found"
+    used = set()
+    for where, e in exprs:
+        for name in re.findall(r"\bpinguard_[a-z0-9_]+", e):
+            base, is_bucket = metric_base(name)
+            assert base in METRICS, f"{where}: unknown metric {name}"
+            used.add(name)
+            if base in HISTOGRAMS:
+                assert name != base, f"{where}: {name} is a histogram; use _bucket/_sum/_count"
+        for name, body in re.findall(r"\b(pinguard_[a-z0-9_]+)\s*\{([^}]*)\}", e):
+            base, is_bucket = metric_base(name)
+            allowed = METRICS[base] | TARGET_LABELS | ({"le"} if is_bucket else set())
+            for label, _, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', body):
+                assert label in allowed, f"{where}: {name} has no label {label}"
+                if label in LABEL_VALUES and re.fullmatch(r"\w+", value):
+                    assert value in LABEL_VALUES[label], f"{where}: {label}={value!r}"
+    return used
+
+
+def check_dashboard(b):
+    d = b["dashboard"]
+    check_metric_names(b)
+    exprs = [e for w, e in promql_exprs(b) if w.startswith("dashboard panel")]
+    used = {n for e in exprs for n in re.findall(r"\bpinguard_[a-z0-9_]+", e)}
+    for m in ("pinguard_consumer_lag_messages", "pinguard_topic_consumer_lag_messages",
+              "pinguard_decisions_total", "pinguard_inputs_total",
+              "pinguard_redis_latency_seconds_bucket", "pinguard_redis_up",
+              "pinguard_rebalances_total", "pinguard_transaction_aborts_total"):
+        assert m in used, f"the dashboard never shows {m}"
+    assert any("histogram_quantile(0.99" in e for e in exprs), "Redis p99 panel"
+    assert any("histogram_quantile(0.5" in e for e in exprs), "Redis p50 panel"
+    assert any(re.search(r"by \(stream, verdict, reason\).*pinguard_decisions_total", e)
+               for e in exprs), "decisions by stream, verdict and reason"
+    assert any('outcome="dlq"' in e for e in exprs), "DLQ rate panel"
+    variables = [v for v in d["templating"]["list"] if v["type"] == "datasource"]
+    assert len(variables) == 1 and variables[0]["query"] == "prometheus", \
+        "one Prometheus datasource variable"
+    ds = "${%s}" % variables[0]["name"]
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    for p in d["panels"]:
+        if p["type"] == "row":
+            continue
+        assert p.get("datasource", {}).get("uid") == ds, f"panel {p['title']!r} datasource"
+        assert p["targets"], f"panel {p['title']!r} has no query"
+        for t in p["targets"]:
+            assert t.get("datasource", {}).get("uid") == ds and t["expr"].strip(), \
+                f"panel {p['title']!r}: query datasource or expression"
+    for v in d["templating"]["list"]:
+        if v["type"] == "query":
+            assert v["datasource"]["uid"] == ds, f"variable {v['name']} datasource"
+
+
+def check_alerts(b):
+    rules = one(b, "PrometheusRule")
+    assert rules["apiVersion"] == "monitoring.coreos.com/v1", rules["apiVersion"]
+    alerts = [r for g in rules["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    records = {r["record"]: str(r["expr"]) for g in rules["spec"]["groups"]
+               for r in g["rules"] if "record" in r}
+
+    def expanded(expr):
+        for name, body in records.items():
+            expr = expr.replace(name, f"({body})")
+        return expr
+
+    for a in alerts:
+        e = str(a["expr"])
+        assert e.count("(") == e.count(")"), f"{a['alert']}: unbalanced parentheses"
+        assert a.get("labels", {}).get("severity") in ("warning", "critical"), a["alert"]
+        assert a.get("annotations", {}).get("summary"), f"{a['alert']}: no summary"
+    exprs = [re.sub(r"\s+", " ", expanded(str(a["expr"]))) for a in alerts]
+    need = {
+        "lag growing": lambda e: "pinguard_consumer_lag_messages" in e and "deriv(" in e,
+        "Redis down": lambda e: re.search(r"pinguard_redis_up\s*==\s*0", e),
+        "DLQ rate": lambda e: re.search(r'rate\(pinguard_inputs_total\{[^}]*outcome="dlq"', e),
+        "transaction aborts": lambda e: "pinguard_transaction_aborts_total" in e,
+    }
+    for what, pred in need.items():
+        assert any(pred(e) for e in exprs), f"no alert on {what}"
+
+
+def check_exporter(b):
+    """The names the dashboard and alerts are checked against are the ones the
+    worker renders (worker/metrics.c), with their labels."""
+    src = re.sub(r'"\s*\n\s*"', "", b["metrics_c"])  # "a" "b" -> "ab"
+    literals = re.findall(r'"((?:[^"\\\n]|\\.)*)"', src)
+    rendered = {}
+    for lit in literals:
+        m = re.match(r"(pinguard_[a-z0-9_]+)(\{.*\})?", lit)
+        if m:
+            base, _ = metric_base(m.group(1))
+            labels = set(re.findall(r'(\w+)=\\"', m.group(2) or "")) - {"le"}
+            rendered.setdefault(base, set()).update(labels)
+    for name, labels in METRICS.items():
+        assert name in rendered, f"worker/metrics.c does not render {name}"
+        assert rendered[name] == labels, \
+            f"worker/metrics.c renders {name} with labels {sorted(rendered[name])}, not {sorted(labels)}"
+
+
+def check_readme(b):
+    text = b["readme"]
+    m = re.search(r"^## Operations\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert m, "README.md has no '## Operations' section"
+    ops = m.group(1)
+    for name in METRICS:
+        assert name in ops, f"README Operations does not explain {name}"
+    for word in ("pinguard.dlq", "pinguard-error", "pinguard-source-topic", "kcat",
+                 "maxReplicaCount"):
+        assert word in ops, f"README Operations does not mention {word}"
+
+
+CHECKS = {f.__name__[len("check_"):]: f for f in [
+    check_manifests, check_kustomization, check_image_and_args, check_metrics_port,
+    check_probes, check_config, check_identity, check_secrets, check_security_context,
+    check_resources, check_shutdown, check_service, check_podmonitor, check_disruption_budget,
+    check_scaledobject, check_systemd_unit, check_dockerfile, check_metric_names,
+    check_dashboard, check_alerts, check_exporter, check_readme]}
+
+
+@pytest.fixture(scope="module")
+def pristine():
+    return load_bundle()
+
+
+@pytest.fixture
+def bundle(pristine):
+    return copy.deepcopy(pristine)
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_check(name, bundle):
+    CHECKS[name](bundle)
+
+
+# --------------------------------------------------------------------------
+# One deliberate fault per check (at least): the check must catch it.
+
+def _doc(b, kind):
+    return objects(b, kind)[0]
+
+
+def _env(b, name):
+    return env_map(container(b))[name]
+
+
+def _set_conf(b, extra):
+    cm = _doc(b, "ConfigMap")
+    cm["data"]["pinguard.conf"] += extra
+
+
+def _trigger(b, i=0):
+    return _doc(b, "ScaledObject")["spec"]["triggers"][i]["metadata"]
+
+
+def _sub_unit(old, new):
+    def f(b):
+        assert re.search(old, b["unit"], re.M)
+        b["unit"] = re.sub(old, new, b["unit"], flags=re.M)
+    return f
+
+
+def _sub_docker(old, new):
+    def f(b):
+        assert re.search(old, b["dockerfile"], re.M)
+        b["dockerfile"] = re.sub(old, new, b["dockerfile"], count=1, flags=re.M)
+    return f
+
+
+def _first_panel(b):
+    return next(p for p in b["dashboard"]["panels"] if p["type"] != "row")
+
+
+FAULTS = [
+    ("manifests", "a namespace", lambda b: b["docs"][0]["doc"]["metadata"].update(namespace="x")),
+    ("kustomization", "a manifest left out",
+     lambda b: b["kustomization"]["resources"].remove("podmonitor.yaml")),
+    ("kustomization", "the example Secret deployed",
+     lambda b: b["kustomization"]["resources"].append(SECRET_EXAMPLE)),
+    ("image_and_args", "args", lambda b: container(b).update(args=["explain"])),
+    ("image_and_args", "latest tag",
+     lambda b: container(b).update(image=container(b)["image"].rsplit(":", 1)[0] + ":latest")),
+    ("metrics_port", "loopback listen", lambda b: _env(b, "PINGUARD_METRICS_LISTEN").update(value="127.0.0.1:9464")),
+    ("metrics_port", "other port", lambda b: container(b)["ports"][0].update(containerPort=8080)),
+    ("probes", "readiness on /healthz",
+     lambda b: container(b)["readinessProbe"]["httpGet"].update(path="/healthz")),
+    ("probes", "liveness on another port",
+     lambda b: container(b)["livenessProbe"]["httpGet"].update(port=8080)),
+    ("config", "a password in the ConfigMap", lambda b: _set_conf(b, "redis.password = hunter2\n")),
+    ("config", "an unknown setting", lambda b: _set_conf(b, "redis.hostname = r\n")),
+    ("config", "PINGUARD_CONFIG elsewhere", lambda b: _env(b, "PINGUARD_CONFIG").update(value="/etc/x.conf")),
+    ("identity", "no transactional id",
+     lambda b: container(b)["env"].remove(_env(b, "PINGUARD_KAFKA_TRANSACTIONAL_ID"))),
+    ("identity", "static membership on a Deployment", lambda b: workload(b).update(kind="Deployment")),
+    ("secrets", "a Secret name without example",
+     lambda b: _env(b, "PINGUARD_KAFKA_SASL_PASSWORD")["valueFrom"]["secretKeyRef"].update(name="kafka-creds")),
+    ("secrets", "a key without example",
+     lambda b: _doc(b, "TriggerAuthentication")["spec"]["secretTargetRef"][1].update(key="pass")),
+    ("secrets", "password file outside the Secret mount",
+     lambda b: _env(b, "PINGUARD_REDIS_PASSWORD_FILE").update(value="/etc/pinguard/redis-password")),
+    ("secrets", "a real password in the example",
+     lambda b: objects(b, "Secret", file=SECRET_EXAMPLE)[0]["stringData"].update(password="s3cret")),
+    ("security_context", "writable root fs",
+     lambda b: container(b)["securityContext"].update(readOnlyRootFilesystem=False)),
+    ("security_context", "capabilities kept",
+     lambda b: container(b)["securityContext"]["capabilities"].update(drop=[])),
+    ("security_context", "no seccomp", lambda b: [pod_spec(b)["securityContext"].pop("seccompProfile"),
+                                                  container(b)["securityContext"].pop("seccompProfile")]),
+    ("resources", "no limits", lambda b: container(b)["resources"].pop("limits")),
+    ("resources", "a huge memory limit", lambda b: container(b)["resources"]["limits"].update(memory="2Gi")),
+    ("shutdown", "default grace period", lambda b: pod_spec(b).pop("terminationGracePeriodSeconds")),
+    ("service", "wrong target port", lambda b: _doc(b, "Service")["spec"]["ports"][0].update(targetPort=8080)),
+    ("service", "selects other pods",
+     lambda b: _doc(b, "Service")["spec"]["selector"].update({"app.kubernetes.io/name": "other"})),
+    ("podmonitor", "wrong path", lambda b: _doc(b, "PodMonitor")["spec"]["podMetricsEndpoints"][0].update(path="/metricz")),
+    ("podmonitor", "selects other pods",
+     lambda b: _doc(b, "PodMonitor")["spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/name": "x"})),
+    ("disruption_budget", "selects other pods",
+     lambda b: _doc(b, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/name": "x"})),
+    ("scaledobject", "more replicas than partitions",
+     lambda b: _doc(b, "ScaledObject")["spec"].update(maxReplicaCount=12)),
+    ("scaledobject", "another group", lambda b: _trigger(b).update(consumerGroup="pinguard-2")),
+    ("scaledobject", "the group changed in the ConfigMap only",
+     lambda b: _set_conf(b, "kafka.group.id = pinguard-prod\n")),
+    ("scaledobject", "an output topic", lambda b: _trigger(b).update(topic="drs.advice.filtered")),
+    ("scaledobject", "an input topic not covered", lambda b: _doc(b, "ScaledObject")["spec"]["triggers"].pop()),
+    ("scaledobject", "another target", lambda b: _doc(b, "ScaledObject")["spec"]["scaleTargetRef"].update(name="x")),
+    ("scaledobject", "another broker list", lambda b: _trigger(b).update(bootstrapServers="kafka:9092")),
+    ("scaledobject", "SASL mechanism mismatch", lambda b: _trigger(b).update(sasl="plaintext")),
+    ("systemd_unit", "no ProtectSystem", _sub_unit(r"^ProtectSystem=.*\n", "")),
+    ("systemd_unit", "capabilities kept", _sub_unit(r"^CapabilityBoundingSet=$", "CapabilityBoundingSet=CAP_NET_ADMIN")),
+    ("systemd_unit", "ExecStart not run", _sub_unit(r"pinguard run", "pinguard explain")),
+    ("systemd_unit", "quick SIGKILL", _sub_unit(r"^TimeoutStopSec=.*$", "TimeoutStopSec=10s")),
+    ("systemd_unit", "password file not a credential",
+     _sub_unit(r"^LoadCredential=redis-password:", "LoadCredential=redis:")),
+    ("dockerfile", "bullseye", _sub_docker(r"^ARG DEBIAN_RELEASE=bookworm$", "ARG DEBIAN_RELEASE=bullseye")),
+    ("dockerfile", "root user", _sub_docker(r"^USER .*$", "USER root")),
+    ("dockerfile", "single stage", _sub_docker(r"^FROM debian:\$\{DEBIAN_RELEASE\}-slim AS runtime$", "")),
+    ("dockerfile", "shell-form entrypoint", _sub_docker(r'^ENTRYPOINT \["pinguard"\]$', 'ENTRYPOINT ["sh"]')),
+    ("dockerfile", "a runtime lib missing", _sub_docker(r"libmicrohttpd12 ", "")),
+    ("dockerfile", "COPY of a missing path", _sub_docker(r"^COPY worker/ worker/$", "COPY src/ src/")),
+    ("metric_names", "an unknown metric",
+     lambda b: _first_panel(b)["targets"][0].update(expr="sum(pinguard_lag_total)")),
+    ("metric_names", "an unknown label",
+     lambda b: _first_panel(b)["targets"][0].update(expr='sum(pinguard_inputs_total{result="dlq"})')),
+    ("metric_names", "an unknown label value",
+     lambda b: _first_panel(b)["targets"][0].update(expr='sum(pinguard_inputs_total{outcome="dead"})')),
+    ("dashboard", "a fixed datasource", lambda b: _first_panel(b)["datasource"].update(uid="prom")),
+    ("dashboard", "no Redis quantiles", lambda b: [
+        t.update(expr=t["expr"].replace("histogram_quantile(0.99", "histogram_quantile(0.9"))
+        for p in b["dashboard"]["panels"] for t in p.get("targets", [])]),
+    ("alerts", "no Redis-down alert", lambda b: [
+        g["rules"].remove(r) for g in _doc(b, "PrometheusRule")["spec"]["groups"]
+        for r in list(g["rules"]) if "pinguard_redis_up" in str(r["expr"])]),
+    ("alerts", "no DLQ alert", lambda b: [
+        g["rules"].remove(r) for g in _doc(b, "PrometheusRule")["spec"]["groups"]
+        for r in list(g["rules"]) if "dlq" in str(r["expr"])]),
+    ("exporter", "a metric renamed in the worker",
+     lambda b: b.update(metrics_c=b["metrics_c"].replace("pinguard_redis_up", "pinguard_redis_ok"))),
+    ("exporter", "a label renamed in the worker",
+     lambda b: b.update(metrics_c=b["metrics_c"].replace('outcome=\\"', 'result=\\"'))),
+    ("readme", "a metric unexplained", lambda b: b.update(readme=b["readme"].replace("pinguard_redis_up", "redis_up"))),
+]
+
+
+@pytest.mark.parametrize("name,fault,mutate", FAULTS, ids=[f"{c}-{d}" for c, d, _ in FAULTS])
+def test_check_catches(name, fault, mutate, bundle):
+    mutate(bundle)
+    with pytest.raises(AssertionError):
+        CHECKS[name](bundle)
+
+
+def test_every_check_has_a_fault():
+    assert {c for c, _, _ in FAULTS} == set(CHECKS)
+
+
+# --------------------------------------------------------------------------
+# The real tools, where this machine has them.
+
+def _pinguard_bin():
+    p = os.environ.get("PINGUARD_BIN", os.path.join(ROOT, "build", "pinguard"))
+    return p if os.access(p, os.X_OK) else None
+
+
+def test_worker_accepts_the_pod_configuration(pristine, tmp_path):
+    """`pinguard run --check-config` with the ConfigMap's file and the pod's
+    literal environment, as the container would start."""
+    binary = _pinguard_bin()
+    if binary is None:
+        pytest.skip("pinguard is not built (set PINGUARD_BIN)")
+    b = pristine
+    conf = tmp_path / "pinguard.conf"
+    conf.write_text(config_map_file(b))
+    pw = tmp_path / "redis-password"
+    pw.write_text("redis-secret-value\n")
+    secrets = ["redis-secret-value"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PINGUARD_")}
+    for name, e in env_map(container(b)).items():
+        if "value" in e:
+            env[name] = e["value"]
+        elif "fieldRef" in e.get("valueFrom", {}):
+            env[name] = "pinguard-0"
+        else:
+            env[name] = f"secret-of-{name}"
+            if "PASSWORD" in name:
+                secrets.append(env[name])
+    env["PINGUARD_CONFIG"] = str(conf)
+    env["PINGUARD_REDIS_PASSWORD_FILE"] = str(pw)
+    r = subprocess.run([binary] + container(b)["args"] + ["--check-config"], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    shown = dict(line.split(" = ", 1) for line in r.stdout.splitlines() if " = " in line)
+    assert shown["metrics.listen"].split()[0] == f"0.0.0.0:{METRICS_PORT}"
+    assert shown["kafka.group.id"].split()[0] == setting(b, "kafka.group.id")
+    assert shown["kafka.transactional.id"].split()[0] == "pinguard-0"
+    for v in secrets:
+        assert v not in r.stdout + r.stderr, "a secret was printed"
+
+
+def test_systemd_analyze_verify(pristine, tmp_path):
+    """systemd-analyze verify on the unit, with ExecStart and the credential's
+    source pointed at files that exist here (the unit names install paths)."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+    binary = _pinguard_bin() or shutil.which("true")
+    cred = tmp_path / "redis-password"
+    cred.write_text("placeholder\n")
+    text = pristine["unit"].replace("/usr/local/bin/pinguard", binary)
+    text = re.sub(r"^(LoadCredential=[^:]+):.*$", rf"\1:{cred}", text, flags=re.M)
+    unit = tmp_path / "pinguard.service"
+    unit.write_text(text)
+    r = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "nknown" not in out and "gnoring" not in out, out

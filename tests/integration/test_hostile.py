@@ -1,0 +1,229 @@
+"""Hostile input end to end: each case is one undecodable message produced to
+an input topic, followed on the same partition (same key) by a valid one.
+The hostile message must land in the DLQ with its original key and bytes, the
+exact pinguard-error code and the source headers; the valid one after it must
+be decided; both offsets must be committed. Hostile bodies are built byte by
+byte here (fastavro refuses to write them); the valid messages come from
+fastavro. tests/valgrind.sh and tests/sanitize.sh run these with the worker
+under valgrind and ASan (no leak, no bad access); tests/unit/test_codec_alloc.c
+bounds what decoding each of these inputs may allocate."""
+
+import random
+import struct
+
+import pytest
+
+from pgtest import FINGERPRINTS, decode, encode, now_ms, uid
+
+SRC, DST = uid(), uid()
+
+
+# --- Avro binary, by hand ----------------------------------------------------
+
+def zz(n):
+    """An Avro long: zig-zag, then a base-128 varint."""
+    u = ((n << 1) ^ (n >> 63)) & (2**64 - 1)
+    out = bytearray()
+    while u >= 0x80:
+        out.append((u & 0x7F) | 0x80)
+        u >>= 7
+    out.append(u)
+    return bytes(out)
+
+
+def astr(b):
+    if isinstance(b, str):
+        b = b.encode()
+    return zz(len(b)) + b
+
+
+def header(name):
+    return b"\xc3\x01" + struct.pack("<Q", FINGERPRINTS[name])
+
+
+def request_body(req_id, vm):
+    """MigrateVmRequest fields in schema order; vm may be any bytes."""
+    return (astr(req_id) + astr(vm) + astr(SRC) + zz(1) + astr(DST)  # dst: branch 1
+            + zz(2) + zz(now_ms()))  # origin API, requestedAtMs
+
+
+def advice_prefix(cluster):
+    return header("DrsAdvice") + astr(uid()) + astr(cluster) + zz(now_ms())
+
+
+def advice_item(vm):
+    return astr(vm) + astr(SRC) + astr(DST) + zz(1) + struct.pack("<d", 0.5)
+
+
+def random_bytes(n, seed):
+    """Seeded, so a failure reproduces; never the C3 marker."""
+    b = bytearray(random.Random(seed).randbytes(n))
+    if b[0] == 0xC3:
+        b[0] = 0
+    return bytes(b)
+
+
+# --- Cases -------------------------------------------------------------------
+# Each builder gets the case's key (a VM or cluster uuid) and returns the
+# hostile payload; `detail` must appear in the header after "<CODE>: ".
+
+REQUEST_CASES = [
+    # (id, code, build, detail, extra settings)
+    ("random-bytes", "BAD_MAGIC", lambda vm: random_bytes(64, 7), "single-object", ()),
+    ("random-bytes-long", "BAD_MAGIC", lambda vm: random_bytes(4096, 8), "C3 01", ()),
+    ("empty", "EMPTY_MESSAGE", lambda vm: b"", "empty", ()),
+    ("null-value", "EMPTY_MESSAGE", lambda vm: None, "empty", ()),
+    ("magic-alone", "BAD_MAGIC", lambda vm: b"\xc3\x01", "10-byte header", ()),
+    ("header-alone", "TRUNCATED_BODY", lambda vm: header("MigrateVmRequest"),
+     "requestId", ()),
+    ("unknown-fingerprint", "UNKNOWN_FINGERPRINT",
+     lambda vm: b"\xc3\x01" + struct.pack("<Q", FINGERPRINTS["MigrateVmRequest"] ^ 1)
+     + request_body(uid(), vm), "matches no known schema", ()),
+    # requestedAtMs (six varint bytes for today's epoch ms) loses its last byte.
+    ("cut-in-varint", "TRUNCATED_BODY",
+     lambda vm: (header("MigrateVmRequest") + request_body(uid(), vm))[:-1],
+     "requestedAtMs", ()),
+    # The cut falls inside vmUuid: its declared length runs past the end.
+    ("cut-in-string", "BAD_LENGTH",
+     lambda vm: (header("MigrateVmRequest") + request_body(uid(), vm))[:60],
+     "vmUuid", ()),
+    ("string-length-2^31", "BAD_LENGTH",
+     lambda vm: header("MigrateVmRequest") + zz(2**31) + b"abcdef", "2147483648", ()),
+    ("string-length-2^63-1", "BAD_LENGTH",
+     lambda vm: header("MigrateVmRequest") + zz(2**63 - 1) + b"abcdef", "requestId", ()),
+    ("string-length-negative", "BAD_LENGTH",
+     lambda vm: header("MigrateVmRequest") + astr(uid()) + zz(-5) + b"abcdef",
+     "vmUuid: length -5", ()),
+    ("invalid-utf8-overlong", "INVALID_UTF8",
+     lambda vm: header("MigrateVmRequest") + request_body(uid(), b"\xc0\xaf" + vm.encode()),
+     "vmUuid", ()),
+    ("invalid-utf8-surrogate", "INVALID_UTF8",
+     lambda vm: header("MigrateVmRequest") + request_body(uid(), vm.encode() + b"\xed\xa0\x80"),
+     "vmUuid", ()),
+    ("nul-in-uuid", "INVALID_UTF8",
+     lambda vm: header("MigrateVmRequest") + request_body(uid(), vm[:8].encode() + b"\0"),
+     "NUL", ()),
+    # A uuid of 65 characters against input.max.string.length=64; the valid
+    # request after it carries 36-character uuids and passes the same limit.
+    ("over-long-uuid", "LIMIT_EXCEEDED",
+     lambda vm: header("MigrateVmRequest") + request_body(uid(), vm + "-" + "f" * 28),
+     "vmUuid: string length 65", ("input.max.string.length=64",)),
+]
+
+ADVICE_CASES = [
+    ("array-length-2^31", "BAD_LENGTH",
+     lambda cl: advice_prefix(cl) + zz(2**31) + advice_item(uid()) + zz(0),
+     "2147483648 items", ()),
+    # A negative count announces a block byte size (Avro spec): here far past the end.
+    ("array-length-negative", "BAD_LENGTH",
+     lambda cl: advice_prefix(cl) + zz(-3) + zz(2**40) + advice_item(uid()) + zz(0),
+     "block size", ()),
+    ("array-length-most-negative", "BAD_LENGTH",
+     lambda cl: advice_prefix(cl) + zz(-(2**63)) + zz(1) + zz(0), "overflows", ()),
+    ("more-migrations-than-allowed", "LIMIT_EXCEEDED",
+     lambda cl: advice_prefix(cl) + zz(4) + b"".join(advice_item(uid()) for _ in range(4))
+     + zz(0), "more than 3 items", ("advice.max.migrations=3",)),
+]
+
+
+def test_hand_built_messages_are_valid_avro():
+    """The builders above write what fastavro reads: a hostile case differs
+    from a valid message only where it means to."""
+    vm, cluster = uid(), uid()
+    name, rec = decode(header("MigrateVmRequest") + request_body("r-1", vm))
+    assert name == "MigrateVmRequest"
+    assert (rec["requestId"], rec["vmUuid"], rec["dstHostUuid"], rec["origin"]) == \
+        ("r-1", vm, DST, "API")
+    name, rec = decode(advice_prefix(cluster) + zz(2) + advice_item(vm) + advice_item(vm)
+                       + zz(0))
+    assert name == "DrsAdvice" and rec["clusterUuid"] == cluster
+    assert [m["vmUuid"] for m in rec["migrations"]] == [vm, vm]
+    assert rec["migrations"][0]["score"] == 0.5
+    assert zz(-1) == b"\x01" and zz(2**31) == b"\x80\x80\x80\x80\x10"
+
+
+def produce_pair(env, topic_key, key, hostile, valid):
+    """Hostile then valid on one key; returns their (partition, offset)."""
+    reports = []
+
+    def on_delivery(err, msg):
+        assert err is None, err
+        reports.append((msg.partition(), msg.offset()))
+
+    for value in (hostile, valid):
+        env.producer.produce(env.topics[topic_key], key=key, value=value,
+                             on_delivery=on_delivery)
+    env.flush()
+    assert len(reports) == 2
+    assert reports[0][0] == reports[1][0], "same key, same partition"
+    assert reports[1][1] == reports[0][1] + 1
+    return reports[0]
+
+
+def check_dead_letter(env, topic_key, key, payload, code, detail, partition, offset):
+    """The DLQ holds exactly this message, with its reason and origin."""
+    dlq = env.read("dlq", 1)
+    assert len(dlq) == 1
+    m = dlq[0]
+    h = {k: v.decode() for k, v in m.headers()}
+    got_code, _, got_detail = h["pinguard-error"].partition(": ")
+    assert got_code == code, h["pinguard-error"]
+    assert detail in got_detail, h["pinguard-error"]
+    assert h["pinguard-source-topic"] == env.topics[topic_key]
+    assert int(h["pinguard-source-partition"]) == partition
+    assert int(h["pinguard-source-offset"]) == offset
+    assert m.key().decode() == key
+    # Byte for byte; an empty value stays empty and a null one null.
+    assert m.value() == payload
+
+
+def check_done(env, w, topic_key, partition, offset):
+    """A clean stop; one dead letter and one decision (no retry, no abort);
+    both offsets committed."""
+    assert w.stop() == 0, w.logs()[-3000:]
+    assert "event=worker_stopping decided=1 dead_lettered=1 aborted_batches=0" in w.logs()
+    committed = {p: o for p, o in env.committed(topic_key).items() if o >= 0}
+    assert committed == {partition: offset + 2}
+
+
+@pytest.mark.parametrize("case", REQUEST_CASES, ids=[c[0] for c in REQUEST_CASES])
+def test_hostile_request(env, case):
+    _, code, build, detail, settings = case
+    vm = env.vm(host=SRC, devices=[("gpu-1", "dgpu")])
+    payload = build(vm)
+    good = {"requestId": uid(), "vmUuid": vm, "srcHostUuid": SRC, "dstHostUuid": DST,
+            "origin": "DRS", "requestedAtMs": now_ms()}
+    partition, offset = produce_pair(env, "requests", vm, payload,
+                                     encode("MigrateVmRequest", good))
+    w = env.worker(*settings)
+    (msg, d), = env.decisions("decisions", 1)
+    assert d["requestId"] == good["requestId"]
+    assert msg.key().decode() == vm
+    assert (d["verdict"], d["reason"]) == ("VETOED", "HOST_BOUND_DEVICE")
+    assert d["devices"] == [{"deviceUuid": "gpu-1", "kind": "dgpu"}]
+    check_dead_letter(env, "requests", vm, payload, code, detail, partition, offset)
+    check_done(env, w, "requests", partition, offset)
+
+
+@pytest.mark.parametrize("case", ADVICE_CASES, ids=[c[0] for c in ADVICE_CASES])
+def test_hostile_advice(env, case):
+    _, code, build, detail, settings = case
+    cluster = uid()
+    payload = build(cluster)
+    bound = env.vm(host=SRC, devices=[("gpu-1", "dgpu")])
+    free = [env.vm(host=SRC), env.vm(host=SRC)]
+    # Three migrations: exactly advice.max.migrations where that is set.
+    good = {"adviceId": uid(), "clusterUuid": cluster, "generatedAtMs": now_ms(),
+            "migrations": [{"vmUuid": vm, "srcHostUuid": SRC, "dstHostUuid": DST,
+                            "score": None} for vm in (free[0], bound, free[1])]}
+    partition, offset = produce_pair(env, "advice", cluster, payload,
+                                     encode("DrsAdvice", good))
+    w = env.worker(*settings)
+    (msg, fa), = env.decisions("advice.filtered", 1)
+    assert fa["adviceId"] == good["adviceId"]
+    assert msg.key().decode() == cluster
+    assert [m["vmUuid"] for m in fa["approved"]] == free
+    assert [(v["migration"]["vmUuid"], v["reason"]) for v in fa["vetoed"]] == \
+        [(bound, "HOST_BOUND_DEVICE")]
+    check_dead_letter(env, "advice", cluster, payload, code, detail, partition, offset)
+    check_done(env, w, "advice", partition, offset)
