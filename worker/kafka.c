@@ -223,8 +223,10 @@ static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf,
      * would triple the worker's memory for no throughput a batch can use;
      * measured with tests/bench (peak RSS 117 MB -> 46 MB). */
     static const char *const consumer_defaults[][2] = {
-        {"auto.commit.interval.ms", "1000"},    {"enable.partition.eof", "false"},
-        {"queued.max.messages.kbytes", "4096"}, {"fetch.max.bytes", "2097152"},
+        {"auto.commit.interval.ms", "1000"},
+        {"enable.partition.eof", "false"},
+        {"queued.max.messages.kbytes", "4096"},
+        {"fetch.max.bytes", "2097152"},
         {"max.partition.fetch.bytes", "262144"}};
     static const char *const producer_defaults[][2] = {
         {"linger.ms", "5"},
