@@ -4,7 +4,13 @@ and against the worker's settings and metric names. Needs no Kafka or Redis.
 
 Every check is a function that raises AssertionError; test_check runs each on
 the real files and test_check_catches runs each on a copy with one deliberate
-fault, so that no check can pass vacuously."""
+fault, so that no check can pass vacuously.
+
+The Kubernetes checks run on two variants: the base (deploy/k8s/base, a
+StatefulSet) and the Deployment overlay (deploy/k8s/overlays/deployment),
+rendered here by applying the overlay's JSON patches to the base in Python,
+so that no kubectl is needed (test_overlay_render_matches_kustomize compares
+that rendering with kustomize's where kubectl or kustomize is installed)."""
 
 import copy
 import json
@@ -22,7 +28,10 @@ pytestmark = pytest.mark.no_services
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEPLOY = os.path.join(ROOT, "deploy")
-K8S = os.path.join(DEPLOY, "k8s")
+K8S_TOP = os.path.join(DEPLOY, "k8s")
+K8S = os.path.join(K8S_TOP, "base")
+OVERLAY = os.path.join(K8S_TOP, "overlays", "deployment")
+OVERLAY_BASE = "../../base"
 UNIT = os.path.join(DEPLOY, "systemd", "pinguard.service")
 DOCKERFILE = os.path.join(DEPLOY, "Dockerfile")
 DASHBOARD = os.path.join(DEPLOY, "grafana", "pinguard-dashboard.json")
@@ -121,6 +130,8 @@ def load_bundle():
         "files": files,
         "docs": docs,
         "kustomization": kustomization,
+        "top_kustomization": yaml.safe_load(_read(os.path.join(K8S_TOP, "kustomization.yaml"))),
+        "overlay": None,
         "unit": _read(UNIT),
         "dockerfile": _read(DOCKERFILE),
         "dashboard": json.loads(_read(DASHBOARD)),
@@ -128,6 +139,86 @@ def load_bundle():
         "config_md": _read(os.path.join(ROOT, "docs", "CONFIG.md")),
         "metrics_c": _read(os.path.join(ROOT, "worker", "metrics.c")),
     }
+
+
+# --------------------------------------------------------------------------
+# The Deployment overlay, rendered without kustomize: its patches are JSON
+# patches (RFC 6902) with kustomize targets, applied to the base's documents.
+
+def load_overlay(path=OVERLAY):
+    k = yaml.safe_load(_read(os.path.join(path, "kustomization.yaml")))
+    patches = []
+    for p in k.get("patches", []):
+        text = p["patch"] if "patch" in p else _read(os.path.join(path, p["path"]))
+        ops = yaml.safe_load(text)
+        assert isinstance(ops, list), \
+            f"overlay patch on {p.get('target')}: only JSON patches are rendered here"
+        patches.append({"target": p.get("target", {}), "options": p.get("options", {}), "ops": ops})
+    return {"kustomization": k, "patches": patches}
+
+
+def _pointer(path):
+    assert path.startswith("/"), f"JSON pointer {path!r}"
+    return [t.replace("~1", "/").replace("~0", "~") for t in path[1:].split("/")]
+
+
+def _walk(doc, tokens):
+    for t in tokens:
+        if isinstance(doc, list):
+            assert t.isdigit() and int(t) < len(doc), f"no index {t}"
+            doc = doc[int(t)]
+        else:
+            assert isinstance(doc, dict) and t in doc, f"no member {t}"
+            doc = doc[t]
+    return doc
+
+
+def json_patch(doc, ops):
+    """RFC 6902 add / remove / replace / test, as kustomize applies them."""
+    for op in ops:
+        tokens = _pointer(op["path"])
+        parent, last = _walk(doc, tokens[:-1]), tokens[-1]
+        kind = op["op"]
+        where = f"{kind} {op['path']}"
+        if kind == "test":
+            assert _walk(doc, tokens) == op["value"], f"{where}: is {_walk(doc, tokens)!r}"
+        elif kind == "remove":
+            _walk(doc, tokens)
+            del parent[int(last) if isinstance(parent, list) else last]
+        elif kind == "replace":
+            _walk(doc, tokens)
+            parent[int(last) if isinstance(parent, list) else last] = copy.deepcopy(op["value"])
+        elif kind == "add":
+            if isinstance(parent, list):
+                i = len(parent) if last == "-" else int(last)
+                assert 0 <= i <= len(parent), f"{where}: index out of range"
+                parent.insert(i, copy.deepcopy(op["value"]))
+            else:
+                parent[last] = copy.deepcopy(op["value"])
+        else:
+            raise AssertionError(f"{where}: operation not rendered here")
+
+
+def _targets(target, doc):
+    group, _, version = doc["apiVersion"].rpartition("/")
+    return all(target.get(k) in (None, v) for k, v in (
+        ("group", group), ("version", version), ("kind", doc["kind"]),
+        ("name", doc["metadata"]["name"])))
+
+
+def render_overlay(base, overlay):
+    """The base bundle with the overlay's patches applied."""
+    b = copy.deepcopy(base)
+    b["overlay"] = overlay
+    for p in overlay["patches"]:
+        hits = [d for d in b["docs"] if d["file"] != SECRET_EXAMPLE and _targets(p["target"], d["doc"])]
+        assert hits, f"overlay patch target {p['target']} matches nothing in the base"
+        for d in hits:
+            kind = d["doc"]["kind"]
+            json_patch(d["doc"], p["ops"])
+            assert d["doc"]["kind"] == kind or p["options"].get("allowKindChange"), \
+                f"overlay patch changes the kind of {kind} without allowKindChange"
+    return b
 
 
 def objects(b, kind=None, file=None):
@@ -371,6 +462,13 @@ def check_kustomization(b):
     image = container(b)["image"].rsplit(":", 1)[0]
     assert any(i.get("name") == image for i in k.get("images", [])), \
         f"kustomization images do not override {image}"
+    # `kubectl apply -k deploy/k8s` stays the base.
+    assert b["top_kustomization"].get("resources") == ["base"], \
+        f"deploy/k8s/kustomization.yaml resources {b['top_kustomization'].get('resources')} != ['base']"
+    if b["overlay"] is not None:
+        ok = b["overlay"]["kustomization"]
+        assert ok.get("resources") == [OVERLAY_BASE], \
+            f"the overlay's resources {ok.get('resources')} != [{OVERLAY_BASE!r}]"
 
 
 def check_image_and_args(b):
@@ -533,6 +631,26 @@ def check_shutdown(b):
     assert grace >= MIN_STOP_SECONDS, f"terminationGracePeriodSeconds {grace} < {MIN_STOP_SECONDS}"
 
 
+def check_rollout(b):
+    w = workload(b)
+    spec = w["spec"]
+    if w["kind"] == "StatefulSet":
+        st = spec.get("updateStrategy", {})
+        assert st.get("type", "RollingUpdate") == "RollingUpdate", f"updateStrategy {st}"
+        assert st.get("rollingUpdate", {}).get("maxUnavailable", 1) == 1, "one pod at a time"
+        return
+    for f in ("serviceName", "podManagementPolicy", "updateStrategy", "volumeClaimTemplates",
+              "persistentVolumeClaimRetentionPolicy", "ordinals"):
+        assert f not in spec, f"{f} is a StatefulSet field; a Deployment rejects it"
+    st = spec.get("strategy", {})
+    assert st.get("type") == "RollingUpdate", f"strategy {st}: a rolling update"
+    ru = st.get("rollingUpdate", {})
+    # Default maxSurge is 25%: a new pod with another transactional id would
+    # consume next to the old one (overlays/deployment/kustomization.yaml).
+    assert ru.get("maxSurge") in (0, "0%"), f"maxSurge {ru.get('maxSurge', '25%')}: must be 0"
+    assert ru.get("maxUnavailable") == 1, f"maxUnavailable {ru.get('maxUnavailable')}: one pod at a time"
+
+
 def check_service(b):
     svc = one(b, "Service")
     c = container(b)
@@ -577,8 +695,8 @@ def check_scaledobject(b):
     ref = spec["scaleTargetRef"]
     assert ref.get("kind", "Deployment") == w["kind"] and ref["name"] == w["metadata"]["name"], \
         f"ScaledObject targets {ref}, not {w['kind']}/{w['metadata']['name']}"
-    assert spec["maxReplicaCount"] == PARTITIONS_PER_TOPIC, \
-        f"maxReplicaCount {spec['maxReplicaCount']} != {PARTITIONS_PER_TOPIC} partitions per topic"
+    assert spec.get("maxReplicaCount") == PARTITIONS_PER_TOPIC, \
+        f"maxReplicaCount {spec.get('maxReplicaCount')} != {PARTITIONS_PER_TOPIC} partitions per topic"
     assert 1 <= spec.get("minReplicaCount", 0) <= spec["maxReplicaCount"], "minReplicaCount"
     assert w["spec"].get("replicas", 1) <= spec["maxReplicaCount"], "replicas above maxReplicaCount"
     triggers = spec["triggers"]
@@ -790,9 +908,20 @@ def check_readme(b):
 CHECKS = {f.__name__[len("check_"):]: f for f in [
     check_manifests, check_kustomization, check_image_and_args, check_metrics_port,
     check_probes, check_config, check_identity, check_secrets, check_security_context,
-    check_resources, check_shutdown, check_service, check_podmonitor, check_disruption_budget,
+    check_resources, check_shutdown, check_rollout, check_service, check_podmonitor, check_disruption_budget,
     check_scaledobject, check_systemd_unit, check_dockerfile, check_metric_names,
     check_dashboard, check_alerts, check_exporter, check_readme]}
+
+
+# The checks that look at the Kubernetes manifests; they run on both variants.
+K8S_CHECKS = {"manifests", "kustomization", "image_and_args", "metrics_port", "probes", "config",
+              "identity", "secrets", "security_context", "resources", "shutdown", "rollout",
+              "service", "podmonitor", "disruption_budget", "scaledobject"}
+VARIANTS = ("base", "deployment")
+
+
+def _for_variants(names):
+    return [(v, n) for v in VARIANTS for n in names if v == "base" or n in K8S_CHECKS]
 
 
 @pytest.fixture(scope="module")
@@ -800,14 +929,32 @@ def pristine():
     return load_bundle()
 
 
-@pytest.fixture
-def bundle(pristine):
-    return copy.deepcopy(pristine)
+@pytest.fixture(scope="module")
+def variants(pristine):
+    return {"base": pristine, "deployment": render_overlay(pristine, load_overlay())}
 
 
-@pytest.mark.parametrize("name", sorted(CHECKS))
-def test_check(name, bundle):
-    CHECKS[name](bundle)
+@pytest.mark.parametrize("variant,name", _for_variants(sorted(CHECKS)),
+                         ids=[f"{v}-{n}" for v, n in _for_variants(sorted(CHECKS))])
+def test_check(variant, name, variants):
+    CHECKS[name](copy.deepcopy(variants[variant]))
+
+
+def test_variants_differ_only_in_the_workload(variants):
+    """The overlay is the base as a Deployment: same objects otherwise."""
+    base, dep = variants["base"], variants["deployment"]
+    assert workload(base)["kind"] == "StatefulSet" and workload(dep)["kind"] == "Deployment"
+    assert [(d["file"], d["doc"]["kind"]) for d in base["docs"] if d["doc"]["kind"] != "StatefulSet"] == \
+        [(d["file"], d["doc"]["kind"]) for d in dep["docs"] if d["doc"]["kind"] != "Deployment"]
+    assert workload(dep)["metadata"] == workload(base)["metadata"]
+    assert pod_labels(dep) == pod_labels(base)
+    cb, cd = container(base), container(dep)
+    for f in ("image", "args", "ports", "livenessProbe", "readinessProbe", "startupProbe",
+              "resources", "securityContext", "volumeMounts"):
+        assert cd.get(f) == cb.get(f), f"the overlay's container differs in {f}"
+    assert {k: v for k, v in env_map(cb).items() if k != "PINGUARD_KAFKA_GROUP_INSTANCE_ID"} == \
+        env_map(cd), "the overlay changes env beyond dropping kafka.group.instance.id"
+    assert "PINGUARD_KAFKA_GROUP_INSTANCE_ID" not in env_map(cd)
 
 
 # --------------------------------------------------------------------------
@@ -852,6 +999,8 @@ FAULTS = [
     ("manifests", "a namespace", lambda b: b["docs"][0]["doc"]["metadata"].update(namespace="x")),
     ("kustomization", "a manifest left out",
      lambda b: b["kustomization"]["resources"].remove("podmonitor.yaml")),
+    ("kustomization", "deploy/k8s not the base",
+     lambda b: b["top_kustomization"].update(resources=["overlays/deployment"])),
     ("kustomization", "the example Secret deployed",
      lambda b: b["kustomization"]["resources"].append(SECRET_EXAMPLE)),
     ("image_and_args", "args", lambda b: container(b).update(args=["explain"])),
@@ -868,7 +1017,10 @@ FAULTS = [
     ("config", "PINGUARD_CONFIG elsewhere", lambda b: _env(b, "PINGUARD_CONFIG").update(value="/etc/x.conf")),
     ("identity", "no transactional id",
      lambda b: container(b)["env"].remove(_env(b, "PINGUARD_KAFKA_TRANSACTIONAL_ID"))),
-    ("identity", "static membership on a Deployment", lambda b: workload(b).update(kind="Deployment")),
+    ("identity", "static membership on a Deployment", lambda b: [
+        workload(b).update(kind="Deployment"),
+        container(b)["env"].append({"name": "PINGUARD_KAFKA_GROUP_INSTANCE_ID",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})]),
     ("secrets", "a Secret name without example",
      lambda b: _env(b, "PINGUARD_KAFKA_SASL_PASSWORD")["valueFrom"]["secretKeyRef"].update(name="kafka-creds")),
     ("secrets", "a key without example",
@@ -886,6 +1038,16 @@ FAULTS = [
     ("resources", "no limits", lambda b: container(b)["resources"].pop("limits")),
     ("resources", "a huge memory limit", lambda b: container(b)["resources"]["limits"].update(memory="2Gi")),
     ("shutdown", "default grace period", lambda b: pod_spec(b).pop("terminationGracePeriodSeconds")),
+    ("rollout", "several pods at a time", lambda b: (
+        workload(b)["spec"]["updateStrategy"].update(rollingUpdate={"maxUnavailable": 2})
+        if workload(b)["kind"] == "StatefulSet"
+        else workload(b)["spec"]["strategy"]["rollingUpdate"].update(maxUnavailable=2))),
+    ("rollout", "a surge or no rolling update", lambda b: (
+        workload(b)["spec"]["updateStrategy"].update(type="OnDelete")
+        if workload(b)["kind"] == "StatefulSet"
+        else workload(b)["spec"]["strategy"]["rollingUpdate"].pop("maxSurge"))),
+    ("rollout", "StatefulSet fields on a Deployment",
+     lambda b: [workload(b).update(kind="Deployment"), workload(b)["spec"].update(serviceName="pinguard")]),
     ("service", "wrong target port", lambda b: _doc(b, "Service")["spec"]["ports"][0].update(targetPort=8080)),
     ("service", "selects other pods",
      lambda b: _doc(b, "Service")["spec"]["selector"].update({"app.kubernetes.io/name": "other"})),
@@ -902,6 +1064,9 @@ FAULTS = [
     ("scaledobject", "an output topic", lambda b: _trigger(b).update(topic="drs.advice.filtered")),
     ("scaledobject", "an input topic not covered", lambda b: _doc(b, "ScaledObject")["spec"]["triggers"].pop()),
     ("scaledobject", "another target", lambda b: _doc(b, "ScaledObject")["spec"]["scaleTargetRef"].update(name="x")),
+    ("scaledobject", "another target kind", lambda b: _doc(b, "ScaledObject")["spec"]["scaleTargetRef"].update(
+        kind={"StatefulSet": "Deployment", "Deployment": "StatefulSet"}[workload(b)["kind"]])),
+    ("scaledobject", "no maxReplicaCount", lambda b: _doc(b, "ScaledObject")["spec"].pop("maxReplicaCount")),
     ("scaledobject", "another broker list", lambda b: _trigger(b).update(bootstrapServers="kafka:9092")),
     ("scaledobject", "SASL mechanism mismatch", lambda b: _trigger(b).update(sasl="plaintext")),
     ("systemd_unit", "no ProtectSystem", _sub_unit(r"^ProtectSystem=.*\n", "")),
@@ -940,15 +1105,91 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize("name,fault,mutate", FAULTS, ids=[f"{c}-{d}" for c, d, _ in FAULTS])
-def test_check_catches(name, fault, mutate, bundle):
-    mutate(bundle)
+FAULT_CASES = [(v, c, d, m) for v in VARIANTS for c, d, m in FAULTS if v == "base" or c in K8S_CHECKS]
+
+
+@pytest.mark.parametrize("variant,name,fault,mutate", FAULT_CASES,
+                         ids=[f"{v}-{c}-{d}" for v, c, d, _ in FAULT_CASES])
+def test_check_catches(variant, name, fault, mutate, variants):
+    b = copy.deepcopy(variants[variant])
+    mutate(b)
     with pytest.raises(AssertionError):
-        CHECKS[name](bundle)
+        CHECKS[name](b)
 
 
 def test_every_check_has_a_fault():
     assert {c for c, _, _ in FAULTS} == set(CHECKS)
+    assert K8S_CHECKS <= set(CHECKS)
+
+
+# Faults in the overlay's own patches: rendered again, a check must fail.
+
+def _drop_ops(pred):
+    def mutate(o):
+        for p in o["patches"]:
+            p["ops"] = [op for op in p["ops"] if not pred(op)]
+    return mutate
+
+
+def _op(path):
+    return lambda o: next(op for p in o["patches"] for op in p["ops"]
+                          if op["path"] == path and op["op"] != "test")
+
+
+OVERLAY_FAULTS = [
+    ("scaledobject", "ScaledObject patch dropped",
+     lambda o: o["patches"].pop([p["target"].get("kind") for p in o["patches"]].index("ScaledObject"))),
+    ("identity", "group instance id kept", _drop_ops(lambda op: "/env/" in op["path"])),
+    ("rollout", "a surge", lambda o: _op("/spec/strategy")(o)["value"]["rollingUpdate"].update(maxSurge="25%")),
+    ("rollout", "serviceName kept", _drop_ops(lambda op: op["path"] == "/spec/serviceName")),
+    ("rollout", "Recreate", lambda o: _op("/spec/strategy")(o).update(value={"type": "Recreate"})),
+    ("kustomization", "another base", lambda o: o["kustomization"].update(resources=["../../other"])),
+]
+
+
+@pytest.mark.parametrize("name,fault,mutate", OVERLAY_FAULTS, ids=[f"{c}-{d}" for c, d, _ in OVERLAY_FAULTS])
+def test_overlay_fault_caught(name, fault, mutate, pristine):
+    overlay = load_overlay()
+    mutate(overlay)
+    with pytest.raises(AssertionError):
+        CHECKS[name](render_overlay(pristine, overlay))
+
+
+def test_overlay_patches_guard_the_base(pristine):
+    """The overlay's `test` operations refuse a base whose env order moved
+    (the group instance id is removed by index)."""
+    b = copy.deepcopy(pristine)
+    env = container(b)["env"]
+    env.append(env.pop(0))
+    with pytest.raises(AssertionError, match="test /spec/template/spec/containers/0/env/"):
+        render_overlay(b, load_overlay())
+
+
+def _kustomize():
+    for tool, argv in (("kubectl", ["kubectl", "kustomize"]), ("kustomize", ["kustomize", "build"])):
+        if shutil.which(tool):
+            return argv
+    return None
+
+
+def test_overlay_render_matches_kustomize(tmp_path):
+    """This file's rendering of the overlay = kustomize's: the Python patches
+    applied to `kustomize build base` give `kustomize build overlays/deployment`."""
+    argv = _kustomize()
+    if argv is None:
+        pytest.skip("neither kubectl nor kustomize is installed")
+
+    def build(path):
+        r = subprocess.run(argv + [path], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+    base = {"docs": [{"file": "kustomize", "doc": d} for d in build(K8S)]}
+    ours = [d["doc"] for d in render_overlay(base, load_overlay())["docs"]]
+    theirs = build(OVERLAY)
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(ours, key=key) == sorted(theirs, key=key)
+    assert build(K8S_TOP) == build(K8S), "kubectl apply -k deploy/k8s is not the base"
 
 
 # --------------------------------------------------------------------------
@@ -959,13 +1200,14 @@ def _pinguard_bin():
     return p if os.access(p, os.X_OK) else None
 
 
-def test_worker_accepts_the_pod_configuration(pristine, tmp_path):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_worker_accepts_the_pod_configuration(variant, variants, tmp_path):
     """`pinguard run --check-config` with the ConfigMap's file and the pod's
     literal environment, as the container would start."""
     binary = _pinguard_bin()
     if binary is None:
         pytest.skip("pinguard is not built (set PINGUARD_BIN)")
-    b = pristine
+    b = variants[variant]
     conf = tmp_path / "pinguard.conf"
     conf.write_text(config_map_file(b))
     pw = tmp_path / "redis-password"
