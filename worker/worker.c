@@ -52,6 +52,7 @@ typedef struct {
     pg_policy_opts_t policy;
     pg_codec_limits_t limits;
     unsigned long long decided, dead_lettered, retried_batches, aborted_batches;
+    bool batch_redone; /* the last batch (or part of it) must be consumed again */
 } worker_t;
 
 enum { HOLD_OK = 0, HOLD_DROPPED = 1, HOLD_STOPPED = 2, HOLD_FATAL = -1 };
@@ -139,6 +140,15 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
     return 0;
 }
 
+/* The next wait of a doubling backoff that starts at retry.backoff.min.ms. */
+static int next_backoff(const pg_config_t *cfg, int current)
+{
+    if (current == 0)
+        return cfg->retry_backoff_min_ms;
+    return current > cfg->retry_backoff_max_ms / 2 ? cfg->retry_backoff_max_ms
+                                                   : current * 2;
+}
+
 /* Reads the bindings, holding the batch while Redis cannot answer. */
 static int lookup_holding(worker_t *w, size_t n, const char **vms, size_t nvm,
                           pg_vm_binding_t *out, char *errbuf, size_t errlen)
@@ -191,9 +201,7 @@ static int lookup_holding(worker_t *w, size_t n, const char **vms, size_t nvm,
             if (*w->stop)
                 return HOLD_STOPPED;
         }
-        backoff = backoff > w->cfg->retry_backoff_max_ms / 2
-                      ? w->cfg->retry_backoff_max_ms
-                      : backoff * 2;
+        backoff = next_backoff(w->cfg, backoff);
     }
 }
 
@@ -411,7 +419,8 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
     if (txn && pg_kafka_txn_begin(w->kafka, errbuf, errlen) != 0)
         return -1;
     int64_t now = wall_ms();
-    bool failed = false;
+    size_t failed = 0;
+    char first_error[512] = "";
     for (size_t i = 0; i < n; i++) {
         int rc = w->slots[i].rc != 0
                      ? produce_dead_letter(w, i, errbuf, errlen)
@@ -419,10 +428,17 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
         if (rc == PG_KAFKA_EFATAL)
             return -1;
         if (rc != 0) {
-            pg_log_warn("produce_failed", "error", errbuf, NULL);
+            if (failed++ == 0)
+                snprintf(first_error, sizeof(first_error), "%s", errbuf);
             w->slots[i].state = PG_DELIVERY_FAILED;
-            failed = true;
         }
+    }
+    if (failed > 0) {
+        /* One line per batch, not per message: a broken producer would
+         * otherwise flood the log a thousand lines at a time. */
+        pg_log_warn("produce_failed", "#messages", (long long)failed, "error",
+                    first_error, NULL);
+        w->batch_redone = true;
     }
     if (txn) {
         /* All or nothing: a batch with a failed output is aborted and
@@ -433,6 +449,7 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
             return -1;
         if (rc != 0) {
             w->aborted_batches++;
+            w->batch_redone = true;
             for (size_t i = 0; i < n; i++)
                 pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_RETRIED, 1);
         }
@@ -440,8 +457,11 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
     }
     if (pg_kafka_flush(w->kafka, errbuf, errlen) != 0)
         return -1;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         w->done[i] = w->slots[i].state == PG_DELIVERY_OK;
+        if (!w->done[i])
+            w->batch_redone = true;
+    }
     int rc = pg_kafka_settle(w->kafka, w->msgs, w->done, n, errbuf, errlen);
     if (rc == PG_KAFKA_EFATAL)
         return -1;
@@ -494,6 +514,18 @@ static int start_metrics(worker_t *w, const pg_bindings_opts_t *bopts, char *err
     pg_log_info("metrics_listening", "listen", w->cfg->metrics_listen, "#port",
                 (long long)pg_metrics_port(w->metrics), NULL);
     return 0;
+}
+
+/* Sleeps in slices, so that a stop request is honoured within 100 ms. */
+static void wait_ms(worker_t *w, int ms)
+{
+    int64_t until = mono_ms() + ms;
+    while (!*w->stop && mono_ms() < until) {
+        int64_t left = until - mono_ms();
+        struct timespec ts = {0, (left < 100 ? left : 100) * 1000000L};
+        nanosleep(&ts, NULL);
+        pg_metrics_tick(w->metrics);
+    }
 }
 
 static void worker_teardown(worker_t *w)
@@ -561,6 +593,7 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
                                                           : "at-least-once",
                 NULL);
 
+    int redo_backoff = 0;
     while (!*stop) {
         pg_metrics_tick(w.metrics);
         int n = pg_kafka_poll_batch(w.kafka, w.msgs, max, 100, cfg->batch_max_wait_ms,
@@ -569,6 +602,7 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
             goto out;
         if (n == 0)
             continue;
+        w.batch_redone = false;
         int brc = process_batch(&w, (size_t)n, errbuf, errlen);
         pg_metrics_batch(w.metrics);
         pg_kafka_batch_release(w.msgs, (size_t)n);
@@ -577,6 +611,10 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
             goto out;
         if (brc > 0)
             break;
+        /* A batch that must be redone waits first, doubling up to the cap,
+         * so a persistent produce failure cannot spin the loop. */
+        redo_backoff = w.batch_redone ? next_backoff(cfg, redo_backoff) : 0;
+        wait_ms(&w, redo_backoff);
     }
     rc = 0;
     pg_log_info("worker_stopping", "#decided", (long long)w.decided, "#dead_lettered",
