@@ -10,13 +10,13 @@
 # jansson are Debian's builds. LeakSanitizer still sees their allocations
 # (malloc is intercepted), so a leak inside them would show too; none does
 # today, so there is no suppressions file. Environment: SANITIZE_BUILD (default
-# /tmp/pinguard-asan-build), PG_PYTHON, PG_TIME_SCALE (default 3), and
+# build-asan, inside the tree and git-ignored), PG_PYTHON, PG_TIME_SCALE (default 3), and
 # deploy/local's PINGUARD_RUN / PINGUARD_KAFKA_PORT / PINGUARD_REDIS_PORT.
 # Usage: bash tests/sanitize.sh [ctest args...]   e.g. -L unit
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-build="${SANITIZE_BUILD:-/tmp/pinguard-asan-build}"
+build="$(realpath -m "${SANITIZE_BUILD:-build-asan}")"
 python="${PG_PYTHON:-$PWD/.venv/bin/python}"
 reports="$build/sanitizer-reports"
 

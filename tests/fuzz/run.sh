@@ -5,13 +5,13 @@
 # tests/fuzz/corpus/<target>/, and fails on any crash, leak, undefined
 # behaviour, timeout or out-of-memory. Prints each target's executions.
 # New corpus entries go to the build dir, never into the repository.
-# Environment: FUZZ_SECONDS, FUZZ_BUILD (default /tmp/pinguard-fuzz-build),
+# Environment: FUZZ_SECONDS, FUZZ_BUILD (default build-fuzz, git-ignored),
 # FUZZ_TARGETS (default: all three).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 seconds="${FUZZ_SECONDS:-60}"
-build="${FUZZ_BUILD:-/tmp/pinguard-fuzz-build}"
+build="$(realpath -m "${FUZZ_BUILD:-build-fuzz}")"
 read -r -a targets <<<"${FUZZ_TARGETS:-fuzz_drs_advice fuzz_migrate_vm_request fuzz_migration_result}"
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
