@@ -30,7 +30,9 @@ struct pg_kafka {
     uint64_t generation;
     /* Read by the metrics thread. */
     _Atomic bool joined;
-    _Atomic unsigned long long rebalances, assigned, aborts;
+    _Atomic unsigned long long rebalances, assigned, aborts, fetch_wakeups;
+    int64_t next_wakeup_ms; /* earliest time of the next fetcher wake-up */
+    bool caught_up;         /* the last check saw no lag: poll without slicing */
     bool transactional;
     bool paused;
     bool fatal;
@@ -220,16 +222,21 @@ static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf,
                                   size_t errlen)
 {
     /* Prefetch bounds: librdkafka's defaults (50 MB fetches, 64 MB queued)
-     * would triple the worker's memory for no throughput a batch can use;
-     * measured with tests/bench (peak RSS 117 MB -> 46 MB). */
+     * triple the worker's memory for no throughput a batch can use (peak RSS
+     * 117 MB). Bounded prefetch needs a short fetch.wait.max.ms: with the
+     * queue full, the only fetch in flight holds just the idle partitions and
+     * the broker keeps it for the whole wait (500 ms by default), stalling
+     * the drain; 10 ms costs under 1% of a core when idle. Measured with
+     * tests/bench, figures in tests/bench/RESULTS.md. */
     static const char *const consumer_defaults[][2] = {
-        {"auto.commit.interval.ms", "1000"},
+        {"auto.commit.interval.ms", "200"},
         {"enable.partition.eof", "false"},
-        {"queued.max.messages.kbytes", "4096"},
-        {"fetch.max.bytes", "2097152"},
-        {"max.partition.fetch.bytes", "262144"}};
+        {"queued.max.messages.kbytes", "2048"},
+        {"fetch.max.bytes", "1048576"},
+        {"max.partition.fetch.bytes", "131072"},
+        {"fetch.wait.max.ms", "10"}};
     static const char *const producer_defaults[][2] = {
-        {"linger.ms", "5"},
+        {"linger.ms", "1"},
         {"compression.type", "lz4"},
         {"partitioner", "murmur2_random"}, /* the Java client's choice */
         {"message.timeout.ms", "60000"},
@@ -242,7 +249,8 @@ static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf,
         {"isolation.level", "read_committed"}};
     static const char *const producer_forced[][2] = {{"enable.idempotence", "true"}};
     const char *const(*defs)[2] = consumer ? consumer_defaults : producer_defaults;
-    size_t ndefs = consumer ? 5 : 5;
+    size_t ndefs = consumer ? sizeof(consumer_defaults) / sizeof(consumer_defaults[0])
+                            : sizeof(producer_defaults) / sizeof(producer_defaults[0]);
     const char *const(*forced)[2] =
         consumer ? (k->transactional ? consumer_forced_txn : consumer_forced)
                  : producer_forced;
@@ -454,19 +462,67 @@ static void log_consumer_error(const rd_kafka_message_t *m)
                 rd_kafka_message_errstr(m), NULL);
 }
 
+/* librdkafka 2.0.2 stops fetching once the consumer queue passes
+ * queued.max.messages.kbytes and looks again only when something wakes its
+ * broker thread, or after a second (fetch.queue.backoff.ms arrived in 2.3.0):
+ * a bounded prefetch alone drains a backlog at one queue's worth a second
+ * (28k msgs/s measured with tests/bench/relay.c). So when the queue ran dry
+ * while the last fetch reported more data (cached high watermark above the
+ * position; both local calls), a ListOffsets request to the lagging
+ * partitions' leaders wakes their broker threads, which fetch at once.
+ * At most one wake-up per FETCH_WAKEUP_MS. */
+enum { FETCH_WAKEUP_MS = 5 };
+
+static void wake_fetcher(pg_kafka_t *k)
+{
+    int64_t now = now_ms();
+    if (k->paused || k->caught_up || now < k->next_wakeup_ms)
+        return;
+    k->next_wakeup_ms = now + FETCH_WAKEUP_MS;
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (rd_kafka_assignment(k->consumer, &parts) != 0 || parts->cnt == 0) {
+        if (parts != NULL)
+            rd_kafka_topic_partition_list_destroy(parts);
+        return;
+    }
+    rd_kafka_position(k->consumer, parts);
+    rd_kafka_topic_partition_list_t *lagging = rd_kafka_topic_partition_list_new(4);
+    for (int i = 0; i < parts->cnt; i++) {
+        const rd_kafka_topic_partition_t *tp = &parts->elems[i];
+        int64_t lo, hi;
+        if (tp->offset < 0 || rd_kafka_get_watermark_offsets(k->consumer, tp->topic,
+                                                            tp->partition, &lo, &hi) != 0)
+            continue;
+        if (hi > tp->offset)
+            rd_kafka_topic_partition_list_add(lagging, tp->topic, tp->partition)->offset =
+                RD_KAFKA_OFFSET_END; /* "latest": the cheapest ListOffsets */
+    }
+    if (lagging->cnt > 0) {
+        /* The answer is not needed; a failure only means no early wake-up. */
+        (void)rd_kafka_offsets_for_times(k->consumer, lagging, 1000);
+        atomic_fetch_add(&k->fetch_wakeups, 1);
+    } else {
+        k->caught_up = true; /* until the next message shows there is more */
+    }
+    rd_kafka_topic_partition_list_destroy(lagging);
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
 int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max, int idle_ms,
                         int max_wait_ms, char *errbuf, size_t errlen)
 {
     size_t n = 0;
     uint64_t gen = k->generation;
     int64_t deadline = 0;
+    int64_t idle_until = now_ms() + idle_ms;
     while (n < max) {
-        int timeout = idle_ms;
-        if (n > 0) {
-            timeout = (int)(deadline - now_ms());
-            if (timeout < 0)
-                break;
-        }
+        /* Short slices, so that a stalled fetcher is noticed and woken. */
+        int64_t until = n > 0 ? deadline : idle_until;
+        int timeout = (int)(until - now_ms());
+        if (timeout < 0)
+            break;
+        if (timeout > FETCH_WAKEUP_MS && !k->caught_up)
+            timeout = FETCH_WAKEUP_MS;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, timeout);
         if (k->generation != gen) {
             /* Collected before a rebalance: the partitions may be someone
@@ -483,8 +539,7 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max, int idl
             return rc;
         }
         if (m == NULL) {
-            if (n == 0)
-                return 0;
+            wake_fetcher(k);
             continue;
         }
         if (m->err) {
@@ -494,6 +549,7 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max, int idl
                 return 0;
             continue;
         }
+        k->caught_up = false;
         const char *topic = rd_kafka_topic_name(m->rkt);
         int in = input_of(k, topic);
         if (in < 0) { /* cannot happen with a fixed subscription */
@@ -834,6 +890,7 @@ void pg_kafka_group_stats(const pg_kafka_t *k, pg_kafka_group_stats_t *out)
     out->rebalances = atomic_load(&k->rebalances);
     out->assigned_partitions = atomic_load(&k->assigned);
     out->transaction_aborts = atomic_load(&k->aborts);
+    out->fetch_wakeups = atomic_load(&k->fetch_wakeups);
 }
 
 pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t errlen)

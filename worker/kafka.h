@@ -78,6 +78,7 @@ typedef struct {
     unsigned long long rebalances;
     unsigned long long assigned_partitions;
     unsigned long long transaction_aborts;
+    unsigned long long fetch_wakeups; /* see wake_fetcher in kafka.c */
 } pg_kafka_group_stats_t;
 
 /* A consumer in the configured group that neither subscribes nor produces:

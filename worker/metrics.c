@@ -316,6 +316,9 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
     head(b, "pinguard_transaction_aborts_total", "counter",
          "Kafka transactions aborted (their batch is consumed again).");
     put(b, "pinguard_transaction_aborts_total %llu\n", g.transaction_aborts);
+    head(b, "pinguard_fetch_wakeups_total", "counter",
+         "Times the consumer's fetcher was woken while input was waiting.");
+    put(b, "pinguard_fetch_wakeups_total %llu\n", g.fetch_wakeups);
     head(b, "pinguard_build_info", "gauge", "Build information.");
     put(b, "pinguard_build_info{version=\"%s\"} 1\n", PINGUARD_VERSION);
     return 0;

@@ -39,6 +39,7 @@ typedef struct {
     unsigned long long rebalances;
     unsigned long long assigned_partitions;
     unsigned long long transaction_aborts;
+    unsigned long long fetch_wakeups;
 } pg_metrics_group_t;
 typedef void (*pg_metrics_group_fn)(void *ctx, pg_metrics_group_t *out);
 /* Whether Redis answers now (a PING on a connection of the HTTP thread's). */

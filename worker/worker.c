@@ -485,7 +485,8 @@ static void scrape_group(void *ctx, pg_metrics_group_t *out)
     *out = (pg_metrics_group_t){.joined = s.joined,
                                 .rebalances = s.rebalances,
                                 .assigned_partitions = s.assigned_partitions,
-                                .transaction_aborts = s.transaction_aborts};
+                                .transaction_aborts = s.transaction_aborts,
+                                .fetch_wakeups = s.fetch_wakeups};
 }
 
 static bool scrape_redis(void *ctx)

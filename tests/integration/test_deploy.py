@@ -57,6 +57,7 @@ METRICS = {
     "pinguard_rebalances_total": set(),
     "pinguard_assigned_partitions": set(),
     "pinguard_transaction_aborts_total": set(),
+    "pinguard_fetch_wakeups_total": set(),
     "pinguard_build_info": {"version"},
 }
 HISTOGRAMS = {"pinguard_redis_latency_seconds"}
