@@ -4,7 +4,10 @@
  *   pinguard:vm:{<vm>}:devices  hash, device uuid -> kind
  *   pinguard:vm:{<vm>}:pin      string, operator pin reason
  * A lookup costs two commands per VM, MGET host+pin and HGETALL devices, each
- * on one hash slot, so the layout stays usable on a Redis Cluster.
+ * on one hash slot, so the layout stays usable on a Redis Cluster. A batch's
+ * commands go out in one write and the replies are read VM by VM, so that the
+ * caller decides the first VMs while Redis still answers the last ones (one
+ * round trip, overlapped).
  * hiredis marks a context dead after any I/O error or timeout, and a timed-out
  * command may still have run; so every failure drops the context and the next
  * call reconnects, re-applying AUTH, SELECT and the socket timeouts.
@@ -25,7 +28,8 @@ struct pg_bindings {
     char *host, *user, *password;
     int port, db, connect_timeout_ms, timeout_ms;
     bool ever_connected;
-    pg_buf_t cmd; /* the pipeline being formatted, reused across lookups */
+    pg_buf_t cmd;    /* the pipeline being formatted, reused across lookups */
+    size_t expected; /* VMs whose replies are still to be read */
     pg_bindings_stats_t stats;
 };
 
@@ -84,6 +88,7 @@ static void drop(pg_bindings_t *b)
         redisFree(b->ctx);
         b->ctx = NULL;
     }
+    b->expected = 0;
     b->stats.errors++;
 }
 
@@ -272,13 +277,11 @@ static int resp_vm_key(pg_buf_t *b, const char *vm, size_t vm_len, const char *s
 
 /* Two commands per VM, each on keys of one hash slot (cluster-safe):
  *   MGET host pin   and   HGETALL devices
- * formatted straight into one buffer and handed to hiredis in one append. */
-int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
-                       pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
-                       size_t errlen)
+ * formatted straight into one buffer and written in one go. */
+int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
+                     char *errbuf, size_t errlen)
 {
-    enum { PER_VM = 2 };
-    redisReply **replies = NULL;
+    pg_bindings_abandon(b); /* its replies would answer this exchange */
     int rc = ensure_connected(b, errbuf, errlen);
     if (rc != 0 || n == 0)
         return rc;
@@ -299,37 +302,68 @@ int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
             return PG_BINDINGS_ETRANSIENT;
         }
     }
-    replies = calloc(n * PER_VM, sizeof(*replies));
-    if (replies == NULL) {
-        snprintf(errbuf, errlen, "out of memory for %zu replies", n * PER_VM);
-        return PG_BINDINGS_ETRANSIENT;
-    }
+    int done = 0;
     if (redisAppendFormattedCommand(b->ctx, (const char *)b->cmd.data, b->cmd.len) !=
         REDIS_OK) {
         snprintf(errbuf, errlen, "redis: cannot buffer the pipeline");
-        rc = PG_BINDINGS_ETRANSIENT;
         drop(b);
-        goto out;
+        return PG_BINDINGS_ETRANSIENT;
     }
-    rc = exchange(b, replies, n * PER_VM, errbuf, errlen);
-    if (rc != 0) {
-        memset(replies, 0, n * PER_VM * sizeof(*replies));
-        goto out;
+    while (!done)
+        if (redisBufferWrite(b->ctx, &done) != REDIS_OK) {
+            snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
+                     b->ctx->errstr[0] ? b->ctx->errstr : "write failed");
+            drop(b);
+            return PG_BINDINGS_ETRANSIENT;
+        }
+    b->expected = n;
+    b->stats.round_trips++;
+    b->stats.commands += 2 * n;
+    return 0;
+}
+
+/* Reads one reply; an error reply is classified and freed. */
+static int read_reply(pg_bindings_t *b, redisReply **out, char *errbuf, size_t errlen)
+{
+    void *r = NULL;
+    if (redisGetReply(b->ctx, &r) != REDIS_OK || r == NULL) {
+        snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
+                 b->ctx->errstr[0] ? b->ctx->errstr : "no reply");
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    redisReply *reply = r;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        int rc = error_class(reply);
+        snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port, reply->str);
+        freeReplyObject(reply);
+        return rc;
+    }
+    *out = reply;
+    return 0;
+}
+
+int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
+                     pg_vm_binding_t *out, char *errbuf, size_t errlen)
+{
+    redisReply *hp = NULL, *devs = NULL;
+    if (b->expected == 0 || b->ctx == NULL) {
+        snprintf(errbuf, errlen, "redis: no lookup in flight");
+        return PG_BINDINGS_EUSAGE;
+    }
+    int rc = read_reply(b, &hp, errbuf, errlen);
+    if (rc == 0)
+        rc = read_reply(b, &devs, errbuf, errlen);
+    if (rc == 0 && (hp->type != REDIS_REPLY_ARRAY || hp->elements != 2 ||
+                    devs->type != REDIS_REPLY_ARRAY || devs->elements % 2 != 0)) {
+        snprintf(errbuf, errlen, "redis: unexpected reply for vm %s", vm_uuid);
+        rc = PG_BINDINGS_EDATA;
     }
     bool oom = false;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        redisReply *hp = replies[i * PER_VM], *devs = replies[i * PER_VM + 1];
-        pg_vm_binding_t *vb = &out[i];
-        memset(vb, 0, sizeof(*vb));
-        if (hp->type != REDIS_REPLY_ARRAY || hp->elements != 2 ||
-            devs->type != REDIS_REPLY_ARRAY || devs->elements % 2 != 0) {
-            snprintf(errbuf, errlen, "redis: unexpected reply for vm %s", vm_uuids[i]);
-            rc = PG_BINDINGS_EDATA;
-            break;
-        }
-        vb->host = reply_string(arena, hp->element[0], &oom);
-        vb->known = vb->host != NULL;
-        vb->pin = reply_string(arena, hp->element[1], &oom);
+    if (rc == 0) {
+        memset(out, 0, sizeof(*out));
+        out->host = reply_string(arena, hp->element[0], &oom);
+        out->known = out->host != NULL;
+        out->pin = reply_string(arena, hp->element[1], &oom);
         size_t nd = devs->elements / 2;
         pg_device_ref_t *d = nd ? pg_arena_calloc(arena, nd, sizeof(*d)) : NULL;
         if (nd && d == NULL)
@@ -338,20 +372,40 @@ int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
             d[j].device_uuid = reply_string(arena, devs->element[2 * j], &oom);
             d[j].kind = reply_string(arena, devs->element[2 * j + 1], &oom);
         }
-        vb->devices = d;
-        vb->n_devices = nd;
+        out->devices = d;
+        out->n_devices = nd;
         if (oom) {
             snprintf(errbuf, errlen, "out of memory copying cache replies");
             rc = PG_BINDINGS_ETRANSIENT;
         }
     }
-out:
-    if (replies != NULL) {
-        for (size_t i = 0; i < n * PER_VM; i++)
-            if (replies[i] != NULL)
-                freeReplyObject(replies[i]);
-        free(replies);
+    if (hp != NULL)
+        freeReplyObject(hp);
+    if (devs != NULL)
+        freeReplyObject(devs);
+    if (rc != 0) {
+        drop(b); /* the rest of the exchange cannot be trusted */
+        return rc;
     }
+    b->expected--;
+    return 0;
+}
+
+void pg_bindings_abandon(pg_bindings_t *b)
+{
+    if (b->expected > 0)
+        drop(b);
+}
+
+int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
+                       pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
+                       size_t errlen)
+{
+    double t0 = now_seconds();
+    int rc = pg_bindings_send(b, vm_uuids, n, errbuf, errlen);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = pg_bindings_next(b, vm_uuids[i], arena, &out[i], errbuf, errlen);
+    b->stats.last_rtt_seconds = now_seconds() - t0;
     return rc;
 }
 

@@ -54,6 +54,18 @@ int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                        pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
                        size_t errlen);
 
+/* The same round trip in two halves, so that the caller can use the first
+ * answers while Redis computes the rest: pg_bindings_send writes the lookups
+ * of n VMs; each pg_bindings_next then reads the next VM's binding, in the
+ * order sent (vm_uuid names it in errors). Any failure drops the connection
+ * and ends the exchange; so does pg_bindings_abandon, for a caller that stops
+ * reading early. */
+int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
+                     char *errbuf, size_t errlen);
+int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
+                     pg_vm_binding_t *out, char *errbuf, size_t errlen);
+void pg_bindings_abandon(pg_bindings_t *b);
+
 /* Operator edits, one round trip each. */
 int pg_bindings_bind(pg_bindings_t *b, const char *vm, const char *device,
                      const char *kind, char *errbuf, size_t errlen);

@@ -73,7 +73,7 @@ static const entry_t table[] = {
      "exactly-once: decisions and input offsets commit in one Kafka transaction "
      "(set a stable, unique kafka.transactional.id per replica); at-least-once: "
      "offsets are stored after the decisions are acknowledged."},
-    INT("batch.max.messages", batch_max_messages, "2000", 1, 100000,
+    INT("batch.max.messages", batch_max_messages, "5000", 1, 100000,
         "Most input messages decided together (one Redis round trip)."),
     INT("batch.max.wait.ms", batch_max_wait_ms, "5", 0, 10000,
         "Longest wait to fill a batch once it holds a message."),

@@ -21,8 +21,19 @@
 #include <time.h>
 #include <unistd.h>
 
+/* At least once: one per input whose output is in flight, in consumption
+ * order; the delivery report writes `state` through the message's opaque. */
+typedef struct {
+    pg_input_t input;
+    int32_t partition;
+    int64_t offset;
+    pg_delivery_state_t state;
+} pending_t;
+
 struct pg_kafka {
     const pg_config_t *cfg;
+    pending_t *pending; /* ring of pending_cap entries */
+    size_t pending_cap, pending_head, pending_len;
     rd_kafka_t *consumer;
     rd_kafka_t *producer;
     rd_kafka_topic_t *out[PG_OUT_COUNT];
@@ -153,6 +164,8 @@ static void partition_list(const rd_kafka_topic_partition_list_t *parts, char *b
     }
 }
 
+int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, char *errbuf, size_t errlen);
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -172,9 +185,13 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
     atomic_store(&k->assigned, 0ULL);
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
-        /* Hand over exactly what was acknowledged. Transactions carry their
-         * own offsets and none is open between batches. */
+        /* Hand over exactly what was acknowledged: wait for the outputs in
+         * flight first. Transactions carry their own offsets and none is
+         * open between batches. */
         if (!k->transactional) {
+            char serr[256];
+            if (pg_kafka_pending_settle(k, true, serr, sizeof(serr)) < 0)
+                pg_log_warn("settle_failed", "error", serr, NULL);
             rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
             if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
                 pg_log_warn("revoke_commit_failed", "error", rd_kafka_err2str(cerr),
@@ -342,6 +359,15 @@ pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
     k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
     k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
     k->in_topics[PG_IN_RESULTS] = cfg->topic_results;
+    if (!k->transactional) {
+        /* Room for a few batches in flight; more only waits for the broker. */
+        k->pending_cap = 4 * (size_t)cfg->batch_max_messages;
+        k->pending = calloc(k->pending_cap, sizeof(*k->pending));
+        if (k->pending == NULL) {
+            snprintf(errbuf, errlen, "out of memory");
+            goto fail;
+        }
+    }
 
     if ((conf = make_conf(k, false, errbuf, errlen)) == NULL)
         goto fail;
@@ -397,6 +423,11 @@ void pg_kafka_destroy(pg_kafka_t *k)
     if (k == NULL)
         return;
     if (k->consumer != NULL) {
+        /* Outputs still in flight are waited for, so that closing commits
+         * their inputs' offsets. */
+        char err0[256];
+        if (k->producer != NULL && pg_kafka_pending_settle(k, true, err0, sizeof(err0)) < 0)
+            pg_log_warn("settle_failed", "error", err0, NULL);
         rd_kafka_resp_err_t err = rd_kafka_consumer_close(k->consumer);
         if (err)
             pg_log_warn("consumer_close_failed", "error", rd_kafka_err2str(err), NULL);
@@ -409,6 +440,7 @@ void pg_kafka_destroy(pg_kafka_t *k)
                 rd_kafka_topic_destroy(k->out[i]);
         rd_kafka_destroy(k->producer);
     }
+    free(k->pending);
     free(k);
 }
 
@@ -694,22 +726,47 @@ int pg_kafka_flush(pg_kafka_t *k, char *errbuf, size_t errlen)
 }
 
 typedef struct {
-    const char *topic;
+    pg_input_t input;
     int32_t partition;
     int64_t next;   /* offset to store: last settled + 1, or -1 */
-    int64_t rewind; /* first unsettled offset, or -1 */
+    int64_t rewind; /* first failed offset, or -1 */
 } part_state_t;
 
-int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done,
-                    size_t n, char *errbuf, size_t errlen)
+static pending_t *pending_at(pg_kafka_t *k, size_t i)
 {
-    part_state_t local[32], *ps = local;
+    return &k->pending[(k->pending_head + i) % k->pending_cap];
+}
+
+size_t pg_kafka_pending_room(const pg_kafka_t *k)
+{
+    return k->pending_cap - k->pending_len;
+}
+
+pg_delivery_state_t *pg_kafka_pending_add(pg_kafka_t *k, const pg_kafka_msg_t *m)
+{
+    if (k->pending_len == k->pending_cap)
+        return NULL;
+    pending_t *e = pending_at(k, k->pending_len++);
+    *e = (pending_t){.input = m->input,
+                     .partition = m->partition,
+                     .offset = m->offset,
+                     .state = PG_DELIVERY_PENDING};
+    return &e->state;
+}
+
+/* Settles the first n tracked inputs: per partition, stores the offset after
+ * the last acknowledged input before the first failed one, and seeks back to
+ * that failed one so it is consumed again. */
+static int settle_prefix(pg_kafka_t *k, size_t n, char *errbuf, size_t errlen)
+{
+    part_state_t local[64], *ps = local;
     size_t np = 0, cap = sizeof(local) / sizeof(local[0]);
     int rc = 0;
+    rd_kafka_topic_partition_list_t *store = NULL, *seek = NULL;
     for (size_t i = 0; i < n; i++) {
+        const pending_t *e = pending_at(k, i);
         size_t j = 0;
-        while (j < np && !(ps[j].partition == msgs[i].partition &&
-                           strcmp(ps[j].topic, msgs[i].topic) == 0))
+        while (j < np && !(ps[j].partition == e->partition && ps[j].input == e->input))
             j++;
         if (j == np) {
             if (np == cap) {
@@ -725,25 +782,25 @@ int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done,
                 ps = grown;
                 cap *= 2;
             }
-            ps[np++] = (part_state_t){msgs[i].topic, msgs[i].partition, -1, -1};
+            ps[np++] = (part_state_t){e->input, e->partition, -1, -1};
         }
         if (ps[j].rewind >= 0)
             continue;
-        if (done[i])
-            ps[j].next = msgs[i].offset + 1;
+        if (e->state == PG_DELIVERY_OK)
+            ps[j].next = e->offset + 1;
         else
-            ps[j].rewind = msgs[i].offset;
+            ps[j].rewind = e->offset;
     }
-
-    rd_kafka_topic_partition_list_t *store = rd_kafka_topic_partition_list_new((int)np);
-    rd_kafka_topic_partition_list_t *seek = rd_kafka_topic_partition_list_new((int)np);
+    store = rd_kafka_topic_partition_list_new((int)np);
+    seek = rd_kafka_topic_partition_list_new((int)np);
     for (size_t j = 0; j < np; j++) {
+        const char *topic = k->in_topics[ps[j].input];
         if (ps[j].next >= 0)
-            rd_kafka_topic_partition_list_add(store, ps[j].topic, ps[j].partition)
-                ->offset = ps[j].next;
+            rd_kafka_topic_partition_list_add(store, topic, ps[j].partition)->offset =
+                ps[j].next;
         if (ps[j].rewind >= 0)
-            rd_kafka_topic_partition_list_add(seek, ps[j].topic, ps[j].partition)
-                ->offset = ps[j].rewind;
+            rd_kafka_topic_partition_list_add(seek, topic, ps[j].partition)->offset =
+                ps[j].rewind;
     }
     if (store->cnt > 0) {
         rd_kafka_resp_err_t err = rd_kafka_offsets_store(k->consumer, store);
@@ -755,12 +812,44 @@ int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done,
     }
     if (rc == 0 && seek->cnt > 0)
         rc = seek_to(k, seek, errbuf, errlen);
-    rd_kafka_topic_partition_list_destroy(store);
-    rd_kafka_topic_partition_list_destroy(seek);
+    if (rc == 0 && seek->cnt > 0)
+        rc = 1;
 out:
+    if (store != NULL)
+        rd_kafka_topic_partition_list_destroy(store);
+    if (seek != NULL)
+        rd_kafka_topic_partition_list_destroy(seek);
     if (ps != local)
         free(ps);
+    /* Settled either way: a failed store or seek leaves the committed offset
+     * behind, and the inputs come again after the next rebalance. */
+    k->pending_head = (k->pending_head + n) % k->pending_cap;
+    k->pending_len -= n;
     return rc;
+}
+
+int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, char *errbuf, size_t errlen)
+{
+    if (k->pending_len == 0)
+        return 0;
+    int rc = wait ? pg_kafka_flush(k, errbuf, errlen) : 0;
+    if (rc != 0)
+        return rc;
+    rd_kafka_poll(k->producer, 0); /* delivery reports set the states */
+    if ((rc = check_fatal(k, errbuf, errlen)) != 0)
+        return rc;
+    size_t n = 0;
+    bool failed = false;
+    while (n < k->pending_len && pending_at(k, n)->state != PG_DELIVERY_PENDING)
+        failed |= pending_at(k, n++)->state == PG_DELIVERY_FAILED;
+    if (failed && n < k->pending_len) {
+        /* Inputs after a failed one may share its partition: settle them all
+         * together, once every report is in, so that none is stored past it. */
+        if ((rc = pg_kafka_flush(k, errbuf, errlen)) != 0)
+            return rc;
+        n = k->pending_len;
+    }
+    return n > 0 ? settle_prefix(k, n, errbuf, errlen) : 0;
 }
 
 bool pg_kafka_transactional(const pg_kafka_t *k)

@@ -111,7 +111,8 @@ int pg_kafka_resume(pg_kafka_t *k);
 int pg_kafka_idle(pg_kafka_t *k, int ms, char *errbuf, size_t errlen);
 
 /* Queues one output. `state` is set when the broker acknowledges or the
- * message fails for good; it must stay valid until pg_kafka_flush returns. */
+ * message fails for good; it must stay valid until its report is served
+ * (pg_kafka_flush or pg_kafka_pending_settle). */
 int pg_kafka_produce(pg_kafka_t *k, pg_output_t out, const void *key, size_t key_len,
                      const void *value, size_t len, const pg_kafka_header_t *headers,
                      size_t n_headers, pg_delivery_state_t *state, char *errbuf,
@@ -119,11 +120,19 @@ int pg_kafka_produce(pg_kafka_t *k, pg_output_t out, const void *key, size_t key
 /* Waits until every queued output has its delivery report. */
 int pg_kafka_flush(pg_kafka_t *k, char *errbuf, size_t errlen);
 
-/* Stores offset+1 of every message whose `done[i]` is true, in order, stopping
- * at a partition's first message not done; rewinds that partition to it so it
- * is consumed again. Auto-commit sends what is stored. */
-int pg_kafka_settle(pg_kafka_t *k, const pg_kafka_msg_t *msgs, const bool *done,
-                    size_t n, char *errbuf, size_t errlen);
+/* At least once, outputs are acknowledged in the background. Each input gets
+ * a tracking slot, in consumption order, whose state its one output's
+ * delivery report sets (pass it to pg_kafka_produce); NULL when the
+ * pg_kafka_pending_room() slots are taken. The slot belongs to the kafka
+ * module. */
+size_t pg_kafka_pending_room(const pg_kafka_t *k);
+pg_delivery_state_t *pg_kafka_pending_add(pg_kafka_t *k, const pg_kafka_msg_t *m);
+/* Serves delivery reports (all of them when wait) and settles the inputs
+ * answered so far: per partition, the offset after the last acknowledged
+ * input is stored (auto-commit sends it), never past a failed one, and the
+ * partition is rewound to the failed input so it is consumed again. Returns
+ * 0, 1 when something was rewound, PG_KAFKA_ERETRY or PG_KAFKA_EFATAL. */
+int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, char *errbuf, size_t errlen);
 
 const char *pg_kafka_output_topic(const pg_kafka_t *k, pg_output_t out);
 

@@ -47,7 +47,6 @@ typedef struct {
     pg_arena_t *arena;
     pg_kafka_msg_t *msgs;
     slot_t *slots;
-    bool *done;
     pg_buf_t out;
     pg_policy_opts_t policy;
     pg_codec_limits_t limits;
@@ -140,6 +139,20 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
     return 0;
 }
 
+/* At least once: stores the offsets of inputs whose outputs were
+ * acknowledged (all of them when wait). Returns 0, or -1 when fatal. */
+static int settle(worker_t *w, bool wait, char *errbuf, size_t errlen)
+{
+    int rc = pg_kafka_pending_settle(w->kafka, wait, errbuf, errlen);
+    if (rc == PG_KAFKA_EFATAL)
+        return -1;
+    if (rc == 1)
+        w->batch_redone = true; /* an output failed: its input comes again */
+    else if (rc != 0)
+        pg_log_warn("settle_failed", "error", errbuf, NULL);
+    return 0;
+}
+
 /* The next wait of a doubling backoff that starts at retry.backoff.min.ms. */
 static int next_backoff(const pg_config_t *cfg, int current)
 {
@@ -149,9 +162,11 @@ static int next_backoff(const pg_config_t *cfg, int current)
                                                    : current * 2;
 }
 
-/* Reads the bindings, holding the batch while Redis cannot answer. */
+/* Sends the batch's lookups and reads the first VM's binding, holding the
+ * batch while Redis cannot answer; the other bindings are read by
+ * process_batch as it decides. *t0 is when the exchange that worked began. */
 static int lookup_holding(worker_t *w, size_t n, const char **vms, size_t nvm,
-                          pg_vm_binding_t *out, char *errbuf, size_t errlen)
+                          pg_vm_binding_t *out, int64_t *t0, char *errbuf, size_t errlen)
 {
     uint64_t gen = pg_kafka_generation(w->kafka);
     int backoff = w->cfg->retry_backoff_min_ms;
@@ -160,18 +175,22 @@ static int lookup_holding(worker_t *w, size_t n, const char **vms, size_t nvm,
     bool paused = false;
     char err[512];
     for (;;) {
-        int64_t t0 = mono_us();
-        int rc =
-            pg_bindings_lookup(w->bindings, vms, nvm, w->arena, out, err, sizeof(err));
-        pg_metrics_redis_exchange(w->metrics, (double)(mono_us() - t0) / 1e6, rc == 0);
+        *t0 = mono_us();
+        int rc = pg_bindings_send(w->bindings, vms, nvm, err, sizeof(err));
+        if (rc == 0)
+            rc = pg_bindings_next(w->bindings, vms[0], w->arena, &out[0], err,
+                                  sizeof(err));
         if (rc == 0) {
             if (attempts > 0)
                 pg_log_info("redis_recovered", "#attempts", (long long)attempts, NULL);
-            if (paused && pg_kafka_resume(w->kafka) != 0)
+            if (paused && pg_kafka_resume(w->kafka) != 0) {
+                pg_bindings_abandon(w->bindings);
                 return HOLD_DROPPED; /* resume failed: redo the batch after a rebalance
                                       */
+            }
             return HOLD_OK;
         }
+        pg_metrics_redis_exchange(w->metrics, (double)(mono_us() - *t0) / 1e6, false);
         if (rc == PG_BINDINGS_EAUTH) {
             snprintf(errbuf, errlen, "%s (check redis.user and the password)", err);
             return HOLD_FATAL;
@@ -320,7 +339,8 @@ static int decide_result(worker_t *w, const pg_migration_result_t *r,
     return 0;
 }
 
-static int produce_dead_letter(worker_t *w, size_t i, char *errbuf, size_t errlen)
+static int produce_dead_letter(worker_t *w, size_t i, pg_delivery_state_t *state,
+                               char *errbuf, size_t errlen)
 {
     const pg_kafka_msg_t *m = &w->msgs[i];
     slot_t *s = &w->slots[i];
@@ -340,11 +360,12 @@ static int produce_dead_letter(worker_t *w, size_t i, char *errbuf, size_t errle
     w->dead_lettered++;
     pg_metrics_input(w->metrics, (int)m->input, PG_M_IN_DLQ, 1);
     return pg_kafka_produce(w->kafka, PG_OUT_DLQ, m->key, m->key_len, m->payload,
-                            m->len, headers, 4, &s->state, errbuf, errlen);
+                            m->len, headers, 4, state, errbuf, errlen);
 }
 
 static int produce_decision(worker_t *w, size_t i, const pg_vm_binding_t *b,
-                            int64_t now, char *errbuf, size_t errlen)
+                            int64_t now, pg_delivery_state_t *state, char *errbuf,
+                            size_t errlen)
 {
     slot_t *s = &w->slots[i];
     const pg_vm_binding_t *vb = b + s->vm_first;
@@ -385,7 +406,7 @@ static int produce_decision(worker_t *w, size_t i, const pg_vm_binding_t *b,
     w->decided++;
     pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_DECIDED, 1);
     return pg_kafka_produce(w->kafka, topic, key, strlen(key), w->out.data, w->out.len,
-                            NULL, 0, &s->state, errbuf, errlen);
+                            NULL, 0, state, errbuf, errlen);
 }
 
 /* One batch, start to finish. Returns 0, 1 to stop (signal while holding), or
@@ -402,8 +423,10 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
         snprintf(errbuf, errlen, "out of memory for %zu bindings", nvm);
         return -1;
     }
+    size_t have = 0; /* bindings read so far */
+    int64_t t0 = 0;
     if (nvm > 0) {
-        int hold = lookup_holding(w, n, vms, nvm, bindings, errbuf, errlen);
+        int hold = lookup_holding(w, n, vms, nvm, bindings, &t0, errbuf, errlen);
         if (hold == HOLD_FATAL)
             return -1;
         if (hold == HOLD_STOPPED)
@@ -413,26 +436,62 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
                         "#messages", (long long)n, NULL);
             return 0;
         }
+        have = 1;
     }
 
     bool txn = pg_kafka_transactional(w->kafka);
-    if (txn && pg_kafka_txn_begin(w->kafka, errbuf, errlen) != 0)
+    if (txn && pg_kafka_txn_begin(w->kafka, errbuf, errlen) != 0) {
+        pg_bindings_abandon(w->bindings);
         return -1;
+    }
     int64_t now = wall_ms();
     size_t failed = 0;
+    bool redis_failed = false;
     char first_error[512] = "";
     for (size_t i = 0; i < n; i++) {
-        int rc = w->slots[i].rc != 0
-                     ? produce_dead_letter(w, i, errbuf, errlen)
-                     : produce_decision(w, i, bindings, now, errbuf, errlen);
-        if (rc == PG_KAFKA_EFATAL)
+        slot_t *s = &w->slots[i];
+        /* At least once, the kafka module tracks each input until its output
+         * is acknowledged; in a transaction the commit answers for all. */
+        pg_delivery_state_t *state =
+            txn ? &s->state : pg_kafka_pending_add(w->kafka, &w->msgs[i]);
+        if (state == NULL) { /* the main loop made room for a whole batch */
+            snprintf(errbuf, errlen, "no room to track input %zu of %zu", i, n);
+            pg_bindings_abandon(w->bindings);
             return -1;
+        }
+        /* This input's bindings, read as Redis sends them. A failure here
+         * leaves it and the rest of the batch undecided, to be redone. */
+        while (s->rc == 0 && !redis_failed && have < s->vm_first + s->vm_count) {
+            if (pg_bindings_next(w->bindings, vms[have], w->arena, &bindings[have], errbuf,
+                                 errlen) != 0) {
+                redis_failed = true;
+                pg_log_warn("redis_failed_mid_batch", "error", errbuf, "#undecided",
+                            (long long)(n - i), NULL);
+                pg_metrics_redis_exchange(w->metrics, (double)(mono_us() - t0) / 1e6,
+                                          false);
+            } else {
+                have++;
+            }
+        }
+        int rc;
+        if (s->rc != 0)
+            rc = produce_dead_letter(w, i, state, errbuf, errlen);
+        else if (redis_failed)
+            rc = PG_KAFKA_ERETRY;
+        else
+            rc = produce_decision(w, i, bindings, now, state, errbuf, errlen);
+        if (rc == PG_KAFKA_EFATAL) {
+            pg_bindings_abandon(w->bindings);
+            return -1;
+        }
         if (rc != 0) {
             if (failed++ == 0)
                 snprintf(first_error, sizeof(first_error), "%s", errbuf);
-            w->slots[i].state = PG_DELIVERY_FAILED;
+            *state = PG_DELIVERY_FAILED;
         }
     }
+    if (nvm > 0 && !redis_failed)
+        pg_metrics_redis_exchange(w->metrics, (double)(mono_us() - t0) / 1e6, true);
     if (failed > 0) {
         /* One line per batch, not per message: a broken producer would
          * otherwise flood the log a thousand lines at a time. */
@@ -455,19 +514,8 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
         }
         return 0;
     }
-    if (pg_kafka_flush(w->kafka, errbuf, errlen) != 0)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        w->done[i] = w->slots[i].state == PG_DELIVERY_OK;
-        if (!w->done[i])
-            w->batch_redone = true;
-    }
-    int rc = pg_kafka_settle(w->kafka, w->msgs, w->done, n, errbuf, errlen);
-    if (rc == PG_KAFKA_EFATAL)
-        return -1;
-    if (rc != 0)
-        pg_log_warn("settle_failed", "error", errbuf, NULL);
-    return 0;
+    /* The acknowledgements arrive while the next batch is read and decided. */
+    return settle(w, false, errbuf, errlen) != 0 ? -1 : 0;
 }
 
 static int scrape_lag(void *ctx, pg_lag_row_t **rows, size_t *n, char *errbuf,
@@ -542,7 +590,6 @@ static void worker_teardown(worker_t *w)
     pg_buf_free(&w->out);
     free(w->msgs);
     free(w->slots);
-    free(w->done);
 }
 
 int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *errbuf,
@@ -568,10 +615,9 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
 
     w.msgs = calloc(max, sizeof(*w.msgs));
     w.slots = calloc(max, sizeof(*w.slots));
-    w.done = calloc(max, sizeof(*w.done));
     w.arena = pg_arena_new(1 << 20);
     w.bindings = pg_bindings_new(&bopts);
-    if (w.msgs == NULL || w.slots == NULL || w.done == NULL || w.arena == NULL ||
+    if (w.msgs == NULL || w.slots == NULL || w.arena == NULL ||
         w.bindings == NULL) {
         snprintf(errbuf, errlen, "out of memory starting the worker");
         goto out;
@@ -597,12 +643,20 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
     int redo_backoff = 0;
     while (!*stop) {
         pg_metrics_tick(w.metrics);
+        /* Room to track a whole batch, made before it is read: a settle
+         * between reading and producing could rewind a partition under it. */
+        if (!pg_kafka_transactional(w.kafka) && pg_kafka_pending_room(w.kafka) < max &&
+            settle(&w, true, errbuf, errlen) != 0)
+            goto out;
         int n = pg_kafka_poll_batch(w.kafka, w.msgs, max, 100, cfg->batch_max_wait_ms,
                                     errbuf, errlen);
         if (n < 0)
             goto out;
-        if (n == 0)
+        if (n == 0) {
+            if (!pg_kafka_transactional(w.kafka) && settle(&w, false, errbuf, errlen) != 0)
+                goto out;
             continue;
+        }
         w.batch_redone = false;
         int brc = process_batch(&w, (size_t)n, errbuf, errlen);
         pg_metrics_batch(w.metrics);

@@ -228,13 +228,20 @@ def redis_cmdstats():
             for m in re.finditer(r"cmdstat_(\w+):calls=(\d+)", out)}
 
 
-def committed_total(group, topic):
-    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
-    try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
-    finally:
-        c.close()
-    return sum(max(tp.offset, 0) for tp in tps)
+class Committed:
+    """Reads a group's committed offsets through one long-lived client, so
+    that the drain's end is seen within a poll interval, not a client start."""
+
+    def __init__(self, group):
+        self.c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
+
+    def total(self, topic):
+        tps = self.c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)],
+                               timeout=10)
+        return sum(max(tp.offset, 0) for tp in tps)
+
+    def close(self):
+        self.c.close()
 
 
 def scrape(port):
@@ -373,11 +380,13 @@ def main():
             port = w.port()
             w.assigned()
             assigned_s = time.time() - w.started
-            while committed_total(group, inputs[k]) < counts[k]:
+            committed = Committed(group)
+            while committed.total(inputs[k]) < counts[k]:
                 if w.proc.poll() is not None:
                     raise RuntimeError(f"worker exited: {open(w.log_path).read()[-2000:]}")
-                time.sleep(0.2)
+                time.sleep(0.02)
             elapsed = time.time() - w.started
+            committed.close()
             m = scrape(port)
             rc, rss, cpu = w.stop()
             after = redis_cmdstats()

@@ -10,12 +10,16 @@
  *   pg_bench_relay BROKERS GROUP IN_TOPIC OUT_TOPIC COUNT [BATCH [WAIT_MS [PROP=VALUE...]]]
  *
  * PROP=VALUE pairs are set on the consumer after the defaults (experiments).
+ * "pipelined" stores each offset as soon as its output is queued and waits
+ * for the acknowledgements only at the end: not a safe way to run, but the
+ * most a consume+produce loop can reach, for the ceiling.
  *
  * Exits 0 once COUNT inputs are relayed and their offsets committed, printing
  * "relayed N in S s"; COUNT 0 relays until SIGTERM.
  */
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,7 +62,7 @@ static int kick(rd_kafka_t *c)
         if (hi > tp->offset)
             rd_kafka_topic_partition_list_add(lagging, tp->topic, tp->partition);
     }
-    if (lagging->cnt > 0 && getenv("RELAY_KICK") != NULL) {
+    if (lagging->cnt > 0) {
         for (int i = 0; i < lagging->cnt; i++)
             lagging->elems[i].offset = -1;
         rd_kafka_offsets_for_times(c, lagging, 1000);
@@ -90,6 +94,7 @@ int main(int argc, char **argv)
     double wait = (argc > 7 ? atof(argv[7]) : 5.0) / 1000.0;
     char err[512];
     int rc = 1;
+    bool pipelined = false;
     rd_kafka_t *c = NULL, *p = NULL;
     rd_kafka_topic_t *out = NULL;
     rd_kafka_message_t **msgs = calloc(batch, sizeof(*msgs));
@@ -113,6 +118,10 @@ int main(int argc, char **argv)
         goto out;
     }
     for (int i = 8; i < argc; i++) {
+        if (strcmp(argv[i], "pipelined") == 0) {
+            pipelined = true;
+            continue;
+        }
         char *eq = strchr(argv[i], '=');
         if (eq == NULL) {
             fprintf(stderr, "relay: %s: expected PROP=VALUE\n", argv[i]);
@@ -182,14 +191,19 @@ int main(int argc, char **argv)
                                     msgs[i]->key_len, NULL) != 0)
                 rd_kafka_poll(p, 10); /* queue full: serve delivery reports */
         }
-        while (rd_kafka_outq_len(p) > 0)
-            rd_kafka_flush(p, 1000);
+        if (pipelined)
+            rd_kafka_poll(p, 0);
+        else
+            while (rd_kafka_outq_len(p) > 0)
+                rd_kafka_flush(p, 1000);
         for (size_t i = 0; i < n; i++) {
             rd_kafka_offset_store(msgs[i]->rkt, msgs[i]->partition, msgs[i]->offset);
             rd_kafka_message_destroy(msgs[i]);
         }
         done += (long long)n;
     }
+    while (rd_kafka_outq_len(p) > 0)
+        rd_kafka_flush(p, 1000);
     e = rd_kafka_commit(c, NULL, 0);
     if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET) {
         fprintf(stderr, "relay: commit: %s\n", rd_kafka_err2str(e));
