@@ -744,90 +744,233 @@ static int dec_record(const rec_desc_t *d, avro_value_t *rv, void *dst, pg_arena
     return 0;
 }
 
-static int give_string(avro_value_t *v, const char *field, const char *s, char *errbuf,
+/* ---- The hot path: straight between bytes and structs --------------------
+ * Messages are read and written by walking the same field tables that
+ * pg_codec_new verified against the schemas, with no avro-c value in between:
+ * avro-c's generic values allocate every string and cost more than the rest
+ * of a decision (tests/bench profile). Decoding runs only on bytes that
+ * pg_codec_check accepted, and still checks every bound. The one shape it
+ * leaves to avro-c is an array written in several blocks (fastavro and
+ * pinguard write one), for which it answers DIRECT_FALLBACK. */
+enum { DIRECT_FALLBACK = 1 };
+
+typedef struct {
+    const uint8_t *p, *end;
+    pg_arena_t *arena;
+} dcur_t;
+
+static int dlong(dcur_t *d, int64_t *out)
+{
+    uint64_t u = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (d->p == d->end)
+            return PG_CODEC_EINTERNAL;
+        uint8_t byte = *d->p++;
+        u |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80)) {
+            *out = (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+            return 0;
+        }
+    }
+    return PG_CODEC_EINTERNAL;
+}
+
+static int dstring(dcur_t *d, const char **out)
+{
+    int64_t n;
+    if (dlong(d, &n) != 0 || n < 0 || (uint64_t)n > (uint64_t)(d->end - d->p))
+        return PG_CODEC_EINTERNAL;
+    const char *s = pg_arena_strndup(d->arena, (const char *)d->p, (size_t)n);
+    if (s == NULL)
+        return PG_CODEC_ENOMEM;
+    d->p += n;
+    *out = s;
+    return 0;
+}
+
+/* The branch of an optional: false for null. */
+static int dbranch(dcur_t *d, bool *present)
+{
+    int64_t b;
+    if (dlong(d, &b) != 0 || (b != BRANCH_NULL && b != BRANCH_VALUE))
+        return PG_CODEC_EINTERNAL;
+    *present = b == BRANCH_VALUE;
+    return 0;
+}
+
+static int drecord(const rec_desc_t *desc, dcur_t *d, void *dst)
+{
+    for (size_t i = 0; i < desc->n_fields; i++) {
+        const field_desc_t *f = &desc->fields[i];
+        char *at = (char *)dst + f->off;
+        const char *str = NULL;
+        bool present = true;
+        int64_t x = 0;
+        int rc = 0;
+        switch (f->kind) {
+        case K_OPT_STR:
+            if ((rc = dbranch(d, &present)) != 0 || !present)
+                break;
+            /* fall through */
+        case K_STR:
+            if ((rc = dstring(d, &str)) == 0)
+                put_ptr(dst, f->off, str);
+            break;
+        case K_LONG:
+            if ((rc = dlong(d, &x)) == 0)
+                memcpy(at, &x, sizeof(x));
+            break;
+        case K_OPT_ENUM:
+            if ((rc = dbranch(d, &present)) != 0)
+                break;
+            memcpy((char *)dst + f->aux, &present, sizeof(present));
+            if (!present)
+                break;
+            /* fall through */
+        case K_ENUM: {
+            int e;
+            if ((rc = dlong(d, &x)) == 0 && (x < 0 || x > INT32_MAX))
+                rc = PG_CODEC_EINTERNAL;
+            e = (int)x;
+            if (rc == 0)
+                memcpy(at, &e, sizeof(e));
+            break;
+        }
+        case K_OPT_DOUBLE: {
+            if ((rc = dbranch(d, &present)) != 0)
+                break;
+            memcpy((char *)dst + f->aux, &present, sizeof(present));
+            if (!present)
+                break;
+            if (d->end - d->p < 8)
+                return PG_CODEC_EINTERNAL;
+            uint64_t bits = 0;
+            for (int k = 7; k >= 0; k--) /* little-endian on the wire */
+                bits = (bits << 8) | d->p[k];
+            double v;
+            memcpy(&v, &bits, sizeof(v));
+            memcpy(at, &v, sizeof(v));
+            d->p += 8;
+            break;
+        }
+        case K_ARRAY: {
+            int64_t count, size;
+            char *items = NULL;
+            if ((rc = dlong(d, &count)) != 0)
+                break;
+            if (count < 0 && ((rc = dlong(d, &size)) != 0 || count == INT64_MIN))
+                break;
+            count = count < 0 ? -count : count;
+            /* Every item takes at least one byte: a bound before allocating. */
+            if ((uint64_t)count > (uint64_t)(d->end - d->p))
+                return PG_CODEC_EINTERNAL;
+            if (count > 0 &&
+                (items = pg_arena_calloc(d->arena, (size_t)count, f->sub->size)) == NULL)
+                return PG_CODEC_ENOMEM;
+            for (int64_t k = 0; k < count && rc == 0; k++)
+                rc = drecord(f->sub, d, items + k * f->sub->size);
+            int64_t next = 0;
+            if (rc == 0 && count > 0 && (rc = dlong(d, &next)) == 0 && next != 0)
+                return DIRECT_FALLBACK;
+            size_t n = (size_t)count;
+            put_ptr(dst, f->off, items);
+            memcpy((char *)dst + f->aux, &n, sizeof(n));
+            break;
+        }
+        case K_RECORD:
+            rc = drecord(f->sub, d, at);
+            break;
+        }
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int eput_long(pg_buf_t *b, int64_t v)
+{
+    uint8_t tmp[10];
+    uint64_t u = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+    size_t n = 0;
+    while (u & ~(uint64_t)0x7f) {
+        tmp[n++] = (uint8_t)((u & 0x7f) | 0x80);
+        u >>= 7;
+    }
+    tmp[n++] = (uint8_t)u;
+    return pg_buf_append(b, tmp, n);
+}
+
+static int eput_string(pg_buf_t *b, const field_desc_t *f, const char *s, char *errbuf,
                        size_t errlen)
 {
+    if (s == NULL)
+        return pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD,
+                             "field %s is NULL but the schema has no null", f->name);
     size_t len = strlen(s);
     if (pg_codec_utf8_check((const uint8_t *)s, len) != len)
         return pg_codec_fail(errbuf, errlen, PG_CODEC_EUTF8,
                              "field %s: invalid UTF-8, which no reader would accept",
-                             field);
-    /* Wrapped, not copied: the struct's string outlives the write, and the
-     * value is reset before pg_codec_encode returns. */
-    avro_wrapped_buffer_t wb;
-    if (avro_wrapped_buffer_new(&wb, s, len + 1) != 0 ||
-        avro_value_give_string_len(v, &wb) != 0)
-        return pg_codec_fail(errbuf, errlen, PG_CODEC_EINTERNAL,
-                             "field %s: avro-c refused a string: %s", field,
-                             avro_strerror());
-    return 0;
+                             f->name);
+    return eput_long(b, (int64_t)len) || pg_buf_append(b, s, len) ? PG_CODEC_ENOMEM : 0;
 }
 
-static int set_enum(avro_value_t *v, const field_desc_t *f, const pg_codec_node_t *en,
-                    int e, char *errbuf, size_t errlen)
+static int eput_enum(pg_buf_t *b, const field_desc_t *f, const pg_codec_node_t *en,
+                     int e, char *errbuf, size_t errlen)
 {
     if (e < 0 || (size_t)e >= en->n)
         return pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD,
                              "field %s: %d is not a symbol of %s", f->name, e,
                              en->name);
-    return avro_value_set_enum(v, e) == 0 ? 0 : PG_CODEC_EINTERNAL;
+    return eput_long(b, e) ? PG_CODEC_ENOMEM : 0;
 }
 
-static int enc_record(const rec_desc_t *d, const pg_codec_node_t *n, avro_value_t *rv,
-                      const void *src, char *errbuf, size_t errlen)
+static int erecord(const rec_desc_t *d, const pg_codec_node_t *n, const void *src,
+                   pg_buf_t *out, char *errbuf, size_t errlen)
 {
     for (size_t i = 0; i < d->n_fields; i++) {
         const field_desc_t *f = &d->fields[i];
         const pg_codec_node_t *fn = n->kids[i];
         const char *at = (const char *)src + f->off;
-        avro_value_t fv, bv;
         bool present = true;
         int e, rc = 0;
-        if (avro_value_get_by_index(rv, i, &fv, NULL) != 0)
-            return PG_CODEC_EINTERNAL;
         if (f->kind == K_OPT_STR)
             present = get_ptr(src, f->off) != NULL;
         else if (f->kind == K_OPT_ENUM || f->kind == K_OPT_DOUBLE)
             memcpy(&present, (const char *)src + f->aux, sizeof(present));
         if (f->kind == K_OPT_STR || f->kind == K_OPT_ENUM || f->kind == K_OPT_DOUBLE) {
-            if (avro_value_set_branch(&fv, present ? BRANCH_VALUE : BRANCH_NULL, &bv) !=
-                0)
-                return PG_CODEC_EINTERNAL;
-            if (!present) {
-                if (avro_value_set_null(&bv) != 0)
-                    return PG_CODEC_EINTERNAL;
+            if (eput_long(out, present ? BRANCH_VALUE : BRANCH_NULL) != 0)
+                return PG_CODEC_ENOMEM;
+            if (!present)
                 continue;
-            }
         }
         switch (f->kind) {
         case K_STR:
-        case K_OPT_STR: {
-            const char *s = get_ptr(src, f->off);
-            if (s == NULL)
-                return pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD,
-                                     "field %s is NULL but the schema has no null",
-                                     f->name);
-            rc = give_string(f->kind == K_STR ? &fv : &bv, f->name, s, errbuf, errlen);
+        case K_OPT_STR:
+            rc = eput_string(out, f, get_ptr(src, f->off), errbuf, errlen);
             break;
-        }
         case K_LONG: {
             int64_t x;
             memcpy(&x, at, sizeof(x));
-            rc = avro_value_set_long(&fv, x) == 0 ? 0 : PG_CODEC_EINTERNAL;
+            rc = eput_long(out, x) ? PG_CODEC_ENOMEM : 0;
             break;
         }
         case K_ENUM:
             memcpy(&e, at, sizeof(e));
-            rc = set_enum(&fv, f, fn, e, errbuf, errlen);
+            rc = eput_enum(out, f, fn, e, errbuf, errlen);
             break;
         case K_OPT_ENUM:
             memcpy(&e, at, sizeof(e));
-            rc = set_enum(&bv, f, fn->kids[BRANCH_VALUE], e, errbuf, errlen);
+            rc = eput_enum(out, f, fn->kids[BRANCH_VALUE], e, errbuf, errlen);
             break;
         case K_OPT_DOUBLE: {
             double x;
+            uint64_t bits;
+            uint8_t le[8];
             memcpy(&x, at, sizeof(x));
-            rc = avro_value_set_double(&bv, x) == 0 ? 0 : PG_CODEC_EINTERNAL;
+            memcpy(&bits, &x, sizeof(bits));
+            for (int k = 0; k < 8; k++)
+                le[k] = (uint8_t)(bits >> (8 * k));
+            rc = pg_buf_append(out, le, sizeof(le)) ? PG_CODEC_ENOMEM : 0;
             break;
         }
         case K_ARRAY: {
@@ -838,23 +981,23 @@ static int enc_record(const rec_desc_t *d, const pg_codec_node_t *n, avro_value_
                 return pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD,
                                      "field %s: %zu items but no array", f->name,
                                      count);
-            for (size_t k = 0; k < count && rc == 0; k++) {
-                avro_value_t ev;
-                if (avro_value_append(&fv, &ev, NULL) != 0)
-                    return PG_CODEC_ENOMEM;
-                rc = enc_record(f->sub, fn->kids[0], &ev, items + k * f->sub->size,
-                                errbuf, errlen);
-            }
+            /* One block of count items, then the empty block that ends it. */
+            if (count > 0 && eput_long(out, (int64_t)count) != 0)
+                return PG_CODEC_ENOMEM;
+            for (size_t k = 0; k < count && rc == 0; k++)
+                rc = erecord(f->sub, fn->kids[0], items + k * f->sub->size, out, errbuf,
+                             errlen);
+            if (rc == 0 && eput_long(out, 0) != 0)
+                rc = PG_CODEC_ENOMEM;
             break;
         }
         case K_RECORD:
-            rc = enc_record(f->sub, fn, &fv, at, errbuf, errlen);
+            rc = erecord(f->sub, fn, at, out, errbuf, errlen);
             break;
         }
         if (rc != 0) {
-            if (rc == PG_CODEC_EINTERNAL || rc == PG_CODEC_ENOMEM)
-                pg_codec_fail(errbuf, errlen, rc, "field %s: avro-c: %s", f->name,
-                              avro_strerror());
+            if (rc == PG_CODEC_ENOMEM)
+                pg_codec_fail(errbuf, errlen, rc, "field %s: out of memory", f->name);
             return rc;
         }
     }
@@ -897,9 +1040,20 @@ int pg_codec_decode(pg_codec_t *c, const uint8_t *buf, size_t len,
     int rc = pg_codec_check(c, buf, len, lim, &t, errbuf, errlen);
     if (rc != 0)
         return rc;
+    out->type = t;
+    dcur_t d = {.p = buf + PG_CODEC_HEADER_LEN, .end = buf + len, .arena = arena};
+    rc = drecord(&top_desc[t], &d, &out->u);
+    if (rc == 0 && d.p != d.end)
+        rc = PG_CODEC_EINTERNAL; /* pg_codec_check saw the same end */
+    if (rc != DIRECT_FALLBACK) {
+        if (rc != 0)
+            pg_codec_fail(errbuf, errlen, rc, "reading a validated %s failed",
+                          record_names[t]);
+        return rc;
+    }
+    memset(&out->u, 0, sizeof(out->u));
     if ((rc = pg_codec_read(c, t, buf, len, errbuf, errlen)) != 0)
         return rc;
-    out->type = t;
     rc = dec_record(&top_desc[t], &c->rec[t].value, &out->u, arena);
     if (rc != 0)
         pg_codec_fail(errbuf, errlen, rc, "copying the %s into the arena failed",
@@ -915,15 +1069,18 @@ int pg_codec_encode(pg_codec_t *c, const pg_record_t *rec, pg_buf_t *out, char *
     if ((unsigned)rec->type >= PG_REC_COUNT)
         return pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD,
                              "record type %d is unknown", (int)rec->type);
-    pg_codec_schema_t *s = &c->rec[rec->type];
-    int rc = avro_value_reset(&s->value) == 0 ? 0 : PG_CODEC_EINTERNAL;
+    const pg_codec_schema_t *s = &c->rec[rec->type];
+    size_t start = out->len;
+    uint8_t h[PG_CODEC_HEADER_LEN] = {0xc3, 0x01};
+    for (int i = 0; i < 8; i++)
+        h[2 + i] = (uint8_t)(s->fingerprint >> (8 * i));
+    int rc = pg_buf_append(out, h, sizeof(h)) ? PG_CODEC_ENOMEM : 0;
     if (rc == 0)
-        rc = enc_record(&top_desc[rec->type], s->root, &s->value, &rec->u, errbuf,
-                        errlen);
-    if (rc == 0)
-        rc = pg_codec_write(c, rec->type, out, errbuf, errlen);
-    /* The value points into the caller's strings: drop them before returning. */
-    avro_value_reset(&s->value);
+        rc = erecord(&top_desc[rec->type], s->root, &rec->u, out, errbuf, errlen);
+    else
+        pg_codec_fail(errbuf, errlen, rc, "no memory for a message header");
+    if (rc != 0)
+        out->len = start; /* nothing half-written is left behind */
     return rc;
 }
 

@@ -221,6 +221,52 @@ def redis_benchmark():
     return float(m.group(1))
 
 
+RUN_DIR = os.environ.get("PINGUARD_RUN", os.path.join(ROOT, ".cache", "run"))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def service_cpu():
+    """CPU seconds used so far by the local broker and Redis (all threads)."""
+    out = {}
+    for name, pidfile in (("kafka", "kafka/kafka.pid"), ("redis", "redis/redis.pid")):
+        with open(os.path.join(RUN_DIR, pidfile)) as f:
+            pid = int(f.read().split()[0])
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out[name] = (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def machine_busy():
+    """(busy, total) jiffies of all cores since boot."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def relay_rate(pg_relay, topic, count, tag):
+    """The consume+produce ceiling: tests/bench/relay.c copying every input to
+    an output topic with pinguard's client settings, acknowledgements waited
+    for per batch (as pinguard's transactions do) and pipelined (as its
+    at-least-once mode does)."""
+    res = {}
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    for variant in ("per-batch", "pipelined"):
+        out = f"{tag}.relay.{variant}.{topic}"
+        create_topics(admin, [out])
+        extra = ["pipelined"] if variant == "pipelined" else []
+        t0 = time.time()
+        r = subprocess.run(["/usr/bin/time", "-f", "%U %S", pg_relay, BOOTSTRAP,
+                            f"{tag}-relay-{variant}-{topic}", topic, out, str(count), "5000",
+                            "5"] + extra, capture_output=True, text=True, check=True)
+        elapsed = time.time() - t0
+        u, s_ = r.stderr.split()[-2:]
+        res[variant] = (count / elapsed, elapsed, float(u) + float(s_))
+        admin.delete_topics([out])
+    return res
+
+
 def redis_cmdstats():
     out = subprocess.run(["redis-cli", "-p", REDIS_PORT, "INFO", "commandstats"],
                          capture_output=True, text=True, check=True).stdout
@@ -320,6 +366,7 @@ def percentile(sorted_vals, p):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pinguard", required=True)
+    ap.add_argument("--relay", required=True, help="the pg_bench_relay binary")
     ap.add_argument("--scale", type=float, default=float(os.environ.get("BENCH_SCALE", "1")))
     ap.add_argument("--latency-seconds", type=int, default=20)
     ap.add_argument("--warmup-seconds", type=int, default=2)
@@ -361,6 +408,8 @@ def main():
     log("ceilings: kcat raw consume, redis-benchmark pipelined GET")
     raw = {k: kcat_rate(inputs[k], counts[k]) for k in STREAMS}
     redis_gets = redis_benchmark()
+    relay = {k: relay_rate(args.relay, inputs[k], counts[k], tag)
+             for k in ("requests", "results")}
 
     drains = []
     for mode in modes:
@@ -376,6 +425,7 @@ def main():
                          f"kafka.transactional.id={group}",
                          f"advice.max.migrations={max(1000, 10)}"]
             before = redis_cmdstats()
+            cpu0, busy0 = service_cpu(), machine_busy()
             w = Worker(pg, settings + args.set, f"{group}")
             port = w.port()
             w.assigned()
@@ -386,6 +436,7 @@ def main():
                     raise RuntimeError(f"worker exited: {open(w.log_path).read()[-2000:]}")
                 time.sleep(0.02)
             elapsed = time.time() - w.started
+            cpu1, busy1 = service_cpu(), machine_busy()
             committed.close()
             m = scrape(port)
             rc, rss, cpu = w.stop()
@@ -395,7 +446,11 @@ def main():
             d = {"mode": mode, "stream": k, "inputs": counts[k], "items": items,
                  "seconds": elapsed, "rate": counts[k] / elapsed, "item_rate": items / elapsed,
                  "raw": raw[k][0], "ratio": (counts[k] / elapsed) / raw[k][0],
-                 "rss_mb": rss / 1024.0, "cpu": cpu, "round_trips": m["round_trips"],
+                 "rss_mb": rss / 1024.0, "cpu": cpu,
+                 "kafka_cpu": cpu1["kafka"] - cpu0["kafka"],
+                 "redis_cpu": cpu1["redis"] - cpu0["redis"],
+                 "machine_busy": (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
+                 "round_trips": m["round_trips"],
                  "batches": m["batches"], "rt_per_batch": m["round_trips"] / max(m["batches"], 1),
                  "rt_per_decision": m["round_trips"] / max(m["decided"], 1),
                  "redis_cmds_per_item": cmds / items, "exit": rc}
@@ -456,7 +511,8 @@ def main():
         admin.delete_topics(list(lat_in.values()) + list(lat_out.values()))
     admin.delete_topics(list(inputs.values()) + list(empty.values()))
 
-    write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, drains, latencies)
+    write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, relay, drains,
+                  latencies)
 
 
 def machine():
@@ -469,7 +525,8 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {mem} MiB RAM, {platform.platform()}"
 
 
-def write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, drains, latencies):
+def write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, relay, drains,
+                  latencies):
     L = []
     L.append("# pinguard benchmark results\n")
     L.append(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
@@ -485,7 +542,16 @@ def write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, drai
     for k, (rate, secs) in raw.items():
         L.append(f"| `kcat -C -e -q` raw consume of the {k} topic | {rate:,.0f} msg/s "
                  f"({counts[k]} in {secs:.2f} s) |")
+    for k, r in relay.items():
+        for variant, (rate, secs, cpu) in r.items():
+            L.append(f"| consume+produce, `pg_bench_relay` {variant}, {k} topic | {rate:,.0f} "
+                     f"msg/s ({counts[k]} in {secs:.2f} s; client CPU "
+                     f"{cpu / counts[k] * 1e6:.2f} us/msg) |")
     L.append(f"| `redis-benchmark -P 64 -t get` | {redis_gets:,.0f} GET/s |\n")
+    L.append("`pg_bench_relay` (tests/bench/relay.c) does only the Kafka work of a worker: "
+             "consume in a group, produce one output per input with pinguard's client "
+             "settings, store offsets once acknowledged; per-batch waits for the "
+             "acknowledgements after each batch, pipelined only at the end.\n")
     L.append("## Draining the backlog (one worker, fresh group, until the last offset is "
              "committed)\n")
     L.append("| mode | stream | inputs | seconds | decisions/s | items/s | ratio to raw "
@@ -497,6 +563,20 @@ def write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, drai
                  f"{d['rate']:,.0f} | {d['item_rate']:,.0f} | {d['ratio']:.2f}x | "
                  f"{d['rt_per_batch']:.2f} | {d['rt_per_decision']:.4f} | "
                  f"{d['redis_cmds_per_item']:.2f} | {d['rss_mb']:.1f} MB |")
+    L.append("\n### Where the CPU went during each drain\n")
+    L.append(f"CPU time per decision of each process (worker from `/usr/bin/time`, broker and "
+             f"Redis from /proc), and how busy the machine's {os.cpu_count()} cores were. "
+             "`cores / total` is the rate these costs would allow if every process ran in "
+             "parallel with no waiting.\n")
+    L.append("| mode | stream | worker us | broker us | Redis us | total us | machine busy | "
+             "cores / total |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for d in drains:
+        per = 1e6 / d["inputs"]
+        tot = (d["cpu"] + d["kafka_cpu"] + d["redis_cpu"]) * per
+        L.append(f"| {d['mode']} | {d['stream']} | {d['cpu'] * per:.2f} | "
+                 f"{d['kafka_cpu'] * per:.2f} | {d['redis_cpu'] * per:.2f} | {tot:.2f} | "
+                 f"{100 * d['machine_busy']:.0f}% | {os.cpu_count() / tot * 1e6:,.0f}/s |")
     L.append("\n## Latency at a steady 5,000 inputs/s (input CreateTime to the decision's "
              "broker LogAppendTime)\n")
     L.append(f"The first {args.warmup_seconds} s after the worker's assignment are sent at "

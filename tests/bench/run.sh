@@ -15,4 +15,5 @@ cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build-bench >/dev/null
 bash deploy/local/up.sh
 
-exec .venv/bin/python tests/bench/bench.py --pinguard build-bench/pinguard "$@"
+exec .venv/bin/python tests/bench/bench.py --pinguard build-bench/pinguard \
+  --relay build-bench/pg_bench_relay "$@"
