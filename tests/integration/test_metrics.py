@@ -128,3 +128,18 @@ def test_not_ready_before_joining(env):
     assert status == 503 and "not joined" in body
     assert w.http("/nope")[0] == 404
     assert w.stop() == 0
+
+
+def test_backlog_over_the_prefetch_bound_wakes_the_fetcher(env):
+    # A prefetch queue of 64 KB holds a few hundred requests: a backlog of
+    # 3,000 overfills it again and again. librdkafka 2.0.2 would then fetch
+    # once a second; the worker must notice the dry queue and wake it.
+    produce_requests(env, 3000)
+    w = env.worker("kafka.queued.max.messages.kbytes=64",
+                   "kafka.max.partition.fetch.bytes=16384", "batch.max.messages=200")
+    env.decisions("decisions", 3000)
+    text = w.http("/metrics")[1]
+    assert metric(text, "pinguard_fetch_wakeups_total") > 0
+    assert metric(text, "pinguard_inputs_total", topic=env.topics["requests"],
+                  outcome="decided") == 3000
+    assert w.stop() == 0
