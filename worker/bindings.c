@@ -278,8 +278,7 @@ static int resp_vm_key(pg_buf_t *b, const char *vm, size_t vm_len, const char *s
 {
     static const char prefix[] = "pinguard:vm:{";
     size_t sl = strlen(suffix), n = sizeof(prefix) - 1 + vm_len + 2 + sl;
-    return resp_head(b, n) ||
-           pg_buf_append(b, prefix, sizeof(prefix) - 1) ||
+    return resp_head(b, n) || pg_buf_append(b, prefix, sizeof(prefix) - 1) ||
            pg_buf_append(b, vm, vm_len) || pg_buf_append(b, "}:", 2) ||
            pg_buf_append(b, suffix, sl) || pg_buf_append(b, "\r\n", 2);
 }

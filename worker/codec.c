@@ -864,8 +864,8 @@ static int drecord(const rec_desc_t *desc, dcur_t *d, void *dst)
             /* Every item takes at least one byte: a bound before allocating. */
             if ((uint64_t)count > (uint64_t)(d->end - d->p))
                 return PG_CODEC_EINTERNAL;
-            if (count > 0 &&
-                (items = pg_arena_calloc(d->arena, (size_t)count, f->sub->size)) == NULL)
+            if (count > 0 && (items = pg_arena_calloc(d->arena, (size_t)count,
+                                                      f->sub->size)) == NULL)
                 return PG_CODEC_ENOMEM;
             for (int64_t k = 0; k < count && rc == 0; k++)
                 rc = drecord(f->sub, d, items + k * f->sub->size);

@@ -75,6 +75,9 @@ static const entry_t table[] = {
      "offsets are stored after the decisions are acknowledged."},
     INT("batch.max.messages", batch_max_messages, "5000", 1, 100000,
         "Most input messages decided together (one Redis round trip)."),
+    INT("batch.max.bytes", batch_max_bytes, "1048576", 1024, 67108864,
+        "Most input bytes decided together: bounds a batch's memory when inputs are "
+        "large (a DrsAdvice names many VMs)."),
     INT("batch.max.wait.ms", batch_max_wait_ms, "5", 0, 10000,
         "Longest wait to fill a batch once it holds a message."),
     INT("advice.max.migrations", advice_max_migrations, "1000", 1, 100000,

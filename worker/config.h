@@ -51,6 +51,7 @@ typedef struct {
     bool allow_unknown_vm;
     int delivery; /* pg_delivery_t */
     int batch_max_messages;
+    int batch_max_bytes;
     int batch_max_wait_ms;
     int advice_max_migrations;
     int max_string_length;

@@ -247,12 +247,9 @@ static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf,
      * the drain; 10 ms costs under 1% of a core when idle. Measured with
      * tests/bench, figures in tests/bench/RESULTS.md. */
     static const char *const consumer_defaults[][2] = {
-        {"auto.commit.interval.ms", "200"},
-        {"enable.partition.eof", "false"},
-        {"queued.max.messages.kbytes", "2048"},
-        {"fetch.max.bytes", "1048576"},
-        {"max.partition.fetch.bytes", "131072"},
-        {"fetch.wait.max.ms", "10"}};
+        {"auto.commit.interval.ms", "200"},      {"enable.partition.eof", "false"},
+        {"queued.max.messages.kbytes", "2048"},  {"fetch.max.bytes", "1048576"},
+        {"max.partition.fetch.bytes", "131072"}, {"fetch.wait.max.ms", "10"}};
     static const char *const producer_defaults[][2] = {
         {"linger.ms", "1"},
         {"compression.type", "lz4"},
@@ -427,7 +424,8 @@ void pg_kafka_destroy(pg_kafka_t *k)
         /* Outputs still in flight are waited for, so that closing commits
          * their inputs' offsets. */
         char err0[256];
-        if (k->producer != NULL && pg_kafka_pending_settle(k, true, err0, sizeof(err0)) < 0)
+        if (k->producer != NULL &&
+            pg_kafka_pending_settle(k, true, err0, sizeof(err0)) < 0)
             pg_log_warn("settle_failed", "error", err0, NULL);
         rd_kafka_resp_err_t err = rd_kafka_consumer_close(k->consumer);
         if (err)
@@ -523,12 +521,12 @@ static void wake_fetcher(pg_kafka_t *k)
     for (int i = 0; i < parts->cnt; i++) {
         const rd_kafka_topic_partition_t *tp = &parts->elems[i];
         int64_t lo, hi;
-        if (tp->offset < 0 || rd_kafka_get_watermark_offsets(k->consumer, tp->topic,
-                                                            tp->partition, &lo, &hi) != 0)
+        if (tp->offset < 0 || rd_kafka_get_watermark_offsets(
+                                  k->consumer, tp->topic, tp->partition, &lo, &hi) != 0)
             continue;
         if (hi > tp->offset)
-            rd_kafka_topic_partition_list_add(lagging, tp->topic, tp->partition)->offset =
-                RD_KAFKA_OFFSET_END; /* "latest": the cheapest ListOffsets */
+            rd_kafka_topic_partition_list_add(lagging, tp->topic, tp->partition)
+                ->offset = RD_KAFKA_OFFSET_END; /* "latest": the cheapest ListOffsets */
     }
     if (lagging->cnt > 0) {
         /* The answer is not needed; a failure only means no early wake-up. */
@@ -541,14 +539,15 @@ static void wake_fetcher(pg_kafka_t *k)
     rd_kafka_topic_partition_list_destroy(parts);
 }
 
-int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max, int idle_ms,
-                        int max_wait_ms, char *errbuf, size_t errlen)
+int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
+                        size_t max_bytes, int idle_ms, int max_wait_ms, char *errbuf,
+                        size_t errlen)
 {
-    size_t n = 0;
+    size_t n = 0, bytes = 0;
     uint64_t gen = k->generation;
     int64_t deadline = 0;
     int64_t idle_until = now_ms() + idle_ms;
-    while (n < max) {
+    while (n < max && bytes < max_bytes) {
         /* Short slices, so that a stalled fetcher is noticed and woken. */
         int64_t until = n > 0 ? deadline : idle_until;
         int timeout = (int)(until - now_ms());
@@ -562,6 +561,7 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max, int idl
              * else's now, and they restart from the committed offsets. */
             pg_kafka_batch_release(msgs, n);
             n = 0;
+            bytes = 0;
             gen = k->generation;
         }
         int rc = check_fatal(k, errbuf, errlen);
@@ -602,6 +602,7 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max, int idl
             .len = m->payload ? m->len : 0,
             .handle = m,
         };
+        bytes += msgs[n].len + msgs[n].key_len;
         if (n++ == 0)
             deadline = now_ms() + max_wait_ms;
     }

@@ -89,16 +89,19 @@ pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t 
  * Returns NULL with errbuf filled (a configuration error: fatal). The config
  * must outlive the client. */
 pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen);
-/* Closes the consumer (final offset commit, leave group), flushes the
- * producer, then destroys both, in librdkafka's documented order. NULL-safe. */
+/* Waits for the outputs in flight and stores their inputs' offsets, closes
+ * the consumer (final offset commit, leave group), flushes the producer, then
+ * destroys both, in librdkafka's documented order. NULL-safe. */
 void pg_kafka_destroy(pg_kafka_t *k);
 
-/* Fills up to `max` messages, waiting at most `max_wait_ms` once the first
- * arrives and at most `idle_ms` for it. Messages collected before a rebalance
+/* Fills up to `max` messages, stopping once they hold `max_bytes` (keys and
+ * payloads), waiting at most `max_wait_ms` once the first arrives and at most
+ * `idle_ms` for it. Messages collected before a rebalance
  * are dropped (they will be re-fetched by their new owner). Returns the count
  * (>= 0) or PG_KAFKA_EFATAL with errbuf filled. */
-int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max, int idle_ms,
-                        int max_wait_ms, char *errbuf, size_t errlen);
+int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
+                        size_t max_bytes, int idle_ms, int max_wait_ms, char *errbuf,
+                        size_t errlen);
 void pg_kafka_batch_release(pg_kafka_msg_t *msgs, size_t n);
 
 /* Counts rebalances; a batch held across a change must be dropped. */

@@ -166,7 +166,8 @@ static int next_backoff(const pg_config_t *cfg, int current)
  * batch while Redis cannot answer; the other bindings are read by
  * process_batch as it decides. *t0 is when the exchange that worked began. */
 static int lookup_holding(worker_t *w, size_t n, const char **vms, size_t nvm,
-                          pg_vm_binding_t *out, int64_t *t0, char *errbuf, size_t errlen)
+                          pg_vm_binding_t *out, int64_t *t0, char *errbuf,
+                          size_t errlen)
 {
     uint64_t gen = pg_kafka_generation(w->kafka);
     int backoff = w->cfg->retry_backoff_min_ms;
@@ -462,8 +463,8 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
         /* This input's bindings, read as Redis sends them. A failure here
          * leaves it and the rest of the batch undecided, to be redone. */
         while (s->rc == 0 && !redis_failed && have < s->vm_first + s->vm_count) {
-            if (pg_bindings_next(w->bindings, vms[have], w->arena, &bindings[have], errbuf,
-                                 errlen) != 0) {
+            if (pg_bindings_next(w->bindings, vms[have], w->arena, &bindings[have],
+                                 errbuf, errlen) != 0) {
                 redis_failed = true;
                 pg_log_warn("redis_failed_mid_batch", "error", errbuf, "#undecided",
                             (long long)(n - i), NULL);
@@ -617,8 +618,7 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
     w.slots = calloc(max, sizeof(*w.slots));
     w.arena = pg_arena_new(1 << 20);
     w.bindings = pg_bindings_new(&bopts);
-    if (w.msgs == NULL || w.slots == NULL || w.arena == NULL ||
-        w.bindings == NULL) {
+    if (w.msgs == NULL || w.slots == NULL || w.arena == NULL || w.bindings == NULL) {
         snprintf(errbuf, errlen, "out of memory starting the worker");
         goto out;
     }
@@ -648,12 +648,13 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         if (!pg_kafka_transactional(w.kafka) && pg_kafka_pending_room(w.kafka) < max &&
             settle(&w, true, errbuf, errlen) != 0)
             goto out;
-        int n = pg_kafka_poll_batch(w.kafka, w.msgs, max, 100, cfg->batch_max_wait_ms,
-                                    errbuf, errlen);
+        int n = pg_kafka_poll_batch(w.kafka, w.msgs, max, (size_t)cfg->batch_max_bytes,
+                                    100, cfg->batch_max_wait_ms, errbuf, errlen);
         if (n < 0)
             goto out;
         if (n == 0) {
-            if (!pg_kafka_transactional(w.kafka) && settle(&w, false, errbuf, errlen) != 0)
+            if (!pg_kafka_transactional(w.kafka) &&
+                settle(&w, false, errbuf, errlen) != 0)
                 goto out;
             continue;
         }

@@ -7,7 +7,8 @@
  * settings pinguard uses by default, so its rate and latency are the floor a
  * worker on the same machine can be held against.
  *
- *   pg_bench_relay BROKERS GROUP IN_TOPIC OUT_TOPIC COUNT [BATCH [WAIT_MS [PROP=VALUE...]]]
+ *   pg_bench_relay BROKERS GROUP IN_TOPIC OUT_TOPIC COUNT [BATCH [WAIT_MS
+ * [PROP=VALUE...]]]
  *
  * PROP=VALUE pairs are set on the consumer after the defaults (experiments).
  * "pipelined" stores each offset as soon as its output is queued and waits
@@ -103,8 +104,8 @@ int main(int argc, char **argv)
 
     /* The consumer and producer settings of pinguard's defaults (kafka.c). */
     rd_kafka_conf_t *cc = rd_kafka_conf_new(), *pc = rd_kafka_conf_new();
-    if (msgs == NULL || set(cc, "bootstrap.servers", argv[1]) || set(cc, "group.id", argv[2]) ||
-        set(cc, "auto.offset.reset", "earliest") ||
+    if (msgs == NULL || set(cc, "bootstrap.servers", argv[1]) ||
+        set(cc, "group.id", argv[2]) || set(cc, "auto.offset.reset", "earliest") ||
         set(cc, "enable.auto.offset.store", "false") ||
         set(cc, "auto.commit.interval.ms", "200") ||
         set(cc, "queued.max.messages.kbytes", "2048") ||
