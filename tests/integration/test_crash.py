@@ -6,13 +6,14 @@ the outputs must hold exactly one decision per input id (exactly-once), or at
 least one (at-least-once: duplicates are allowed and counted), each with the
 decision the SPEC gives.
 
-The kill moments are random (a delay after the worker began deciding)
-and reproducible: the seed is printed, and PG_CRASH_SEED=<seed> replays them
+The kill moments are random (after a random number of inputs answered in
+that life) and reproducible: the seed is printed, and PG_CRASH_SEED=<seed> replays them
 (PG_CRASH_INPUTS and PG_CRASH_KILLS resize the run; under tests/valgrind.sh
 the inputs are scaled down, see pgmix.LOAD)."""
 
 import os
 import random
+import re
 import signal
 import time
 
@@ -25,12 +26,12 @@ INPUTS = int(os.environ.get("PG_CRASH_INPUTS", str(scaled(50000))))
 KILLS = int(os.environ.get("PG_CRASH_KILLS", "6"))
 
 
-def deciding(w):
-    """The worker logged a decision (vetoes and releases are logged at info;
-    every batch of the mix holds some)."""
-    logs = w.logs()
-    return any(e in logs for e in ("event=advice_vetoed", "event=request_vetoed",
-                                    "event=release_decided"))
+def answered(w):
+    """Inputs the worker answered (decided or dead-lettered) since it started,
+    from its /metrics."""
+    text = w.http("/metrics", timeout=5)[1]
+    return sum(float(v) for v in re.findall(
+        r'^pinguard_inputs_total\{[^}]*outcome="(?:decided|dlq)"\} (\S+)$', text, re.M))
 
 
 @pytest.mark.parametrize("delivery,sig", [
@@ -58,12 +59,13 @@ def test_killed_and_restarted_while_draining(delivery, sig):
         while len(kills) < KILLS:
             w = env.worker(*settings)
             w.wait_log("event=partitions_assigned", timeout=90)
-            wait_until(lambda: deciding(w), 60, "the worker deciding", interval=0.02)
-            # The random moment: this soon after it started deciding (any
-            # stage of a batch or a transaction). Short enough that KILLS of
-            # them use up a fraction of the stream even on a fast machine.
-            delay = rng.uniform(0.0, 0.5)
-            time.sleep(delay)
+            # The random moment: after a random number of inputs answered in
+            # this life (any stage of a batch, a transaction or the
+            # acknowledgements in flight). Counted, not timed, so that the
+            # kills stay mid-stream however fast the worker drains.
+            target = rng.randint(50, max(100, total // (2 * KILLS)))
+            wait_until(lambda: answered(w) >= target, 60, "the worker deciding",
+                       interval=0.001)
             env.check_workers()
             rc = w.stop(sig, timeout=60)
             if sig == signal.SIGTERM:
@@ -73,8 +75,9 @@ def test_killed_and_restarted_while_draining(delivery, sig):
                 assert rc == -signal.SIGKILL, w.logs()[-3000:]
             done = mix.progress()
             assert done < total, "drained before the kill: not mid-stream"
-            kills.append((round(delay, 2), done))
-        print(f"  {len(kills)} kills (delay s, inputs committed when it died): {kills}")
+            kills.append((target, done))
+        print(f"  {len(kills)} kills (inputs answered in that life >=, inputs committed "
+              f"when it died): {kills}")
 
         last = env.worker(*settings)
 
