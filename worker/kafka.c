@@ -282,7 +282,8 @@ static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf,
      * a fifth of the worker's CPU in its timer thread (tests/bench profile);
      * at 5 ms the drain ran 209k -> 233k decisions/s. At least once, linger
      * is added to every decision's latency: it stays at 1 ms. */
-    if (!consumer && k->transactional && conf_set(conf, "linger.ms", "5", errbuf, errlen))
+    if (!consumer && k->transactional &&
+        conf_set(conf, "linger.ms", "5", errbuf, errlen))
         goto fail;
     for (size_t i = 0; i < k->cfg->n_kafka; i++) {
         const char *key = k->cfg->kafka[i].key;
