@@ -858,9 +858,15 @@ static int drecord(const rec_desc_t *desc, dcur_t *d, void *dst)
             char *items = NULL;
             if ((rc = dlong(d, &count)) != 0)
                 break;
-            if (count < 0 && ((rc = dlong(d, &size)) != 0 || count == INT64_MIN))
+            if (count == INT64_MIN) {
+                rc = PG_CODEC_EINTERNAL; /* the validator refuses it first */
                 break;
-            count = count < 0 ? -count : count;
+            }
+            if (count < 0) { /* a negative count is followed by the block's size */
+                if ((rc = dlong(d, &size)) != 0)
+                    break;
+                count = -count;
+            }
             /* Every item takes at least one byte: a bound before allocating. */
             if ((uint64_t)count > (uint64_t)(d->end - d->p))
                 return PG_CODEC_EINTERNAL;
