@@ -199,6 +199,26 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Reads one reply; an error reply is classified and freed. */
+static int read_reply(pg_bindings_t *b, redisReply **out, char *errbuf, size_t errlen)
+{
+    void *r = NULL;
+    if (redisGetReply(b->ctx, &r) != REDIS_OK || r == NULL) {
+        snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
+                 b->ctx->errstr[0] ? b->ctx->errstr : "no reply");
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    redisReply *reply = r;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        int rc = error_class(reply);
+        snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port, reply->str);
+        freeReplyObject(reply);
+        return rc;
+    }
+    *out = reply;
+    return 0;
+}
+
 /* Sends everything appended so far and reads `n` replies into `replies`.
  * On failure frees whatever was read and drops the connection. */
 static int exchange(pg_bindings_t *b, redisReply **replies, size_t n, char *errbuf,
@@ -207,26 +227,8 @@ static int exchange(pg_bindings_t *b, redisReply **replies, size_t n, char *errb
     double t0 = now_seconds();
     size_t got = 0;
     int rc = 0;
-    for (; got < n; got++) {
-        void *r = NULL;
-        if (redisGetReply(b->ctx, &r) != REDIS_OK || r == NULL) {
-            snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
-                     b->ctx->errstr[0] ? b->ctx->errstr : "no reply");
-            rc = PG_BINDINGS_ETRANSIENT;
-            break;
-        }
-        replies[got] = r;
-    }
-    if (rc == 0) {
-        for (size_t i = 0; i < n; i++) {
-            if (replies[i]->type == REDIS_REPLY_ERROR) {
-                rc = error_class(replies[i]);
-                snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
-                         replies[i]->str);
-                break;
-            }
-        }
-    }
+    while (got < n && (rc = read_reply(b, &replies[got], errbuf, errlen)) == 0)
+        got++;
     b->stats.round_trips++;
     b->stats.commands += n;
     b->stats.last_rtt_seconds = now_seconds() - t0;
@@ -327,26 +329,6 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
     b->expected = n;
     b->stats.round_trips++;
     b->stats.commands += 2 * n;
-    return 0;
-}
-
-/* Reads one reply; an error reply is classified and freed. */
-static int read_reply(pg_bindings_t *b, redisReply **out, char *errbuf, size_t errlen)
-{
-    void *r = NULL;
-    if (redisGetReply(b->ctx, &r) != REDIS_OK || r == NULL) {
-        snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
-                 b->ctx->errstr[0] ? b->ctx->errstr : "no reply");
-        return PG_BINDINGS_ETRANSIENT;
-    }
-    redisReply *reply = r;
-    if (reply->type == REDIS_REPLY_ERROR) {
-        int rc = error_class(reply);
-        snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port, reply->str);
-        freeReplyObject(reply);
-        return rc;
-    }
-    *out = reply;
     return 0;
 }
 
