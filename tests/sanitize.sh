@@ -11,7 +11,7 @@
 # (malloc is intercepted), so a leak inside them would show too; none does
 # today, so there is no suppressions file. Environment: SANITIZE_BUILD (default
 # build-asan, inside the tree and git-ignored), PG_PYTHON, PG_TIME_SCALE (default 3), and
-# deploy/local's PINGUARD_RUN / PINGUARD_KAFKA_PORT / PINGUARD_REDIS_PORT.
+# deploy/local's PGLOCAL_RUN / PGLOCAL_KAFKA_PORT / PGLOCAL_REDIS_PORT.
 # Usage: bash tests/sanitize.sh [ctest args...]   e.g. -L unit
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

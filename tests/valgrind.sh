@@ -11,7 +11,7 @@
 # listed, not failed. Uses the normal build (tests/run.sh's build/, or
 # PG_BUILD). Environment: PG_BUILD, PG_PYTHON, PG_TIME_SCALE (default 10),
 # VALGRIND_LOGS (default /tmp/pinguard-valgrind), and deploy/local's
-# PINGUARD_RUN / PINGUARD_KAFKA_PORT / PINGUARD_REDIS_PORT.
+# PGLOCAL_RUN / PGLOCAL_KAFKA_PORT / PGLOCAL_REDIS_PORT.
 # Usage: bash tests/valgrind.sh [pytest args...]   e.g. -k hostile
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

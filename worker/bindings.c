@@ -3,31 +3,50 @@
  *   pinguard:vm:{<vm>}:host     string, the VM's current host (presence = known)
  *   pinguard:vm:{<vm>}:devices  hash, device uuid -> kind
  *   pinguard:vm:{<vm>}:pin      string, operator pin reason
- * A lookup costs two commands per VM, MGET host+pin and HGETALL devices, each
- * on one hash slot, so the layout stays usable on a Redis Cluster. A batch's
- * commands go out in one write and the replies are read VM by VM, so that the
- * caller decides the first VMs while Redis still answers the last ones (one
- * round trip, overlapped).
+ * A lookup is one EVALSHA per VM of a small Lua script (LOOKUP_LUA below) that
+ * reads the three keys as one atomic snapshot: an upstream transaction that
+ * turns a device binding into a pin can never be seen half done, as it could
+ * between two commands. The script also keeps a hostile entry from costing
+ * memory or stalling the batch: a key of the wrong type is reported, not
+ * raised as an error reply, and an entry with too many devices or an
+ * over-long value comes back as a count and a flag instead of its bytes.
+ * Every reply is then checked against the SPEC's layout (pg_bindings_check);
+ * a VM whose entry fails is handed to the caller as malformed. All three keys
+ * share the VM's hash tag, so the script stays valid on a Redis Cluster.
+ * A batch's scripts go out in one write and the replies are read VM by VM,
+ * so the caller decides the first VMs while Redis still answers the last
+ * ones (one round trip, overlapped). Writes of one VM's keys are single
+ * commands or MULTI/EXEC blocks, atomic for the same reason.
  * hiredis marks a context dead after any I/O error or timeout, and a timed-out
  * command may still have run; so every failure drops the context and the next
- * call reconnects, re-applying AUTH, SELECT and the socket timeouts.
+ * call reconnects, re-applying AUTH, SELECT, the socket timeouts and SCRIPT
+ * LOAD (which also heals a NOSCRIPT after a SCRIPT FLUSH or a failover).
  */
 #include "bindings.h"
 
+#include "bindings_internal.h"
+#include "log.h"
+#include "utf8.h"
+
 #include <hiredis/hiredis.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define KEY_MAX                                                                        \
-    1100 /* "pinguard:vm:{" + uuid (at most 1024 bytes, see config) + "}:devices" */
+/* "pinguard:vm:{" + a VM uuid of at most PG_BINDINGS_MAX_VM_LEN + "}:devices" */
+#define KEY_MAX (PG_BINDINGS_MAX_VM_LEN + 32)
 
 struct pg_bindings {
     redisContext *ctx;
     char *host, *user, *password;
     int port, db, connect_timeout_ms, timeout_ms;
     bool ever_connected;
+    size_t max_devices, max_len;
+    char sha[41];  /* SHA1 of LOOKUP_LUA, as SCRIPT LOAD returned it */
+    char args[64]; /* the script's two ARGV, RESP-encoded once */
+    size_t args_len;
     pg_buf_t cmd;    /* the pipeline being formatted, reused across lookups */
     size_t expected; /* VMs whose replies are still to be read */
     pg_bindings_stats_t stats;
@@ -54,6 +73,13 @@ pg_bindings_t *pg_bindings_new(const pg_bindings_opts_t *o)
     b->db = o->db;
     b->connect_timeout_ms = o->connect_timeout_ms;
     b->timeout_ms = o->timeout_ms;
+    b->max_devices = o->max_devices ? o->max_devices : PG_BINDINGS_MAX_DEVICES;
+    b->max_len = o->max_len ? o->max_len : PG_BINDINGS_MAX_LEN;
+    char n1[24], n2[24];
+    int l1 = snprintf(n1, sizeof(n1), "%zu", b->max_devices);
+    int l2 = snprintf(n2, sizeof(n2), "%zu", b->max_len);
+    b->args_len = (size_t)snprintf(b->args, sizeof(b->args),
+                                   "$%d\r\n%s\r\n$%d\r\n%s\r\n", l1, n1, l2, n2);
     return b;
 }
 
@@ -128,6 +154,79 @@ static int simple_command(pg_bindings_t *b, int argc, const char **argv, char *e
     return rc;
 }
 
+/* One VM's snapshot. KEYS: its :host, :pin and :devices; ARGV: the most
+ * devices and the longest value returned. Reply {flags, host, pin, n, devs}:
+ * flags 1/2/4 = :host/:pin/:devices of the wrong type, 8 = :host or a device
+ * value longer than ARGV[2] (then neither is returned); host and pin nil when
+ * absent (the pin cut to ARGV[2] bytes: only its presence decides); n the
+ * number of devices, devs their uuid/kind pairs, empty when n > ARGV[1].
+ * pcall, so that WRONGTYPE is a flag of this VM, not an error of the batch. */
+static const char LOOKUP_LUA[] =
+    "local max_n, max_len = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "local function get(k)\n"
+    "  local v = redis.pcall('GET', k)\n"
+    "  if type(v) == 'table' then return false, 1 end\n"
+    "  return v, 0\n"
+    "end\n"
+    "local host, eh = get(KEYS[1])\n"
+    "local pin, ep = get(KEYS[2])\n"
+    "local flags = eh + 2 * ep\n"
+    "if host and #host > max_len then host = false; flags = flags + 8 end\n"
+    "if pin and #pin > max_len then pin = string.sub(pin, 1, max_len) end\n"
+    "local n = redis.pcall('HLEN', KEYS[3])\n"
+    "local devs = {}\n"
+    "if type(n) == 'table' then\n"
+    "  n = 0; flags = flags + 4\n"
+    "elseif n > 0 and n <= max_n then\n"
+    "  devs = redis.call('HGETALL', KEYS[3])\n"
+    "  for i = 1, #devs do\n"
+    "    if #devs[i] > max_len then devs = {}; flags = bit.bor(flags, 8); break end\n"
+    "  end\n"
+    "end\n"
+    "return {flags, host, pin, n, devs}\n";
+
+/* For operators: every key with its type, values up to ARGV[1] devices. */
+static const char INSPECT_LUA[] =
+    "local t = {}\n"
+    "for i = 1, 3 do t[i] = redis.call('TYPE', KEYS[i]).ok end\n"
+    "local host, pin, n, devs = false, false, 0, {}\n"
+    "if t[1] == 'string' then host = redis.call('GET', KEYS[1]) end\n"
+    "if t[2] == 'string' then pin = redis.call('GET', KEYS[2]) end\n"
+    "if t[3] == 'hash' then\n"
+    "  n = redis.call('HLEN', KEYS[3])\n"
+    "  if n <= tonumber(ARGV[1]) then devs = redis.call('HGETALL', KEYS[3]) end\n"
+    "end\n"
+    "return {t[1], t[2], t[3], host, pin, n, devs}\n";
+
+static int load_script(pg_bindings_t *b, char *errbuf, size_t errlen)
+{
+    const char *argv[3] = {"SCRIPT", "LOAD", LOOKUP_LUA};
+    redisReply *r = redisCommandArgv(b->ctx, 3, argv, NULL);
+    if (r == NULL) {
+        snprintf(errbuf, errlen, "redis %s:%d SCRIPT LOAD: %s", b->host, b->port,
+                 b->ctx->errstr);
+        drop(b);
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ERROR) {
+        rc = error_class(r);
+        snprintf(errbuf, errlen, "redis %s:%d SCRIPT LOAD: %s", b->host, b->port,
+                 r->str);
+        drop(b);
+    } else if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+        snprintf(errbuf, errlen, "redis %s:%d SCRIPT LOAD: unexpected reply", b->host,
+                 b->port);
+        drop(b);
+        rc = PG_BINDINGS_ETRANSIENT;
+    } else {
+        memcpy(b->sha, r->str, 40);
+        b->sha[40] = '\0';
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
 static int ensure_connected(pg_bindings_t *b, char *errbuf, size_t errlen)
 {
     if (b->ctx != NULL)
@@ -171,8 +270,10 @@ static int ensure_connected(pg_bindings_t *b, char *errbuf, size_t errlen)
         snprintf(db, sizeof(db), "%d", b->db);
         const char *argv[2] = {"SELECT", db};
         rc = simple_command(b, 2, argv, errbuf, errlen, "SELECT");
+        if (rc != 0)
+            return rc;
     }
-    return rc;
+    return load_script(b, errbuf, errlen);
 }
 
 int pg_bindings_ping(pg_bindings_t *b, char *errbuf, size_t errlen)
@@ -245,16 +346,6 @@ static int append(pg_bindings_t *b, int argc, const char **argv, const size_t *l
     return redisAppendCommandArgv(b->ctx, argc, argv, lens) == REDIS_OK ? 0 : -1;
 }
 
-static const char *reply_string(pg_arena_t *arena, const redisReply *r, bool *oom)
-{
-    if (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)
-        return NULL;
-    const char *s = pg_arena_strndup(arena, r->str, (size_t)r->len);
-    if (s == NULL)
-        *oom = true;
-    return s;
-}
-
 /* Appends a RESP bulk string header, "$<n>\r\n" (by hand: snprintf showed up
  * in the profile at three headers per VM). */
 static int resp_head(pg_buf_t *b, size_t n)
@@ -285,9 +376,8 @@ static int resp_vm_key(pg_buf_t *b, const char *vm, size_t vm_len, const char *s
            pg_buf_append(b, suffix, sl) || pg_buf_append(b, "\r\n", 2);
 }
 
-/* Two commands per VM, each on keys of one hash slot (cluster-safe):
- *   MGET host pin   and   HGETALL devices
- * formatted straight into one buffer and written in one go. */
+/* One EVALSHA of LOOKUP_LUA per VM, formatted straight into one buffer and
+ * written in one go. */
 int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                      char *errbuf, size_t errlen)
 {
@@ -298,27 +388,28 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
     pg_buf_reset(&b->cmd);
     for (size_t i = 0; i < n; i++) {
         size_t len = strlen(vm_uuids[i]);
-        if (len == 0 || len > KEY_MAX - 32) {
+        if (len == 0 || len > PG_BINDINGS_MAX_VM_LEN) {
             snprintf(errbuf, errlen, "vm uuid of %zu bytes cannot name a cache key",
                      len);
             return PG_BINDINGS_EUSAGE;
         }
-        if (pg_buf_append(&b->cmd, "*3\r\n", 4) || resp_bulk(&b->cmd, "MGET", 4) ||
+        if (pg_buf_append(&b->cmd, "*8\r\n", 4) || resp_bulk(&b->cmd, "EVALSHA", 7) ||
+            resp_bulk(&b->cmd, b->sha, 40) || resp_bulk(&b->cmd, "3", 1) ||
             resp_vm_key(&b->cmd, vm_uuids[i], len, "host") ||
             resp_vm_key(&b->cmd, vm_uuids[i], len, "pin") ||
-            pg_buf_append(&b->cmd, "*2\r\n", 4) || resp_bulk(&b->cmd, "HGETALL", 7) ||
-            resp_vm_key(&b->cmd, vm_uuids[i], len, "devices")) {
+            resp_vm_key(&b->cmd, vm_uuids[i], len, "devices") ||
+            pg_buf_append(&b->cmd, b->args, b->args_len)) {
             snprintf(errbuf, errlen, "out of memory formatting %zu lookups", n);
             return PG_BINDINGS_ETRANSIENT;
         }
     }
-    int done = 0;
     if (redisAppendFormattedCommand(b->ctx, (const char *)b->cmd.data, b->cmd.len) !=
         REDIS_OK) {
         snprintf(errbuf, errlen, "redis: cannot buffer the pipeline");
         drop(b);
         return PG_BINDINGS_ETRANSIENT;
     }
+    int done = 0;
     while (!done)
         if (redisBufferWrite(b->ctx, &done) != REDIS_OK) {
             snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
@@ -328,51 +419,218 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
         }
     b->expected = n;
     b->stats.round_trips++;
-    b->stats.commands += 2 * n;
+    b->stats.commands += n;
+    return 0;
+}
+
+static bool is_bulk(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_STRING;
+}
+
+static pg_bytes_t bytes_of(const redisReply *r)
+{
+    return (pg_bytes_t){r->str, (size_t)r->len};
+}
+
+static void set_type(char *dst, const char *t)
+{
+    snprintf(dst, 16, "%s", t);
+}
+
+/* Devices of a reply's flat uuid/kind array, pointing into the reply. */
+static int raw_devices(const redisReply *devs, pg_arena_t *arena, pg_vm_raw_t *out,
+                       char *errbuf, size_t errlen)
+{
+    size_t nd = devs->elements / 2;
+    if (devs->elements % 2 != 0) {
+        snprintf(errbuf, errlen, "device list of odd length %zu", devs->elements);
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    if (nd == 0)
+        return 0;
+    out->devices = pg_arena_calloc(arena, nd, sizeof(*out->devices));
+    if (out->devices == NULL) {
+        snprintf(errbuf, errlen, "out of memory for %zu devices", nd);
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    for (size_t j = 0; j < 2 * nd; j++)
+        if (!is_bulk(devs->element[j])) {
+            snprintf(errbuf, errlen, "device field %zu is not a string", j);
+            return PG_BINDINGS_ETRANSIENT;
+        }
+    for (size_t j = 0; j < nd; j++) {
+        out->devices[j].uuid = bytes_of(devs->element[2 * j]);
+        out->devices[j].kind = bytes_of(devs->element[2 * j + 1]);
+    }
+    return 0;
+}
+
+int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t *out,
+                             char *errbuf, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER ||
+        (r->element[1]->type != REDIS_REPLY_NIL && !is_bulk(r->element[1])) ||
+        (r->element[2]->type != REDIS_REPLY_NIL && !is_bulk(r->element[2])) ||
+        r->element[3]->type != REDIS_REPLY_INTEGER || r->element[3]->integer < 0 ||
+        r->element[4]->type != REDIS_REPLY_ARRAY) {
+        snprintf(errbuf, errlen, "unexpected lookup reply (type %d)", r->type);
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    long long flags = r->element[0]->integer;
+    const redisReply *host = r->element[1], *pin = r->element[2];
+    set_type(out->host_type, flags & 1       ? "wrongtype"
+                             : is_bulk(host) ? "string"
+                                             : "none");
+    set_type(out->pin_type, flags & 2 ? "wrongtype" : is_bulk(pin) ? "string" : "none");
+    out->n_devices = (size_t)r->element[3]->integer;
+    set_type(out->devices_type, flags & 4            ? "wrongtype"
+                                : out->n_devices > 0 ? "hash"
+                                                     : "none");
+    out->oversized = (flags & 8) != 0;
+    if (is_bulk(host)) {
+        out->has_host = true;
+        out->host = bytes_of(host);
+    } else if (out->oversized && !(flags & 1)) {
+        out->has_host = true; /* present, but too long to be fetched */
+    }
+    if (is_bulk(pin)) {
+        out->has_pin = true;
+        out->pin = bytes_of(pin);
+    }
+    if (r->element[4]->elements == 0)
+        return 0;
+    if (r->element[4]->elements != 2 * out->n_devices) {
+        snprintf(errbuf, errlen, "lookup reply holds %zu device fields for %zu devices",
+                 r->element[4]->elements, out->n_devices);
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    return raw_devices(r->element[4], arena, out, errbuf, errlen);
+}
+
+/* Why a value is not an acceptable id, or NULL. */
+static const char *bad_value(pg_bytes_t v, size_t max_len)
+{
+    if (v.len == 0)
+        return "is empty";
+    if (v.len > max_len)
+        return "is too long";
+    if (memchr(v.data, '\0', v.len) != NULL)
+        return "holds a NUL byte";
+    if (pg_utf8_check((const uint8_t *)v.data, v.len) != v.len)
+        return "is not valid UTF-8";
+    return NULL;
+}
+
+bool pg_bindings_check(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
+                       char *why, size_t whylen)
+{
+    const char *bad;
+    if (strcmp(raw->host_type, "none") != 0 && strcmp(raw->host_type, "string") != 0) {
+        snprintf(why, whylen, ":host is a %s, not a string", raw->host_type);
+        return false;
+    }
+    if (strcmp(raw->pin_type, "none") != 0 && strcmp(raw->pin_type, "string") != 0) {
+        snprintf(why, whylen, ":pin is a %s, not a string", raw->pin_type);
+        return false;
+    }
+    if (strcmp(raw->devices_type, "none") != 0 &&
+        strcmp(raw->devices_type, "hash") != 0) {
+        snprintf(why, whylen, ":devices is a %s, not a hash", raw->devices_type);
+        return false;
+    }
+    if (raw->oversized) {
+        snprintf(why, whylen, "a value is longer than %zu bytes", lim->max_len);
+        return false;
+    }
+    if (raw->has_host && (bad = bad_value(raw->host, lim->max_len)) != NULL) {
+        snprintf(why, whylen, ":host %s", bad);
+        return false;
+    }
+    if (raw->n_devices > lim->max_devices) {
+        snprintf(why, whylen, "%zu devices, more than redis.max.devices.per.vm (%zu)",
+                 raw->n_devices, lim->max_devices);
+        return false;
+    }
+    if (raw->n_devices > 0 && raw->devices == NULL) {
+        snprintf(why, whylen, "%zu devices not read", raw->n_devices);
+        return false;
+    }
+    for (size_t i = 0; i < raw->n_devices; i++) {
+        if ((bad = bad_value(raw->devices[i].uuid, lim->max_len)) != NULL) {
+            snprintf(why, whylen, "device %zu: uuid %s", i, bad);
+            return false;
+        }
+        if ((bad = bad_value(raw->devices[i].kind, lim->max_len)) != NULL) {
+            snprintf(why, whylen, "device %zu: kind %s", i, bad);
+            return false;
+        }
+    }
+    return true;
+}
+
+int pg_bindings_to_binding(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
+                           pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
+                           size_t errlen)
+{
+    char why[160];
+    memset(out, 0, sizeof(*out));
+    if (!pg_bindings_check(raw, lim, why, sizeof(why))) {
+        out->malformed = true;
+        out->why_malformed = pg_arena_strdup(arena, why);
+        return out->why_malformed != NULL ? 0 : PG_BINDINGS_ETRANSIENT;
+    }
+    /* Checked: no value holds a NUL, so C strings keep every byte. */
+    bool oom = false;
+    if (raw->has_host) {
+        out->known = true;
+        oom |= (out->host = pg_arena_strndup(arena, raw->host.data, raw->host.len)) ==
+               NULL;
+    }
+    if (raw->has_pin)
+        oom |=
+            (out->pin = pg_arena_strndup(arena, raw->pin.data, raw->pin.len)) == NULL;
+    size_t nd = raw->n_devices;
+    pg_device_ref_t *d = nd ? pg_arena_calloc(arena, nd, sizeof(*d)) : NULL;
+    oom |= nd > 0 && d == NULL;
+    for (size_t j = 0; j < nd && !oom; j++) {
+        const pg_raw_device_t *rd = &raw->devices[j];
+        d[j].device_uuid = pg_arena_strndup(arena, rd->uuid.data, rd->uuid.len);
+        d[j].kind = pg_arena_strndup(arena, rd->kind.data, rd->kind.len);
+        oom |= d[j].device_uuid == NULL || d[j].kind == NULL;
+    }
+    if (oom) {
+        snprintf(errbuf, errlen, "out of memory copying cache replies");
+        return PG_BINDINGS_ETRANSIENT;
+    }
+    out->devices = d;
+    out->n_devices = nd;
     return 0;
 }
 
 int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
                      pg_vm_binding_t *out, char *errbuf, size_t errlen)
 {
-    redisReply *hp = NULL, *devs = NULL;
+    redisReply *r = NULL;
     if (b->expected == 0 || b->ctx == NULL) {
         snprintf(errbuf, errlen, "redis: no lookup in flight");
         return PG_BINDINGS_EUSAGE;
     }
-    int rc = read_reply(b, &hp, errbuf, errlen);
-    if (rc == 0)
-        rc = read_reply(b, &devs, errbuf, errlen);
-    if (rc == 0 && (hp->type != REDIS_REPLY_ARRAY || hp->elements != 2 ||
-                    devs->type != REDIS_REPLY_ARRAY || devs->elements % 2 != 0)) {
-        snprintf(errbuf, errlen, "redis: unexpected reply for vm %s", vm_uuid);
-        rc = PG_BINDINGS_EDATA;
-    }
-    bool oom = false;
+    int rc = read_reply(b, &r, errbuf, errlen);
     if (rc == 0) {
-        memset(out, 0, sizeof(*out));
-        out->host = reply_string(arena, hp->element[0], &oom);
-        out->known = out->host != NULL;
-        out->pin = reply_string(arena, hp->element[1], &oom);
-        size_t nd = devs->elements / 2;
-        pg_device_ref_t *d = nd ? pg_arena_calloc(arena, nd, sizeof(*d)) : NULL;
-        if (nd && d == NULL)
-            oom = true;
-        for (size_t j = 0; j < nd && !oom; j++) {
-            d[j].device_uuid = reply_string(arena, devs->element[2 * j], &oom);
-            d[j].kind = reply_string(arena, devs->element[2 * j + 1], &oom);
-        }
-        out->devices = d;
-        out->n_devices = nd;
-        if (oom) {
-            snprintf(errbuf, errlen, "out of memory copying cache replies");
-            rc = PG_BINDINGS_ETRANSIENT;
-        }
+        pg_vm_raw_t raw;
+        const pg_bindings_limits_t lim = {b->max_devices, b->max_len};
+        char err[256];
+        rc = pg_bindings_parse_lookup(r, arena, &raw, err, sizeof(err));
+        if (rc == 0)
+            rc = pg_bindings_to_binding(&raw, &lim, arena, out, err, sizeof(err));
+        if (rc != 0)
+            snprintf(errbuf, errlen, "redis %s:%d lookup of vm %s: %s", b->host,
+                     b->port, vm_uuid, err);
+        freeReplyObject(r);
     }
-    if (hp != NULL)
-        freeReplyObject(hp);
-    if (devs != NULL)
-        freeReplyObject(devs);
     if (rc != 0) {
         drop(b); /* the rest of the exchange cannot be trusted */
         return rc;
@@ -416,11 +674,15 @@ static int pipeline(pg_bindings_t *b, size_t ncmd, char *errbuf, size_t errlen)
     return rc;
 }
 
-static int check_uuid(const char *what, const char *s, char *errbuf, size_t errlen)
+/* Ids pinguard itself writes obey the rules it reads by: non-empty, valid
+ * UTF-8, at most max bytes. */
+static int check_uuid(const char *what, const char *s, size_t max, char *errbuf,
+                      size_t errlen)
 {
-    if (s == NULL || s[0] == '\0' || strlen(s) > 256) {
-        snprintf(errbuf, errlen, "%s must be a non-empty id of at most 256 bytes",
-                 what);
+    size_t n = s != NULL ? strlen(s) : 0;
+    if (n == 0 || n > max || pg_utf8_check((const uint8_t *)s, n) != n) {
+        snprintf(errbuf, errlen, "%s must be a non-empty UTF-8 id of at most %zu bytes",
+                 what, max);
         return PG_BINDINGS_EUSAGE;
     }
     return 0;
@@ -429,7 +691,7 @@ static int check_uuid(const char *what, const char *s, char *errbuf, size_t errl
 static int one_command(pg_bindings_t *b, const char *vm, int argc, const char **argv,
                        redisReply **reply, char *errbuf, size_t errlen)
 {
-    int rc = check_uuid("vm uuid", vm, errbuf, errlen);
+    int rc = check_uuid("vm uuid", vm, PG_BINDINGS_MAX_VM_LEN, errbuf, errlen);
     if (rc == 0)
         rc = ensure_connected(b, errbuf, errlen);
     if (rc != 0)
@@ -454,11 +716,11 @@ int pg_bindings_bind(pg_bindings_t *b, const char *vm, const char *device,
                      const char *kind, char *errbuf, size_t errlen)
 {
     char key[KEY_MAX];
-    int rc = check_uuid("device uuid", device, errbuf, errlen);
+    int rc = check_uuid("device uuid", device, b->max_len, errbuf, errlen);
     if (rc == 0)
-        rc = check_uuid("device kind", kind, errbuf, errlen);
+        rc = check_uuid("device kind", kind, b->max_len, errbuf, errlen);
     if (rc == 0 && (vm == NULL || vm_key(key, vm, "devices") < 0))
-        rc = check_uuid("vm uuid", "", errbuf, errlen);
+        rc = check_uuid("vm uuid", "", 0, errbuf, errlen);
     if (rc != 0)
         return rc;
     const char *argv[4] = {"HSET", key, device, kind};
@@ -469,9 +731,9 @@ int pg_bindings_unbind(pg_bindings_t *b, const char *vm, const char *device,
                        bool *removed, char *errbuf, size_t errlen)
 {
     char key[KEY_MAX];
-    int rc = check_uuid("device uuid", device, errbuf, errlen);
+    int rc = check_uuid("device uuid", device, b->max_len, errbuf, errlen);
     if (rc == 0 && (vm == NULL || vm_key(key, vm, "devices") < 0))
-        rc = check_uuid("vm uuid", "", errbuf, errlen);
+        rc = check_uuid("vm uuid", "", 0, errbuf, errlen);
     if (rc != 0)
         return rc;
     const char *argv[3] = {"HDEL", key, device};
@@ -488,9 +750,9 @@ int pg_bindings_place(pg_bindings_t *b, const char *vm, const char *host, char *
                       size_t errlen)
 {
     char key[KEY_MAX];
-    int rc = check_uuid("host uuid", host, errbuf, errlen);
+    int rc = check_uuid("host uuid", host, b->max_len, errbuf, errlen);
     if (rc == 0 && (vm == NULL || vm_key(key, vm, "host") < 0))
-        rc = check_uuid("vm uuid", "", errbuf, errlen);
+        rc = check_uuid("vm uuid", "", 0, errbuf, errlen);
     if (rc != 0)
         return rc;
     const char *argv[3] = {"SET", key, host};
@@ -502,7 +764,7 @@ int pg_bindings_pin(pg_bindings_t *b, const char *vm, const char *reason, char *
 {
     char key[KEY_MAX];
     if (vm == NULL || vm_key(key, vm, "pin") < 0)
-        return check_uuid("vm uuid", "", errbuf, errlen);
+        return check_uuid("vm uuid", "", 0, errbuf, errlen);
     const char *argv[3] = {"SET", key, reason ? reason : ""};
     return one_command(b, vm, 3, argv, NULL, errbuf, errlen);
 }
@@ -511,11 +773,14 @@ int pg_bindings_unpin(pg_bindings_t *b, const char *vm, char *errbuf, size_t err
 {
     char key[KEY_MAX];
     if (vm == NULL || vm_key(key, vm, "pin") < 0)
-        return check_uuid("vm uuid", "", errbuf, errlen);
+        return check_uuid("vm uuid", "", 0, errbuf, errlen);
     const char *argv[2] = {"DEL", key};
     return one_command(b, vm, 2, argv, NULL, errbuf, errlen);
 }
 
+/* Each VM is one MULTI/EXEC block, so a reader (the lookup script) sees its
+ * old entry or its new one, never the devices deleted and not yet rewritten;
+ * the blocks of all VMs go out as one pipeline. */
 int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
                       const pg_vm_binding_t *bindings, size_t n, char *errbuf,
                       size_t errlen)
@@ -525,16 +790,16 @@ int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
         return rc;
     size_t ncmd = 0, argv_cap = 0;
     const char **argv = NULL;
-    for (size_t i = 0; i < n; i++) {
+    static const char *const multi[1] = {"MULTI"}, *const exec[1] = {"EXEC"};
+    for (size_t i = 0; i < n && rc == 0; i++) {
         const pg_vm_binding_t *vb = &bindings[i];
         char k_host[KEY_MAX], k_pin[KEY_MAX], k_dev[KEY_MAX];
-        if (check_uuid("vm uuid", vm_uuids[i], errbuf, errlen) != 0 ||
-            vm_key(k_host, vm_uuids[i], "host") < 0 ||
-            vm_key(k_pin, vm_uuids[i], "pin") < 0 ||
-            vm_key(k_dev, vm_uuids[i], "devices") < 0) {
-            rc = PG_BINDINGS_EUSAGE;
+        if ((rc = check_uuid("vm uuid", vm_uuids[i], PG_BINDINGS_MAX_VM_LEN, errbuf,
+                             errlen)) != 0)
             break;
-        }
+        vm_key(k_host, vm_uuids[i], "host");
+        vm_key(k_pin, vm_uuids[i], "pin");
+        vm_key(k_dev, vm_uuids[i], "devices");
         size_t need = 2 + 2 * vb->n_devices;
         if (need > argv_cap) {
             const char **p = realloc(argv, need * sizeof(*p));
@@ -546,10 +811,11 @@ int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
             argv = p;
             argv_cap = need;
         }
+        int arc = append(b, 1, (const char **)multi, NULL);
         /* Replace, not merge: a device missing from the import is unbound. */
         const char *del[2] = {"DEL", k_dev};
-        rc |= append(b, 2, del, NULL);
-        ncmd++;
+        arc |= append(b, 2, del, NULL);
+        size_t queued = 1;
         if (vb->n_devices > 0) {
             argv[0] = "HSET";
             argv[1] = k_dev;
@@ -557,18 +823,18 @@ int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
                 argv[2 + 2 * j] = vb->devices[j].device_uuid;
                 argv[3 + 2 * j] = vb->devices[j].kind;
             }
-            rc |= append(b, (int)need, argv, NULL);
-            ncmd++;
+            arc |= append(b, (int)need, argv, NULL);
+            queued++;
         }
         const char *host[3] = {vb->host ? "SET" : "DEL", k_host, vb->host};
-        rc |= append(b, vb->host ? 3 : 2, host, NULL);
+        arc |= append(b, vb->host ? 3 : 2, host, NULL);
         const char *pin[3] = {vb->pin ? "SET" : "DEL", k_pin, vb->pin};
-        rc |= append(b, vb->pin ? 3 : 2, pin, NULL);
-        ncmd += 2;
-        if (rc != 0) {
+        arc |= append(b, vb->pin ? 3 : 2, pin, NULL);
+        arc |= append(b, 1, (const char **)exec, NULL);
+        ncmd += queued + 2 + 2; /* MULTI, the queued commands, EXEC */
+        if (arc != 0) {
             snprintf(errbuf, errlen, "redis: cannot buffer the pipeline");
             rc = PG_BINDINGS_ETRANSIENT;
-            break;
         }
     }
     free(argv);
@@ -577,4 +843,71 @@ int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
         return rc;
     }
     return pipeline(b, ncmd, errbuf, errlen);
+}
+
+/* Every key of one VM with its type, in one atomic script. */
+int pg_bindings_inspect(pg_bindings_t *b, const char *vm, size_t max_fetch,
+                        pg_arena_t *arena, pg_vm_raw_t *out, char *errbuf,
+                        size_t errlen)
+{
+    char k_host[KEY_MAX], k_pin[KEY_MAX], k_dev[KEY_MAX], nmax[24];
+    int rc = check_uuid("vm uuid", vm, PG_BINDINGS_MAX_VM_LEN, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    vm_key(k_host, vm, "host");
+    vm_key(k_pin, vm, "pin");
+    vm_key(k_dev, vm, "devices");
+    snprintf(nmax, sizeof(nmax), "%zu", max_fetch);
+    const char *argv[7] = {"EVAL", INSPECT_LUA, "3", k_host, k_pin, k_dev, nmax};
+    redisReply *r = NULL;
+    if ((rc = one_command(b, vm, 7, argv, &r, errbuf, errlen)) != 0)
+        return rc;
+    memset(out, 0, sizeof(*out));
+    rc = PG_BINDINGS_ETRANSIENT;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 7 ||
+        r->element[5]->type != REDIS_REPLY_INTEGER ||
+        r->element[6]->type != REDIS_REPLY_ARRAY) {
+        snprintf(errbuf, errlen, "redis: unexpected reply inspecting vm %s", vm);
+        goto out;
+    }
+    char *types[3] = {out->host_type, out->pin_type, out->devices_type};
+    for (int i = 0; i < 3; i++)
+        set_type(types[i], r->element[i]->type == REDIS_REPLY_STRING ||
+                                   r->element[i]->type == REDIS_REPLY_STATUS
+                               ? r->element[i]->str
+                               : "?");
+    /* Copy what the reply holds into the arena: the reply is freed below. */
+    pg_bytes_t *vals[2] = {&out->host, &out->pin};
+    bool *has[2] = {&out->has_host, &out->has_pin};
+    for (int i = 0; i < 2; i++) {
+        const redisReply *v = r->element[3 + i];
+        if (!is_bulk(v))
+            continue;
+        char *copy = pg_arena_strndup(arena, v->str, (size_t)v->len);
+        if (copy == NULL)
+            goto oom;
+        *vals[i] = (pg_bytes_t){copy, (size_t)v->len};
+        *has[i] = true;
+    }
+    out->n_devices = (size_t)r->element[5]->integer;
+    if (r->element[6]->elements > 0) {
+        if (raw_devices(r->element[6], arena, out, errbuf, errlen) != 0)
+            goto out;
+        for (size_t j = 0; j < out->n_devices; j++) {
+            pg_raw_device_t *d = &out->devices[j];
+            char *u = pg_arena_strndup(arena, d->uuid.data, d->uuid.len);
+            char *k = pg_arena_strndup(arena, d->kind.data, d->kind.len);
+            if (u == NULL || k == NULL)
+                goto oom;
+            d->uuid.data = u;
+            d->kind.data = k;
+        }
+    }
+    rc = 0;
+    goto out;
+oom:
+    snprintf(errbuf, errlen, "out of memory reading vm %s", vm);
+out:
+    freeReplyObject(r);
+    return rc;
 }

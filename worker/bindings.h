@@ -27,7 +27,53 @@ typedef struct {
     const char *password; /* empty or NULL: no AUTH */
     int connect_timeout_ms;
     int timeout_ms;
+    size_t max_devices; /* redis.max.devices.per.vm; 0: PG_BINDINGS_MAX_DEVICES */
+    size_t max_len;     /* longest host, device uuid or kind; 0: PG_BINDINGS_MAX_LEN */
 } pg_bindings_opts_t;
+
+/* PG_BINDINGS_MAX_VM_LEN: the longest VM uuid that names cache keys (the
+ * longest id input.max.string.length admits). */
+enum {
+    PG_BINDINGS_MAX_DEVICES = 256,
+    PG_BINDINGS_MAX_LEN = 1024,
+    PG_BINDINGS_MAX_VM_LEN = 1024
+};
+
+/* A value from Redis: bytes and their length, never a C string (a value
+ * may hold NUL bytes). */
+typedef struct {
+    const char *data;
+    size_t len;
+} pg_bytes_t;
+
+/* One VM's entry as Redis holds it, whatever it holds: for checking it
+ * (pg_bindings_check) and for showing it to an operator (explain). */
+typedef struct {
+    pg_bytes_t uuid, kind;
+} pg_raw_device_t;
+
+typedef struct {
+    /* Redis TYPE of each key: "none", "string", "hash", "list", ... */
+    char host_type[16], pin_type[16], devices_type[16];
+    bool has_host, has_pin; /* the key exists as a string */
+    pg_bytes_t host, pin;
+    bool oversized;           /* a value over the length limit was not fetched */
+    size_t n_devices;         /* fields in the :devices hash */
+    pg_raw_device_t *devices; /* NULL when not fetched (too many, or oversized) */
+} pg_vm_raw_t;
+
+typedef struct {
+    size_t max_devices; /* redis.max.devices.per.vm */
+    size_t max_len;     /* longest uuid, kind or host accepted */
+} pg_bindings_limits_t;
+
+/* Checks a raw entry against the SPEC's layout: every key of its type, a
+ * non-empty :host, every device uuid and kind non-empty, valid UTF-8 without
+ * NUL and at most max_len bytes, at most max_devices devices. Returns true
+ * when valid; otherwise false with a one-line reason in why. Pure. */
+bool pg_bindings_check(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
+                       char *why, size_t whylen);
+
 
 typedef struct {
     unsigned long long round_trips;
@@ -47,8 +93,10 @@ void pg_bindings_destroy(pg_bindings_t *b); /* NULL-safe */
 /* Connects if needed and sends PING. */
 int pg_bindings_ping(pg_bindings_t *b, char *errbuf, size_t errlen);
 
-/* Reads the bindings of n VMs in one round trip. out[i] is filled for
- * vm_uuids[i]; its strings and device arrays live in `arena`. On failure
+/* Reads the bindings of n VMs in one round trip, each VM's keys as one atomic
+ * snapshot. out[i] is filled for vm_uuids[i]; its strings and device arrays
+ * live in `arena`. A VM whose entry breaks the SPEC's layout comes back with
+ * `malformed` set (an error of that VM's data, not of Redis). On failure
  * nothing in out may be used. */
 int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                        pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
@@ -65,6 +113,13 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
 int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
                      pg_vm_binding_t *out, char *errbuf, size_t errlen);
 void pg_bindings_abandon(pg_bindings_t *b);
+
+/* Reads one VM's entry (every key, whatever its type; at most max_fetch
+ * devices copied) into out, its bytes in arena. For operators: one atomic
+ * read. */
+int pg_bindings_inspect(pg_bindings_t *b, const char *vm, size_t max_fetch,
+                        pg_arena_t *arena, pg_vm_raw_t *out, char *errbuf,
+                        size_t errlen);
 
 /* Operator edits, one round trip each. */
 int pg_bindings_bind(pg_bindings_t *b, const char *vm, const char *device,

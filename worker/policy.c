@@ -78,7 +78,14 @@ void pg_policy_judge(const pg_policy_opts_t *opts, const pg_vm_binding_t *b,
     out->n_unknown_kinds = n_unknown;
     out->verdict = PG_VERDICT_VETOED;
     out->n_devices = n_pinning;
-    if (b->pin != NULL) {
+    if (b->malformed) {
+        /* The entry broke the cache's layout: neither its pin nor its devices
+         * can be trusted, so the VM is unknown even where unknown VMs are
+         * allowed (fail closed). */
+        out->reason = PG_VETO_UNKNOWN_VM;
+        out->n_devices = 0;
+        out->n_unknown_kinds = 0;
+    } else if (b->pin != NULL) {
         out->reason = PG_VETO_OPERATOR_PIN;
     } else if (!b->known && !opts->allow_unknown_vm) {
         /* The cache has never seen the VM: its devices cannot be trusted. */

@@ -26,9 +26,14 @@ pg_device_kind_t pg_policy_kind_parse(const char *kind);
 bool pg_policy_kind_pins(pg_device_kind_t kind);
 
 /* What the binding cache says of one VM. `known` is the presence of its
- * `:host` key; `pin` is the operator pin's reason or NULL. */
+ * `:host` key; `pin` is the operator pin's reason or NULL. `malformed`: the
+ * entry could not be read as the SPEC's layout says (bindings checked it);
+ * then nothing else here may be trusted, and the VM is unknown whatever
+ * policy.allow.unknown.vm says. */
 typedef struct {
     bool known;
+    bool malformed;
+    const char *why_malformed; /* one line, when malformed */
     const char *host;
     const char *pin;
     size_t n_devices;
@@ -50,7 +55,7 @@ typedef struct {
  * entries; on a veto it receives every pinning device (unknown kinds
  * included), sorted by device uuid; it stays empty on an approval and for
  * UNKNOWN_VM. Reason precedence: OPERATOR_PIN, UNKNOWN_VM, HOST_BOUND_DEVICE,
- * UNKNOWN_DEVICE_KIND. */
+ * UNKNOWN_DEVICE_KIND; a malformed entry is UNKNOWN_VM before all of them. */
 void pg_policy_judge(const pg_policy_opts_t *opts, const pg_vm_binding_t *b,
                      pg_device_ref_t *devices_out, pg_policy_verdict_t *out);
 

@@ -3,7 +3,7 @@
 #
 # Resolves org.apache.kafka:kafka_2.13 + kafka-tools (version from pom.xml,
 # next to this script) and their runtime dependencies with Maven into
-#   ${PINGUARD_CACHE:-<repo>/.cache}/kafka-<version>/libs
+#   ${PGLOCAL_CACHE:-<repo>/.cache}/kafka-<version>/libs
 # Idempotent: a stamp file (<cache>/kafka-<version>/.complete, holding the
 # version and the pom's sha256) marks a complete download and skips Maven.
 # Progress goes to stderr; the libs dir is the only (last) line on stdout.
@@ -21,7 +21,7 @@ pom="$here/pom.xml"
 version="$(sed -n 's:.*<kafka\.version>\([^<]*\)</kafka\.version>.*:\1:p' "$pom" | head -n1)"
 [ -n "$version" ] || { echo "fetch.sh: no <kafka.version> in $pom" >&2; exit 1; }
 
-cache="${PINGUARD_CACHE:-$repo/.cache}"
+cache="${PGLOCAL_CACHE:-$repo/.cache}"
 base="$cache/kafka-$version"
 libs="$base/libs"
 stamp="$base/.complete"

@@ -4,35 +4,35 @@
 # readiness logic of the local Redis and the local single-node KRaft broker.
 # Not executable on its own.
 #
-# Layout (PINGUARD_RUN, default <repo>/.cache/run):
+# Layout (PGLOCAL_RUN, default <repo>/.cache/run):
 #   redis/{redis.pid,redis.log,data/}
 #   kafka/{kafka.pid,server.properties,logs/{server.log,kafka.out},data/}
-# Environment: PINGUARD_RUN, PINGUARD_CACHE (jar cache, see
-# deploy/kafka/fetch.sh), PINGUARD_REDIS_PORT (6379), PINGUARD_KAFKA_PORT
-# (9092), PINGUARD_KAFKA_CONTROLLER_PORT (Kafka port + 1),
-# PINGUARD_KAFKA_SASL_PORT (Kafka port + 2: a SASL_PLAINTEXT listener with
+# Environment: PGLOCAL_RUN, PGLOCAL_CACHE (jar cache, see
+# deploy/kafka/fetch.sh), PGLOCAL_REDIS_PORT (6379), PGLOCAL_KAFKA_PORT
+# (9092), PGLOCAL_KAFKA_CONTROLLER_PORT (Kafka port + 1),
+# PGLOCAL_KAFKA_SASL_PORT (Kafka port + 2: a SASL_PLAINTEXT listener with
 # SCRAM-SHA-256 and the test user PG_SASL_USER below; inter-broker traffic and
 # readiness stay on the PLAINTEXT port),
-# PINGUARD_KAFKA_HEAP (512m), PINGUARD_UP_TIMEOUT (90 s),
-# PINGUARD_STOP_TIMEOUT (30 s).
+# PGLOCAL_KAFKA_HEAP (512m), PGLOCAL_UP_TIMEOUT (90 s),
+# PGLOCAL_STOP_TIMEOUT (30 s).
 
 PG_LOCAL="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PG_REPO="$(cd "$PG_LOCAL/../.." && pwd)"
-PG_RUN="${PINGUARD_RUN:-$PG_REPO/.cache/run}"
+PG_RUN="${PGLOCAL_RUN:-$PG_REPO/.cache/run}"
 PG_HOST=127.0.0.1
-PG_REDIS_PORT="${PINGUARD_REDIS_PORT:-6379}"
-PG_KAFKA_PORT="${PINGUARD_KAFKA_PORT:-9092}"
-PG_CTL_PORT="${PINGUARD_KAFKA_CONTROLLER_PORT:-$((PG_KAFKA_PORT + 1))}"
-PG_SASL_PORT="${PINGUARD_KAFKA_SASL_PORT:-$((PG_KAFKA_PORT + 2))}"
+PG_REDIS_PORT="${PGLOCAL_REDIS_PORT:-6379}"
+PG_KAFKA_PORT="${PGLOCAL_KAFKA_PORT:-9092}"
+PG_CTL_PORT="${PGLOCAL_KAFKA_CONTROLLER_PORT:-$((PG_KAFKA_PORT + 1))}"
+PG_SASL_PORT="${PGLOCAL_KAFKA_SASL_PORT:-$((PG_KAFKA_PORT + 2))}"
 # SCRAM-SHA-256 user written into the storage at format time. TEST-ONLY
 # credentials for this loopback broker; never use them anywhere else. Do not
 # delete SCRAM users on this broker: with Kafka 3.9.1, after any deletion the
 # next broker start has no SCRAM users at all (tests upsert this one instead).
 PG_SASL_USER=pinguard-test
 PG_SASL_PASSWORD=pinguard-test-secret
-PG_KAFKA_HEAP="${PINGUARD_KAFKA_HEAP:-512m}"
-PG_UP_TIMEOUT="${PINGUARD_UP_TIMEOUT:-90}"
-PG_STOP_TIMEOUT="${PINGUARD_STOP_TIMEOUT:-30}"
+PG_KAFKA_HEAP="${PGLOCAL_KAFKA_HEAP:-512m}"
+PG_UP_TIMEOUT="${PGLOCAL_UP_TIMEOUT:-90}"
+PG_STOP_TIMEOUT="${PGLOCAL_STOP_TIMEOUT:-30}"
 PG_BOOTSTRAP="$PG_HOST:$PG_KAFKA_PORT"
 
 PG_REDIS_DIR="$PG_RUN/redis"
@@ -57,7 +57,7 @@ pg_die() { echo "ERROR: $*" >&2; exit 1; }
 
 # The lock lives next to the run dir (down.sh empties the run dir).
 pg_lock() {
-  case "$PG_RUN" in "" | / | "$HOME" | "$HOME/") pg_die "refusing PINGUARD_RUN='$PG_RUN'" ;; esac
+  case "$PG_RUN" in "" | / | "$HOME" | "$HOME/") pg_die "refusing PGLOCAL_RUN='$PG_RUN'" ;; esac
   mkdir -p "$PG_RUN"
   exec 9>"${PG_RUN%/}.lock"
   flock -w 300 9 || pg_die "another deploy/local script holds ${PG_RUN%/}.lock"
@@ -266,9 +266,9 @@ pg_kafka_start() {
   elif pg_port_open "$PG_KAFKA_PORT"; then
     pg_die "kafka: port $PG_KAFKA_PORT is taken by something that is not a Kafka broker"
   elif pg_port_open "$PG_CTL_PORT"; then
-    pg_die "kafka: controller port $PG_CTL_PORT is taken (set PINGUARD_KAFKA_CONTROLLER_PORT)"
+    pg_die "kafka: controller port $PG_CTL_PORT is taken (set PGLOCAL_KAFKA_CONTROLLER_PORT)"
   elif pg_port_open "$PG_SASL_PORT"; then
-    pg_die "kafka: SASL port $PG_SASL_PORT is taken (set PINGUARD_KAFKA_SASL_PORT)"
+    pg_die "kafka: SASL port $PG_SASL_PORT is taken (set PGLOCAL_KAFKA_SASL_PORT)"
   else
     local libs
     libs="$(pg_libs)"

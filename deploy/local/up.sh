@@ -5,7 +5,7 @@
 # (6 partitions each) and a check that the group / transaction coordinators
 # work. Idempotent: services that already answer are reused (even ones this
 # script did not start), existing topics are kept.
-# State lives under ${PINGUARD_RUN:-<repo>/.cache/run}; see lib.sh for the
+# State lives under ${PGLOCAL_RUN:-<repo>/.cache/run}; see lib.sh for the
 # layout and environment overrides. deploy/local/down.sh undoes it.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh

@@ -26,8 +26,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from pgtest import FINGERPRINTS, SCHEMAS, decode  # noqa: E402  (fastavro reference)
 
-BOOTSTRAP = "127.0.0.1:" + os.environ.get("PINGUARD_KAFKA_PORT", "9092")
-REDIS_PORT = os.environ.get("PINGUARD_REDIS_PORT", "6379")
+BOOTSTRAP = "127.0.0.1:" + os.environ.get("PGLOCAL_KAFKA_PORT", "9092")
+REDIS_PORT = os.environ.get("PGLOCAL_REDIS_PORT", "6379")
 PARTITIONS = 12
 
 
@@ -229,7 +229,7 @@ def redis_benchmark():
     return float(m.group(1))
 
 
-RUN_DIR = os.environ.get("PINGUARD_RUN", os.path.join(ROOT, ".cache", "run"))
+RUN_DIR = os.environ.get("PGLOCAL_RUN", os.path.join(ROOT, ".cache", "run"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -324,7 +324,7 @@ class Worker:
             args += ["--set", st]
         env = dict(os.environ, PINGUARD_KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
                    PINGUARD_REDIS_PORT=REDIS_PORT)
-        env.pop("PINGUARD_KAFKA_PORT", None)
+        env.pop("PGLOCAL_KAFKA_PORT", None)
         self.logf = open(self.log_path, "w")
         self.started = time.time()
         self.proc = subprocess.Popen(args, stdout=self.logf, stderr=subprocess.STDOUT, env=env)

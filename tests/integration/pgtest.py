@@ -22,12 +22,12 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 # The same variables as deploy/local/*.sh, so that a private set of services
-# (PINGUARD_RUN=... PINGUARD_KAFKA_PORT=... up.sh) can be tested in parallel.
-BOOTSTRAP = "127.0.0.1:" + os.environ.get("PINGUARD_KAFKA_PORT", "9092")
-REDIS_PORT = int(os.environ.get("PINGUARD_REDIS_PORT", "6379"))
+# (PGLOCAL_RUN=... PGLOCAL_KAFKA_PORT=... up.sh) can be tested in parallel.
+BOOTSTRAP = "127.0.0.1:" + os.environ.get("PGLOCAL_KAFKA_PORT", "9092")
+REDIS_PORT = int(os.environ.get("PGLOCAL_REDIS_PORT", "6379"))
 # The broker's SASL_PLAINTEXT (SCRAM-SHA-256) listener, as lib.sh places it.
 SASL_BOOTSTRAP = "127.0.0.1:" + os.environ.get(
-    "PINGUARD_KAFKA_SASL_PORT", str(int(BOOTSTRAP.rsplit(":", 1)[1]) + 2))
+    "PGLOCAL_KAFKA_SASL_PORT", str(int(BOOTSTRAP.rsplit(":", 1)[1]) + 2))
 # pinguard reads both from the environment too (kafka.bootstrap.servers, redis.port).
 os.environ["PINGUARD_KAFKA_BOOTSTRAP_SERVERS"] = BOOTSTRAP
 os.environ["PINGUARD_REDIS_PORT"] = str(REDIS_PORT)
@@ -84,12 +84,9 @@ def now_ms():
 
 
 def child_env(extra=None):
-    """The environment of a pinguard process. PINGUARD_KAFKA_PORT and
-    PINGUARD_KAFKA_SASL_PORT belong to deploy/local; pinguard would read them
-    as the librdkafka properties `port` and `sasl.port`."""
+    """The environment of a pinguard process. deploy/local's own variables
+    are named PGLOCAL_*, so none of them reads as a pinguard setting."""
     e = dict(os.environ)
-    e.pop("PINGUARD_KAFKA_PORT", None)
-    e.pop("PINGUARD_KAFKA_SASL_PORT", None)
     e.update(extra or {})
     return e
 
@@ -298,12 +295,12 @@ def run_cli(*args, input=None, env=None, check=None):
 
 def _ctl_env():
     """deploy/local/*.sh find the services to stop by the pid files under
-    PINGUARD_RUN: with non-default ports but the default run dir they would
+    PGLOCAL_RUN: with non-default ports but the default run dir they would
     stop the shared services. Refuse that mix."""
-    custom = (os.environ.get("PINGUARD_KAFKA_PORT", "9092") != "9092"
-              or os.environ.get("PINGUARD_REDIS_PORT", "6379") != "6379")
-    if custom and not os.environ.get("PINGUARD_RUN"):
-        raise AssertionError("private ports need PINGUARD_RUN (the run dir of their up.sh)")
+    custom = (os.environ.get("PGLOCAL_KAFKA_PORT", "9092") != "9092"
+              or os.environ.get("PGLOCAL_REDIS_PORT", "6379") != "6379")
+    if custom and not os.environ.get("PGLOCAL_RUN"):
+        raise AssertionError("private ports need PGLOCAL_RUN (the run dir of their up.sh)")
     return dict(os.environ)
 
 

@@ -23,7 +23,7 @@ import redis as redislib
 from pgmix import Mix, identity, log_events, ms, scaled
 from pgtest import REDIS_PORT, ROOT, Env, kafka_ctl, now_ms, redis_ctl, wait_until
 
-RUN = os.environ.get("PINGUARD_RUN") or os.path.join(ROOT, ".cache", "run")
+RUN = os.environ.get("PGLOCAL_RUN") or os.path.join(ROOT, ".cache", "run")
 SEED = 20240611
 
 
@@ -140,7 +140,7 @@ def test_broker_restarted_mid_stream(how, capsys):
                   f"{t_up - t_stopped:.1f}s, caught up {t_drained - t_up:.1f}s after; "
                   f"{figures}; aborted transactions: {len(aborted)}")
     finally:
-        if not port_open(int(os.environ.get("PINGUARD_KAFKA_PORT", "9092"))):
+        if not port_open(int(os.environ.get("PGLOCAL_KAFKA_PORT", "9092"))):
             kafka_ctl("start")
         env.close()
 

@@ -199,6 +199,39 @@ START_TEST(unknown_vm_allowed_by_switch)
 }
 END_TEST
 
+START_TEST(malformed_entry_is_unknown_whatever_it_holds)
+{
+    /* An entry bindings could not read as the layout says: whatever pin,
+     * host or devices came with it, the VM is unknown, even where unknown
+     * VMs are allowed, and no device is listed. */
+    pg_device_ref_t d[] = {{"n", "pci+vf"}}, out[1];
+    const pg_policy_opts_t *modes[2] = {&strict, &lenient};
+    for (int m = 0; m < 2; m++) {
+        pg_vm_binding_t b = {.known = true,
+                             .malformed = true,
+                             .why_malformed = ":pin is a list, not a string",
+                             .host = HOST,
+                             .pin = "x",
+                             .n_devices = 1,
+                             .devices = d};
+        pg_policy_verdict_t v;
+        memset(&v, 0xAB, sizeof(v));
+        pg_policy_judge(modes[m], &b, out, &v);
+        ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+        ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_VM);
+        ck_assert_uint_eq(v.n_devices, 0);
+        ck_assert_uint_eq(v.n_unknown_kinds, 0);
+        b.pin = NULL;
+        b.known = false;
+        b.host = NULL;
+        b.n_devices = 0;
+        pg_policy_judge(modes[m], &b, out, &v);
+        ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+        ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_VM);
+    }
+}
+END_TEST
+
 START_TEST(sort_devices_by_uuid)
 {
     pg_device_ref_t d[] = {{"c", "pci"}, {"a", "usb"}, {"b", "mdev"}, {"a", "dgpu"}};
@@ -304,6 +337,7 @@ static Suite *policy_suite(void)
     tcase_add_test(j, pin_on_deviceless_vm);
     tcase_add_test(j, unknown_vm_vetoed_by_default);
     tcase_add_test(j, unknown_vm_allowed_by_switch);
+    tcase_add_test(j, malformed_entry_is_unknown_whatever_it_holds);
     tcase_add_test(j, sort_devices_by_uuid);
     tcase_add_test(j, enum_names_match_schema);
     suite_add_tcase(s, j);

@@ -1,0 +1,230 @@
+/*
+ * Unit tests of the binding cache's pure half: the lookup script's reply,
+ * given as RESP bytes to hiredis's own reader, parsed into a raw entry and
+ * checked against the SPEC's layout. Every malformed class the SPEC names
+ * (wrong types, empty, NUL-holding or non-UTF-8 values, an empty :host, too
+ * many devices, over-long values) must come out malformed, never as a VM
+ * with fewer devices than Redis holds; and a reply of the wrong shape is an
+ * error of the exchange, not of the VM.
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bindings_internal.h"
+#include "mem.h"
+
+static const pg_bindings_limits_t lim = {.max_devices = 4, .max_len = 64};
+
+/* Feeds n bytes of RESP to a reader and returns the one reply they hold. */
+static redisReply *reply_of(const char *resp, size_t n)
+{
+    redisReader *rd = redisReaderCreate();
+    ck_assert_ptr_nonnull(rd);
+    ck_assert_int_eq(redisReaderFeed(rd, resp, n), REDIS_OK);
+    void *r = NULL;
+    ck_assert_int_eq(redisReaderGetReply(rd, &r), REDIS_OK);
+    ck_assert_ptr_nonnull(r);
+    redisReaderFree(rd);
+    return r;
+}
+
+#define REPLY(lit) reply_of(lit, sizeof(lit) - 1)
+
+typedef struct {
+    int parse_rc;
+    pg_vm_binding_t b;
+    char why[160];
+} outcome_t;
+
+static outcome_t run(redisReply *r, pg_arena_t *a)
+{
+    outcome_t o = {0};
+    pg_vm_raw_t raw;
+    char err[256] = "";
+    o.parse_rc = pg_bindings_parse_lookup(r, a, &raw, err, sizeof(err));
+    if (o.parse_rc == 0) {
+        ck_assert_int_eq(pg_bindings_to_binding(&raw, &lim, a, &o.b, err, sizeof(err)),
+                         0);
+        if (!pg_bindings_check(&raw, &lim, o.why, sizeof(o.why)))
+            ck_assert(o.b.malformed);
+    }
+    freeReplyObject(r);
+    return o;
+}
+
+START_TEST(valid_entry)
+{
+    pg_arena_t *a = pg_arena_new(4096);
+    outcome_t o =
+        run(REPLY("*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:2\r\n"
+                  "*4\r\n$2\r\nd1\r\n$4\r\ndgpu\r\n$2\r\nd2\r\n$6\r\npci+vf\r\n"),
+            a);
+    ck_assert_int_eq(o.parse_rc, 0);
+    ck_assert(!o.b.malformed);
+    ck_assert(o.b.known);
+    ck_assert_str_eq(o.b.host, "h1");
+    ck_assert_ptr_null(o.b.pin);
+    ck_assert_uint_eq(o.b.n_devices, 2);
+    ck_assert_str_eq(o.b.devices[0].device_uuid, "d1");
+    ck_assert_str_eq(o.b.devices[0].kind, "dgpu");
+    ck_assert_str_eq(o.b.devices[1].kind, "pci+vf");
+    pg_arena_destroy(a);
+}
+END_TEST
+
+START_TEST(absent_vm_is_unknown_not_malformed)
+{
+    pg_arena_t *a = pg_arena_new(4096);
+    outcome_t o = run(REPLY("*5\r\n:0\r\n$-1\r\n$-1\r\n:0\r\n*0\r\n"), a);
+    ck_assert_int_eq(o.parse_rc, 0);
+    ck_assert(!o.b.malformed);
+    ck_assert(!o.b.known);
+    ck_assert_uint_eq(o.b.n_devices, 0);
+    /* A pin on an unplaced VM is still a pin, even an empty one. */
+    o = run(REPLY("*5\r\n:0\r\n$-1\r\n$0\r\n\r\n:0\r\n*0\r\n"), a);
+    ck_assert(!o.b.malformed);
+    ck_assert_ptr_nonnull(o.b.pin);
+    pg_arena_destroy(a);
+}
+END_TEST
+
+/* Each reply is one VM whose entry breaks the layout in one way. */
+static const struct {
+    const char *what;
+    const char *resp;
+    size_t len;
+    const char *why; /* a substring of the reason */
+} malformed[] = {
+#define CASE(w, lit, why)                                                              \
+    {                                                                                  \
+        w, lit, sizeof(lit) - 1, why                                                   \
+    }
+    CASE(":host of another type", "*5\r\n:1\r\n$-1\r\n$-1\r\n:0\r\n*0\r\n",
+         ":host is a"),
+    CASE(":pin as a list", "*5\r\n:2\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n", ":pin is a"),
+    CASE(":devices as a string", "*5\r\n:4\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n",
+         ":devices is a"),
+    CASE("empty :host", "*5\r\n:0\r\n$0\r\n\r\n$-1\r\n:0\r\n*0\r\n", ":host is empty"),
+    CASE(":host with a NUL", "*5\r\n:0\r\n$5\r\ndst\0x\r\n$-1\r\n:0\r\n*0\r\n",
+         ":host holds a NUL"),
+    CASE("kind with a NUL",
+         "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:1\r\n*2\r\n$2\r\nd1\r\n$11\r\npci+"
+         "vf\0dgpu\r\n",
+         "kind holds a NUL"),
+    CASE("uuid with a NUL",
+         "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:1\r\n*2\r\n$3\r\nd\0a\r\n$4\r\ndgpu\r\n",
+         "uuid holds a NUL"),
+    CASE("uuid not UTF-8",
+         "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:1\r\n*2\r\n$2\r\n\xff\xfe\r\n$4\r\ndgpu\r\n",
+         "not valid UTF-8"),
+    CASE("kind not UTF-8 (overlong)",
+         "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:1\r\n*2\r\n$2\r\nd1\r\n$2\r\n\xc0\xaf\r\n",
+         "not valid UTF-8"),
+    CASE("empty uuid",
+         "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:1\r\n*2\r\n$0\r\n\r\n$3\r\npci\r\n",
+         "uuid is empty"),
+    CASE("empty kind",
+         "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:1\r\n*2\r\n$2\r\nd1\r\n$0\r\n\r\n",
+         "kind is empty"),
+    CASE("more devices than the limit",
+         "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:10000\r\n*0\r\n",
+         "more than redis.max.devices.per.vm"),
+    CASE("a value over the length limit", "*5\r\n:8\r\n$-1\r\n$-1\r\n:0\r\n*0\r\n",
+         "longer than"),
+    CASE("uuid over the length limit (the script missed it)",
+         "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:1\r\n*2\r\n$65\r\n"
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n$"
+         "3\r\npci\r\n",
+         "too long"),
+#undef CASE
+};
+
+START_TEST(malformed_entries)
+{
+    pg_arena_t *a = pg_arena_new(4096);
+    outcome_t o = run(reply_of(malformed[_i].resp, malformed[_i].len), a);
+    ck_assert_msg(o.parse_rc == 0, "%s: parse failed", malformed[_i].what);
+    ck_assert_msg(o.b.malformed, "%s: not malformed", malformed[_i].what);
+    ck_assert_msg(strstr(o.why, malformed[_i].why) != NULL, "%s: reason '%s'",
+                  malformed[_i].what, o.why);
+    ck_assert_str_eq(o.b.why_malformed, o.why);
+    /* Nothing of a malformed entry reaches policy. */
+    ck_assert(!o.b.known);
+    ck_assert_ptr_null(o.b.host);
+    ck_assert_ptr_null(o.b.pin);
+    ck_assert_uint_eq(o.b.n_devices, 0);
+    pg_arena_destroy(a);
+}
+END_TEST
+
+START_TEST(values_keep_their_length)
+{
+    /* Multi-byte UTF-8 is valid and copied whole. */
+    pg_arena_t *a = pg_arena_new(4096);
+    outcome_t o = run(REPLY("*5\r\n:0\r\n$4\r\nh\xc3\xa9x\r\n$-1\r\n:1\r\n"
+                            "*2\r\n$4\r\n\xe2\x82\xac"
+                            "1\r\n$3\r\nusb\r\n"),
+                      a);
+    ck_assert(!o.b.malformed);
+    ck_assert_str_eq(o.b.host, "h\xc3\xa9x");
+    ck_assert_str_eq(o.b.devices[0].device_uuid, "\xe2\x82\xac"
+                                                 "1");
+    pg_arena_destroy(a);
+}
+END_TEST
+
+static const struct {
+    const char *what;
+    const char *resp;
+    size_t len;
+} bad_shapes[] = {
+#define CASE(w, lit)                                                                   \
+    {                                                                                  \
+        w, lit, sizeof(lit) - 1                                                        \
+    }
+    CASE("not an array", "$2\r\nok\r\n"),
+    CASE("four elements", "*4\r\n:0\r\n$-1\r\n$-1\r\n:0\r\n"),
+    CASE("flags not an integer", "*5\r\n$1\r\n0\r\n$-1\r\n$-1\r\n:0\r\n*0\r\n"),
+    CASE("negative count", "*5\r\n:0\r\n$-1\r\n$-1\r\n:-1\r\n*0\r\n"),
+    CASE("odd device list", "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:1\r\n*1\r\n$2\r\nd1\r\n"),
+    CASE("count and list disagree",
+         "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:2\r\n*2\r\n$2\r\nd1\r\n$3\r\npci\r\n"),
+    CASE("device field an integer",
+         "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:1\r\n*2\r\n:1\r\n$3\r\npci\r\n"),
+#undef CASE
+};
+
+START_TEST(reply_of_the_wrong_shape_is_an_exchange_error)
+{
+    pg_arena_t *a = pg_arena_new(4096);
+    outcome_t o = run(reply_of(bad_shapes[_i].resp, bad_shapes[_i].len), a);
+    ck_assert_msg(o.parse_rc == PG_BINDINGS_ETRANSIENT, "%s: rc %d",
+                  bad_shapes[_i].what, o.parse_rc);
+    pg_arena_destroy(a);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("bindings");
+    TCase *t = tcase_create("reply");
+    tcase_add_test(t, valid_entry);
+    tcase_add_test(t, absent_vm_is_unknown_not_malformed);
+    tcase_add_loop_test(t, malformed_entries, 0,
+                        sizeof(malformed) / sizeof(malformed[0]));
+    tcase_add_test(t, values_keep_their_length);
+    tcase_add_loop_test(t, reply_of_the_wrong_shape_is_an_exchange_error, 0,
+                        sizeof(bad_shapes) / sizeof(bad_shapes[0]));
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *r = srunner_create(suite());
+    srunner_run_all(r, CK_NORMAL);
+    int failed = srunner_ntests_failed(r);
+    srunner_free(r);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
