@@ -376,6 +376,30 @@ static int resp_vm_key(pg_buf_t *b, const char *vm, size_t vm_len, const char *s
            pg_buf_append(b, suffix, sl) || pg_buf_append(b, "\r\n", 2);
 }
 
+int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
+                               size_t args_len, const char *const *vm_uuids, size_t n,
+                               char *errbuf, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(vm_uuids[i]);
+        if (len == 0 || len > PG_BINDINGS_MAX_VM_LEN) {
+            snprintf(errbuf, errlen, "vm uuid of %zu bytes cannot name a cache key",
+                     len);
+            return PG_BINDINGS_EUSAGE;
+        }
+        if (pg_buf_append(out, "*8\r\n", 4) || resp_bulk(out, "EVALSHA", 7) ||
+            resp_bulk(out, sha, 40) || resp_bulk(out, "3", 1) ||
+            resp_vm_key(out, vm_uuids[i], len, "host") ||
+            resp_vm_key(out, vm_uuids[i], len, "pin") ||
+            resp_vm_key(out, vm_uuids[i], len, "devices") ||
+            pg_buf_append(out, args, args_len)) {
+            snprintf(errbuf, errlen, "out of memory formatting %zu lookups", n);
+            return PG_BINDINGS_ETRANSIENT;
+        }
+    }
+    return 0;
+}
+
 /* One EVALSHA of LOOKUP_LUA per VM, formatted straight into one buffer and
  * written in one go. */
 int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
@@ -386,23 +410,10 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
     if (rc != 0 || n == 0)
         return rc;
     pg_buf_reset(&b->cmd);
-    for (size_t i = 0; i < n; i++) {
-        size_t len = strlen(vm_uuids[i]);
-        if (len == 0 || len > PG_BINDINGS_MAX_VM_LEN) {
-            snprintf(errbuf, errlen, "vm uuid of %zu bytes cannot name a cache key",
-                     len);
-            return PG_BINDINGS_EUSAGE;
-        }
-        if (pg_buf_append(&b->cmd, "*8\r\n", 4) || resp_bulk(&b->cmd, "EVALSHA", 7) ||
-            resp_bulk(&b->cmd, b->sha, 40) || resp_bulk(&b->cmd, "3", 1) ||
-            resp_vm_key(&b->cmd, vm_uuids[i], len, "host") ||
-            resp_vm_key(&b->cmd, vm_uuids[i], len, "pin") ||
-            resp_vm_key(&b->cmd, vm_uuids[i], len, "devices") ||
-            pg_buf_append(&b->cmd, b->args, b->args_len)) {
-            snprintf(errbuf, errlen, "out of memory formatting %zu lookups", n);
-            return PG_BINDINGS_ETRANSIENT;
-        }
-    }
+    rc = pg_bindings_format_lookups(&b->cmd, b->sha, b->args, b->args_len, vm_uuids, n,
+                                    errbuf, errlen);
+    if (rc != 0)
+        return rc;
     if (redisAppendFormattedCommand(b->ctx, (const char *)b->cmd.data, b->cmd.len) !=
         REDIS_OK) {
         snprintf(errbuf, errlen, "redis: cannot buffer the pipeline");

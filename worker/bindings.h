@@ -74,7 +74,6 @@ typedef struct {
 bool pg_bindings_check(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
                        char *why, size_t whylen);
 
-
 typedef struct {
     unsigned long long round_trips;
     unsigned long long commands;
@@ -113,6 +112,13 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
 int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
                      pg_vm_binding_t *out, char *errbuf, size_t errlen);
 void pg_bindings_abandon(pg_bindings_t *b);
+
+/* Checks raw and copies it into out (strings in arena). A raw entry that
+ * fails pg_bindings_check gives a malformed binding, not an error; errors
+ * are out of memory only. */
+int pg_bindings_to_binding(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
+                           pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
+                           size_t errlen);
 
 /* Reads one VM's entry (every key, whatever its type; at most max_fetch
  * devices copied) into out, its bytes in arena. For operators: one atomic

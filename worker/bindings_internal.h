@@ -1,7 +1,8 @@
 /*
- * The pure half of the binding cache, exposed for unit tests: turning one
- * lookup reply into a raw entry, and a raw entry into what policy reads. No
- * I/O: tests feed RESP bytes to hiredis's reader and call these.
+ * The pure halves of the binding cache, exposed for unit tests: the request
+ * formatter and the reply parser of the lookup script. Neither does I/O, so
+ * tests compare the requests with hiredis's own formatter and feed RESP bytes
+ * to hiredis's reader for the replies.
  */
 #ifndef PG_BINDINGS_INTERNAL_H
 #define PG_BINDINGS_INTERNAL_H
@@ -16,11 +17,12 @@
 int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t *out,
                              char *errbuf, size_t errlen);
 
-/* Checks raw and copies it into out (strings in arena). A raw entry that
- * fails pg_bindings_check gives a malformed binding, not an error; errors
- * are out of memory only. */
-int pg_bindings_to_binding(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
-                           pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
-                           size_t errlen);
+/* Appends the RESP of one lookup per VM (EVALSHA sha 3 <its three keys>
+ * followed by `args`, the script's ARGV already in RESP) to out. The bytes
+ * must equal what hiredis's redisFormatCommandArgv makes of the same
+ * arguments; formatted by hand because snprintf showed in the profile. */
+int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
+                               size_t args_len, const char *const *vm_uuids, size_t n,
+                               char *errbuf, size_t errlen);
 
 #endif

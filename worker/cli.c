@@ -13,6 +13,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "policy.h"
+#include "utf8.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -21,23 +22,34 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char usage_text[] =
     "usage: pinguard [options] <command> [args]\n"
     "\n"
     "Commands:\n"
     "  run                          consume, decide and produce (the worker)\n"
-    "  explain VM [--json]          is the VM host-bound, and which devices pin it\n"
+    "  explain VM [--json]          is the VM host-bound, and which devices pin it;\n"
+    "                               shows the cache entry as stored and whether it\n"
+    "                               is valid (a malformed entry is an unknown VM); a\n"
+    "                               value holding bytes that are not UTF-8, or NUL,\n"
+    "                               shows them, and any \\, as \\xNN\n"
     "  bind VM DEVICE KIND          bind a device (pci, dgpu, mdev, usb, pci+vf,\n"
     "                               pci+vf2, pci+vdpa) to a VM\n"
     "  unbind VM DEVICE             remove a device binding\n"
     "  place VM HOST                record the host the VM runs on\n"
     "  pin VM REASON...             pin the VM to its host (operator pin)\n"
     "  unpin VM                     remove the operator pin\n"
-    "  import FILE|-                load VMs from JSON lines, one pipelined pass:\n"
-    "                               {\"vmUuid\":..,\"hostUuid\":..,\"pin\":..,\n"
-    "                                \"devices\":[{\"deviceUuid\":..,\"kind\":..}]}\n"
-    "  avro encode --type T [FILE]  JSON to single-object Avro on stdout\n"
+    "  import FILE|-                load VMs from JSON lines (each replaces the VM's\n"
+    "                               entry): "
+    "{\"vmUuid\":..,\"hostUuid\":..,\"pin\":..,\n"
+    "                                \"devices\":[{\"deviceUuid\":..,\"kind\":..}]};\n"
+    "                               every line is checked first: one bad line and\n"
+    "                               nothing is written\n"
+    "  avro encode --type T [FILE]  JSON to single-object Avro on stdout; refuses,\n"
+    "                               with the DLQ reason, what the worker would not\n"
+    "                               accept (input.max.string.length and\n"
+    "                               advice.max.migrations apply)\n"
     "  avro decode [--framed] [FILE]\n"
     "                               single-object Avro to JSON lines; --framed reads\n"
     "                               kcat -f '%R%s' frames (4-byte length + payload)\n"
@@ -172,7 +184,9 @@ static pg_bindings_t *open_bindings(const pg_config_t *c)
                                   .user = c->redis_user,
                                   .password = c->redis_password,
                                   .connect_timeout_ms = c->redis_connect_timeout_ms,
-                                  .timeout_ms = c->redis_timeout_ms};
+                                  .timeout_ms = c->redis_timeout_ms,
+                                  .max_devices = (size_t)c->redis_max_devices_per_vm,
+                                  .max_len = (size_t)c->max_string_length};
     pg_bindings_t *b = pg_bindings_new(&o);
     if (b == NULL)
         fprintf(stderr, "pinguard: out of memory\n");
@@ -184,6 +198,13 @@ static int cmd_run(const args_t *a, const pg_config_t *c, volatile sig_atomic_t 
     char err[1024];
     if (a->n_pos != 1)
         return usage_error("run takes no arguments (got %s)", a->pos[1]);
+    /* librdkafka's view of the kafka.* properties, before anything connects:
+     * a property it does not know or a value it cannot parse is a
+     * configuration error like any other. */
+    if (pg_kafka_check_config(c, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pinguard: configuration: %s\n", err);
+        return PG_EXIT_USAGE;
+    }
     if (a->check_config) {
         pg_config_print(c, stdout);
         return PG_EXIT_OK;
@@ -195,88 +216,195 @@ static int cmd_run(const args_t *a, const pg_config_t *c, volatile sig_atomic_t 
     return PG_EXIT_OK;
 }
 
-static json_t *devices_json(const pg_device_ref_t *d, size_t n, bool with_pins)
+/* Most devices explain reads of one VM: the largest redis.max.devices.per.vm
+ * anyone may configure, so an entry the worker refuses as too large is still
+ * shown whole up to that bound. */
+#define EXPLAIN_MAX_DEVICES 100000
+
+static pg_bindings_limits_t bindings_limits(const pg_config_t *c)
 {
-    json_t *arr = json_array();
-    for (size_t i = 0; i < n; i++) {
-        json_t *o =
-            json_pack("{s:s, s:s}", "deviceUuid", d[i].device_uuid, "kind", d[i].kind);
-        if (with_pins)
-            json_object_set_new(
-                o, "pins",
-                json_boolean(pg_policy_kind_pins(pg_policy_kind_parse(d[i].kind))));
-        json_array_append_new(arr, o);
+    return (pg_bindings_limits_t){.max_devices = (size_t)c->redis_max_devices_per_vm,
+                                  .max_len = (size_t)c->max_string_length};
+}
+
+/* A cache value for an operator: verbatim when it is UTF-8 without NUL (and,
+ * for a terminal, without control characters). Otherwise each byte outside a
+ * well-formed UTF-8 character, each NUL, control character and backslash is
+ * written \xNN, so that no two values print alike. NULL when out of memory. */
+static const char *shown(pg_bytes_t v, bool terminal, pg_arena_t *arena)
+{
+    const uint8_t *s = (const uint8_t *)v.data;
+    bool escape = pg_utf8_check(s, v.len) != v.len;
+    for (size_t i = 0; terminal && !escape && i < v.len; i++)
+        escape = s[i] < 0x20 || s[i] == 0x7f;
+    if (!escape)
+        return pg_arena_strndup(arena, v.data, v.len);
+    char *out = pg_arena_alloc(arena, 4 * v.len + 1), *o = out;
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < v.len;) {
+        size_t ok = pg_utf8_check(s + i, v.len - i);
+        for (size_t k = i; k < i + ok; k++) {
+            if (s[k] < 0x20 || s[k] == 0x7f || s[k] == '\\')
+                o += sprintf(o, "\\x%02x", s[k]);
+            else
+                *o++ = (char)s[k];
+        }
+        i += ok;
+        if (i < v.len)
+            o += sprintf(o, "\\x%02x", s[i++]);
     }
-    return arr;
+    *o = '\0';
+    return out;
+}
+
+static int raw_device_cmp(const void *a, const void *b)
+{
+    const pg_raw_device_t *x = a, *y = b;
+    size_t n = x->uuid.len < y->uuid.len ? x->uuid.len : y->uuid.len;
+    int c = n ? memcmp(x->uuid.data, y->uuid.data, n) : 0;
+    if (c != 0 || x->uuid.len != y->uuid.len)
+        return c != 0 ? c : (x->uuid.len < y->uuid.len ? -1 : 1);
+    n = x->kind.len < y->kind.len ? x->kind.len : y->kind.len;
+    c = n ? memcmp(x->kind.data, y->kind.data, n) : 0;
+    return c != 0 ? c : (x->kind.len > y->kind.len) - (x->kind.len < y->kind.len);
+}
+
+static json_t *json_bytes(bool present, pg_bytes_t v, pg_arena_t *arena)
+{
+    const char *t = present ? shown(v, false, arena) : NULL;
+    return t != NULL ? json_string(t) : json_null();
 }
 
 static int cmd_explain(const args_t *a, const pg_config_t *c)
 {
-    char err[512];
+    char err[512], why[256] = "";
     int rc = PG_EXIT_RUNTIME;
     if (a->n_pos != 2)
         return usage_error("%s", "explain needs exactly one VM uuid");
     const char *vm = a->pos[1];
     pg_bindings_t *b = open_bindings(c);
     pg_arena_t *arena = pg_arena_new(1 << 16);
+    pg_vm_raw_t raw;
     pg_vm_binding_t vb;
     if (b == NULL || arena == NULL)
         goto out;
-    if (pg_bindings_lookup(b, &vm, 1, arena, &vb, err, sizeof(err)) != 0) {
+    int brc =
+        pg_bindings_inspect(b, vm, EXPLAIN_MAX_DEVICES, arena, &raw, err, sizeof(err));
+    if (brc == PG_BINDINGS_EUSAGE) {
+        rc = usage_error("explain: %s", err);
+        goto out;
+    }
+    if (brc != 0) {
         fprintf(stderr, "pinguard: explain %s: %s\n", vm, err);
         goto out;
     }
-    pg_device_ref_t *all = pg_arena_calloc(arena, vb.n_devices + 1, sizeof(*all));
+    /* The worker's rule: an entry that fails the check is an unknown VM. */
+    const pg_bindings_limits_t lim = bindings_limits(c);
+    bool valid = pg_bindings_check(&raw, &lim, why, sizeof(why));
+    if (pg_bindings_to_binding(&raw, &lim, arena, &vb, err, sizeof(err)) != 0)
+        goto oom;
+    size_t n_shown = raw.devices != NULL ? raw.n_devices : 0;
+    if (n_shown > 1)
+        qsort(raw.devices, n_shown, sizeof(*raw.devices), raw_device_cmp);
     pg_device_ref_t *pinning =
         pg_arena_calloc(arena, vb.n_devices + 1, sizeof(*pinning));
-    if (all == NULL || pinning == NULL)
-        goto out;
-    /* A VM without devices has devices == NULL: memcpy(p, NULL, 0) is undefined. */
-    if (vb.n_devices > 0)
-        memcpy(all, vb.devices, vb.n_devices * sizeof(*all));
-    pg_policy_sort_devices(all, vb.n_devices);
+    if (pinning == NULL)
+        goto oom;
     const pg_policy_opts_t po = {.allow_unknown_vm = c->allow_unknown_vm};
     pg_policy_verdict_t v;
     pg_policy_judge(&po, &vb, pinning, &v);
     bool bound = v.verdict == PG_VERDICT_VETOED;
 
     if (a->json) {
+        json_t *devs = json_array(), *pins = json_array();
+        for (size_t i = 0; i < n_shown; i++) {
+            const pg_raw_device_t *d = &raw.devices[i];
+            const char *u = shown(d->uuid, false, arena),
+                       *k = shown(d->kind, false, arena);
+            if (u == NULL || k == NULL) {
+                json_decref(devs);
+                json_decref(pins);
+                goto oom;
+            }
+            /* An escaped kind is no kind policy knows: it pins. */
+            pg_device_kind_t kind = pg_policy_kind_parse(k);
+            json_array_append_new(devs,
+                                  json_pack("{s:s, s:s, s:b}", "deviceUuid", u, "kind",
+                                            k, "pins", pg_policy_kind_pins(kind)));
+        }
+        for (size_t i = 0; i < v.n_devices; i++)
+            json_array_append_new(pins, json_pack("{s:s, s:s}", "deviceUuid",
+                                                  pinning[i].device_uuid, "kind",
+                                                  pinning[i].kind));
         json_t *o = json_pack(
-            "{s:s, s:b, s:o, s:o, s:b, s:s, s:o, s:o, s:o}", "vmUuid", vm, "known",
-            vb.known, "host", vb.host ? json_string(vb.host) : json_null(), "pin",
-            vb.pin ? json_string(vb.pin) : json_null(), "hostBound", bound, "verdict",
+            "{s:s, s:b, s:o, s:{s:s, s:s, s:s}, s:b, s:o, s:o, s:b, s:s, s:o, s:o, "
+            "s:I, s:o}",
+            "vmUuid", vm, "valid", valid, "invalidReason",
+            valid ? json_null() : json_string(why), "keyTypes", "host", raw.host_type,
+            "pin", raw.pin_type, "devices", raw.devices_type, "known", vb.known, "host",
+            json_bytes(raw.has_host, raw.host, arena), "pin",
+            json_bytes(raw.has_pin, raw.pin, arena), "hostBound", bound, "verdict",
             pg_verdict_name(v.verdict), "reason",
             bound ? json_string(pg_veto_reason_name(v.reason)) : json_null(),
-            "pinningDevices", devices_json(pinning, v.n_devices, false), "devices",
-            devices_json(all, vb.n_devices, true));
-        char *s = json_dumps(o, JSON_COMPACT);
-        printf("%s\n", s);
-        free(s);
+            "pinningDevices", pins, "deviceCount", (json_int_t)raw.n_devices, "devices",
+            devs);
+        char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
+        if (text == NULL)
+            goto oom;
+        printf("%s\n", text);
+        free(text);
     } else {
+        const char *host = raw.has_host ? shown(raw.host, true, arena) : NULL;
+        const char *pin = raw.has_pin ? shown(raw.pin, true, arena) : NULL;
+        if ((raw.has_host && host == NULL) || (raw.has_pin && pin == NULL))
+            goto oom;
         printf("vm %s: %s", vm,
                bound ? "HOST-BOUND, migration is vetoed" : "migratable");
         if (bound)
             printf(" (%s)", pg_veto_reason_name(v.reason));
-        printf("\n  host: %s\n", vb.known ? vb.host : "(not in the cache: unknown VM)");
+        printf("\n");
+        if (!valid)
+            printf("  cache entry: MALFORMED (%s): decided as an unknown VM\n", why);
+        printf("  host: %s\n", host != NULL ? host
+                               : valid      ? "(not in the cache: unknown VM)"
+                                            : "(none)");
         printf("  operator pin: %s\n",
-               vb.pin ? (vb.pin[0] ? vb.pin : "(no reason given)") : "none");
-        printf("  devices: %zu\n", vb.n_devices);
-        for (size_t i = 0; i < vb.n_devices; i++) {
-            pg_device_kind_t k = pg_policy_kind_parse(all[i].kind);
-            printf("    %-38s %-9s %s\n", all[i].device_uuid, all[i].kind,
-                   k == PG_KIND_UNKNOWN     ? "PINS (unknown kind, fail closed)"
-                   : pg_policy_kind_pins(k) ? "PINS"
-                                            : "migrates");
+               pin ? (pin[0] ? pin : "(no reason given)") : "none");
+        printf("  devices: %zu%s\n", raw.n_devices,
+               raw.n_devices > n_shown ? " (too many to read)" : "");
+        for (size_t i = 0; i < n_shown; i++) {
+            const pg_raw_device_t *d = &raw.devices[i];
+            const char *u = shown(d->uuid, true, arena),
+                       *k = shown(d->kind, true, arena);
+            if (u == NULL || k == NULL)
+                goto oom;
+            pg_device_kind_t kind = pg_policy_kind_parse(k);
+            printf("    %-38s %-9s %s\n", u, k,
+                   kind == PG_KIND_UNKNOWN     ? "PINS (unknown kind, fail closed)"
+                   : pg_policy_kind_pins(kind) ? "PINS"
+                                               : "migrates");
         }
         if (bound && v.n_devices > 0) {
             printf("  pinned by:");
-            for (size_t i = 0; i < v.n_devices; i++)
-                printf(" %s(%s)", pinning[i].device_uuid, pinning[i].kind);
+            for (size_t i = 0; i < v.n_devices; i++) {
+                const pg_device_ref_t *d = &pinning[i];
+                const char *u = shown(
+                    (pg_bytes_t){d->device_uuid, strlen(d->device_uuid)}, true, arena);
+                const char *k =
+                    shown((pg_bytes_t){d->kind, strlen(d->kind)}, true, arena);
+                if (u == NULL || k == NULL)
+                    goto oom;
+                printf(" %s(%s)", u, k);
+            }
             printf("\n");
         }
     }
     rc = PG_EXIT_OK;
+    goto out;
+oom:
+    fprintf(stderr, "pinguard: explain %s: out of memory\n", vm);
 out:
     pg_arena_destroy(arena);
     pg_bindings_destroy(b);
@@ -340,26 +468,97 @@ static int cmd_edit(const args_t *a, const pg_config_t *c)
     return PG_EXIT_OK;
 }
 
-/* One JSON line of `import` into a binding, strings in the arena. */
-static int import_line(const char *line, pg_arena_t *arena, const char **vm,
-                       pg_vm_binding_t *vb, char *err, size_t errlen)
+/* Why a JSON string cannot be a value of the cache, into err; NULL-safe on
+ * the string. Strings from jansson are UTF-8 already; NUL is let through the
+ * parser (JSON_ALLOW_NUL) so that it is named here, not as bad JSON. */
+static int import_string(json_t *j, const char *what, bool may_be_empty, size_t max_len,
+                         char *err, size_t errlen)
 {
+    if (!json_is_string(j)) {
+        snprintf(err, errlen, "%s must be a string", what);
+        return -1;
+    }
+    size_t len = json_string_length(j);
+    if (len == 0 && !may_be_empty)
+        snprintf(err, errlen, "%s is empty", what);
+    else if (len > max_len)
+        snprintf(err, errlen,
+                 "%s is %zu bytes, longer than input.max.string.length (%zu)", what,
+                 len, max_len);
+    else if (memchr(json_string_value(j), '\0', len) != NULL)
+        snprintf(err, errlen, "%s holds a NUL byte", what);
+    else
+        return 0;
+    return -1;
+}
+
+/* Refuses a field an object does not know: a misspelt "hostUUID" would
+ * otherwise leave the VM unplaced without a word. */
+static int import_fields(json_t *o, const char *const *known, const char *where,
+                         char *err, size_t errlen)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach(o, key, val)
+    {
+        size_t i = 0;
+        while (known[i] != NULL && strcmp(known[i], key) != 0)
+            i++;
+        if (known[i] == NULL) {
+            snprintf(err, errlen, "%s%sunknown field '%.64s'", where ? where : "",
+                     where ? ": " : "", key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int device_ref_cmp(const void *a, const void *b)
+{
+    return strcmp(((const pg_device_ref_t *)a)->device_uuid,
+                  ((const pg_device_ref_t *)b)->device_uuid);
+}
+
+/* One JSON line of `import` into a binding, strings in the arena, checked
+ * as the worker will read the entry it becomes: refused unless valid. */
+static int import_line(const char *line, size_t len, const pg_config_t *c,
+                       pg_arena_t *arena, const char **vm, pg_vm_binding_t *vb,
+                       char *err, size_t errlen)
+{
+    static const char *const vm_fields[] = {"vmUuid", "hostUuid", "pin", "devices",
+                                            NULL};
+    static const char *const dev_fields[] = {"deviceUuid", "kind", NULL};
+    const size_t max_len = (size_t)c->max_string_length;
+    const size_t max_devices = (size_t)c->redis_max_devices_per_vm;
     json_error_t jerr;
     int rc = -1;
-    json_t *o = json_loads(line, 0, &jerr);
+    json_t *o = json_loadb(line, len, JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, &jerr);
     if (o == NULL || !json_is_object(o)) {
         snprintf(err, errlen, "not a JSON object (%s)", o ? "wrong type" : jerr.text);
         goto out;
     }
+    if (import_fields(o, vm_fields, NULL, err, errlen) != 0)
+        goto out;
     json_t *jvm = json_object_get(o, "vmUuid"), *jhost = json_object_get(o, "hostUuid"),
            *jpin = json_object_get(o, "pin"), *jdevs = json_object_get(o, "devices");
-    if (!json_is_string(jvm) ||
-        (jhost && !json_is_string(jhost) && !json_is_null(jhost)) ||
-        (jpin && !json_is_string(jpin) && !json_is_null(jpin)) ||
-        (jdevs && !json_is_array(jdevs))) {
-        snprintf(err, errlen,
-                 "needs vmUuid (string), optional hostUuid and pin (strings), "
-                 "devices (array)");
+    if (jvm == NULL) {
+        snprintf(err, errlen, "missing vmUuid");
+        goto out;
+    }
+    if (import_string(jvm, "vmUuid", false, max_len, err, errlen) != 0 ||
+        (!json_is_null(jhost) && jhost != NULL &&
+         import_string(jhost, "hostUuid", false, max_len, err, errlen) != 0) ||
+        (!json_is_null(jpin) && jpin != NULL &&
+         import_string(jpin, "pin", true, max_len, err, errlen) != 0))
+        goto out;
+    if (jdevs != NULL && !json_is_null(jdevs) && !json_is_array(jdevs)) {
+        snprintf(err, errlen, "devices must be an array");
+        goto out;
+    }
+    size_t nd = json_array_size(jdevs); /* 0 for NULL or null */
+    if (nd > max_devices) {
+        snprintf(err, errlen, "%zu devices, more than redis.max.devices.per.vm (%zu)",
+                 nd, max_devices);
         goto out;
     }
     memset(vb, 0, sizeof(*vb));
@@ -369,25 +568,70 @@ static int import_line(const char *line, pg_arena_t *arena, const char **vm,
     vb->known = vb->host != NULL;
     vb->pin =
         json_is_string(jpin) ? pg_arena_strdup(arena, json_string_value(jpin)) : NULL;
-    size_t nd = jdevs ? json_array_size(jdevs) : 0;
     pg_device_ref_t *d = pg_arena_calloc(arena, nd + 1, sizeof(*d));
-    if (*vm == NULL || d == NULL) {
+    pg_raw_device_t *rd = pg_arena_calloc(arena, nd + 1, sizeof(*rd));
+    if (*vm == NULL || d == NULL || rd == NULL ||
+        (json_is_string(jhost) && !vb->host) || (json_is_string(jpin) && !vb->pin)) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < nd; i++) {
+        char where[64];
         json_t *e = json_array_get(jdevs, i);
-        json_t *du = json_object_get(e, "deviceUuid"), *dk = json_object_get(e, "kind");
-        if (!json_is_string(du) || !json_is_string(dk)) {
-            snprintf(err, errlen, "devices[%zu] needs deviceUuid and kind strings", i);
+        snprintf(where, sizeof(where), "devices[%zu]", i);
+        if (!json_is_object(e)) {
+            snprintf(err, errlen, "%s must be an object", where);
             goto out;
         }
+        if (import_fields(e, dev_fields, where, err, errlen) != 0)
+            goto out;
+        json_t *du = json_object_get(e, "deviceUuid"), *dk = json_object_get(e, "kind");
+        if (du == NULL || dk == NULL) {
+            snprintf(err, errlen, "%s: missing %s", where,
+                     du == NULL ? "deviceUuid" : "kind");
+            goto out;
+        }
+        char what[80];
+        snprintf(what, sizeof(what), "%s.deviceUuid", where);
+        if (import_string(du, what, false, max_len, err, errlen) != 0)
+            goto out;
+        snprintf(what, sizeof(what), "%s.kind", where);
+        if (import_string(dk, what, false, max_len, err, errlen) != 0)
+            goto out;
         d[i].device_uuid = pg_arena_strdup(arena, json_string_value(du));
         d[i].kind = pg_arena_strdup(arena, json_string_value(dk));
         if (d[i].device_uuid == NULL || d[i].kind == NULL) {
             snprintf(err, errlen, "out of memory");
             goto out;
         }
+        rd[i].uuid = (pg_bytes_t){d[i].device_uuid, strlen(d[i].device_uuid)};
+        rd[i].kind = (pg_bytes_t){d[i].kind, strlen(d[i].kind)};
+    }
+    /* A uuid twice would leave one of its kinds to chance in the hash. */
+    qsort(d, nd, sizeof(*d), device_ref_cmp);
+    for (size_t i = 1; i < nd; i++) {
+        if (strcmp(d[i - 1].device_uuid, d[i].device_uuid) == 0) {
+            snprintf(err, errlen, "device %.128s is listed twice", d[i].device_uuid);
+            goto out;
+        }
+    }
+    /* Last, the worker's own rule on the entry this line becomes. */
+    pg_vm_raw_t raw = {.has_host = vb->host != NULL,
+                       .has_pin = vb->pin != NULL,
+                       .n_devices = nd,
+                       .devices = nd > 0 ? rd : NULL};
+    snprintf(raw.host_type, sizeof(raw.host_type), "%s", vb->host ? "string" : "none");
+    snprintf(raw.pin_type, sizeof(raw.pin_type), "%s", vb->pin ? "string" : "none");
+    snprintf(raw.devices_type, sizeof(raw.devices_type), "%s", nd ? "hash" : "none");
+    if (vb->host != NULL)
+        raw.host = (pg_bytes_t){vb->host, strlen(vb->host)};
+    if (vb->pin != NULL)
+        raw.pin = (pg_bytes_t){vb->pin, strlen(vb->pin)};
+    const pg_bindings_limits_t lim = bindings_limits(c);
+    char why[256];
+    if (!pg_bindings_check(&raw, &lim, why, sizeof(why))) {
+        snprintf(err, errlen, "the entry would be malformed: %s", why);
+        goto out;
     }
     vb->devices = d;
     vb->n_devices = nd;
@@ -397,60 +641,173 @@ out:
     return rc;
 }
 
+typedef struct {
+    size_t lines, vms, devices, pins;
+} import_count_t;
+
+/* On a terminal, one status line rewritten in place (an empty text clears
+ * it); nothing otherwise. */
+static void import_progress(bool tty, const char *text)
+{
+    if (!tty)
+        return;
+    fprintf(stderr, "\r%-78.78s\r", text);
+    fflush(stderr);
+}
+
+static bool blank(const char *line, size_t len)
+{
+    return strspn(line, " \t\r\n") >= len;
+}
+
+/* Two passes: the first checks every line and writes nothing, so that a bad
+ * line anywhere leaves the cache as it was; the second stores the VMs in
+ * pipelined chunks (each VM's entry replaced atomically). Input that cannot
+ * be read twice (a pipe) is kept in a temporary file by the first pass. */
 static int cmd_import(const args_t *a, const pg_config_t *c)
 {
-    enum { CHUNK = 5000 };
+    enum { CHUNK = 5000, MAX_REPORTED = 10 };
     char err[512];
     int rc = PG_EXIT_RUNTIME;
     char *line = NULL;
-    size_t cap = 0, n = 0, total = 0, lineno = 0;
+    size_t cap = 0, bad = 0, first_bad = 0;
+    import_count_t n = {0};
+    pg_bindings_t *b = NULL;
+    const char **vms = NULL;
+    pg_vm_binding_t *vbs = NULL;
+    FILE *spool = NULL;
     if (a->n_pos != 2)
         return usage_error("%s", "usage: pinguard import FILE|-");
+    const char *name = strcmp(a->pos[1], "-") == 0 ? "stdin" : a->pos[1];
     FILE *f = strcmp(a->pos[1], "-") == 0 ? stdin : fopen(a->pos[1], "r");
     if (f == NULL) {
-        fprintf(stderr, "pinguard: import %s: %s\n", a->pos[1], strerror(errno));
+        fprintf(stderr, "pinguard: import %s: %s\n", name, strerror(errno));
         return PG_EXIT_RUNTIME;
     }
-    pg_bindings_t *b = open_bindings(c);
+    const bool tty = isatty(fileno(stderr));
     pg_arena_t *arena = pg_arena_new(1 << 20);
-    const char **vms = calloc(CHUNK, sizeof(*vms));
-    pg_vm_binding_t *vbs = calloc(CHUNK, sizeof(*vbs));
-    if (b == NULL || arena == NULL || vms == NULL || vbs == NULL)
+    if (arena == NULL)
+        goto oom;
+    /* Where the input starts: stdin may come positioned inside a file. */
+    const off_t start = ftello(f);
+    if (start < 0 && (spool = tmpfile()) == NULL) {
+        fprintf(stderr, "pinguard: import: cannot create a temporary file: %s\n",
+                strerror(errno));
         goto out;
+    }
+
     for (;;) {
         ssize_t len = getline(&line, &cap, f);
+        if (len < 0)
+            break;
+        n.lines++;
+        if (spool != NULL && fwrite(line, 1, (size_t)len, spool) != (size_t)len) {
+            fprintf(stderr, "pinguard: import: cannot write the temporary file\n");
+            goto out;
+        }
+        if (tty && n.lines % 4096 == 0) {
+            char text[96];
+            snprintf(text, sizeof(text), "pinguard: import: %zu lines checked",
+                     n.lines);
+            import_progress(tty, text);
+        }
+        if (blank(line, (size_t)len))
+            continue;
+        const char *vm;
+        pg_vm_binding_t vb;
+        pg_arena_reset(arena);
+        if (import_line(line, (size_t)len, c, arena, &vm, &vb, err, sizeof(err)) != 0) {
+            if (bad++ == 0)
+                first_bad = n.lines;
+            if (bad <= MAX_REPORTED) {
+                import_progress(tty, "");
+                fprintf(stderr, "pinguard: import %s:%zu: %s\n", name, n.lines, err);
+            }
+            continue;
+        }
+        n.vms++;
+        n.devices += vb.n_devices;
+        n.pins += vb.pin != NULL;
+    }
+    if (ferror(f)) {
+        fprintf(stderr, "pinguard: import %s: read error: %s\n", name, strerror(errno));
+        goto out;
+    }
+    if (bad > 0) {
+        import_progress(tty, "");
+        fprintf(stderr,
+                "pinguard: import %s: %zu invalid line%s (the first is line %zu); "
+                "nothing was imported\n",
+                name, bad, bad == 1 ? "" : "s", first_bad);
+        goto out;
+    }
+
+    FILE *in = spool != NULL ? spool : f;
+    if (fseeko(in, spool != NULL ? 0 : start, SEEK_SET) != 0) {
+        fprintf(stderr, "pinguard: import %s: cannot read it again: %s\n", name,
+                strerror(errno));
+        goto out;
+    }
+    b = open_bindings(c);
+    vms = calloc(CHUNK, sizeof(*vms));
+    vbs = calloc(CHUNK, sizeof(*vbs));
+    if (b == NULL || vms == NULL || vbs == NULL)
+        goto oom;
+    pg_arena_reset(arena);
+    size_t k = 0, written = 0, lineno = 0;
+    for (;;) {
+        ssize_t len = getline(&line, &cap, in);
         bool eof = len < 0;
         if (!eof) {
             lineno++;
-            if (strspn(line, " \t\r\n") == (size_t)len)
+            if (blank(line, (size_t)len))
                 continue;
-            if (import_line(line, arena, &vms[n], &vbs[n], err, sizeof(err)) != 0) {
-                fprintf(stderr, "pinguard: import %s:%zu: %s\n", a->pos[1], lineno,
-                        err);
+            if (import_line(line, (size_t)len, c, arena, &vms[k], &vbs[k], err,
+                            sizeof(err)) != 0) {
+                import_progress(tty, "");
+                fprintf(stderr,
+                        "pinguard: import %s:%zu: %s (the file changed while being "
+                        "imported; %zu VMs were written)\n",
+                        name, lineno, err, written);
                 goto out;
             }
-            n++;
+            k++;
         }
-        if (n == CHUNK || (eof && n > 0)) {
-            if (pg_bindings_store(b, vms, vbs, n, err, sizeof(err)) != 0) {
-                fprintf(stderr, "pinguard: import: %s\n", err);
+        if (k == CHUNK || (eof && k > 0)) {
+            if (pg_bindings_store(b, vms, vbs, k, err, sizeof(err)) != 0) {
+                import_progress(tty, "");
+                fprintf(stderr, "pinguard: import: %s (%zu of %zu VMs were written)\n",
+                        err, written, n.vms);
                 goto out;
             }
-            total += n;
-            n = 0;
+            written += k;
+            k = 0;
             pg_arena_reset(arena);
+            if (tty) {
+                char text[96];
+                snprintf(text, sizeof(text), "pinguard: import: %zu of %zu VMs written",
+                         written, n.vms);
+                import_progress(tty, text);
+            }
         }
         if (eof)
             break;
     }
-    printf("imported %zu VMs\n", total);
+    import_progress(tty, "");
+    printf("imported %zu VMs (%zu devices, %zu pins) from %s\n", written, n.devices,
+           n.pins, name);
     rc = PG_EXIT_OK;
+    goto out;
+oom:
+    fprintf(stderr, "pinguard: import: out of memory\n");
 out:
     free(line);
     free(vms);
     free(vbs);
     pg_arena_destroy(arena);
     pg_bindings_destroy(b);
+    if (spool != NULL)
+        fclose(spool);
     if (f != stdin)
         fclose(f);
     return rc;
@@ -466,11 +823,18 @@ static int read_all(FILE *f, pg_buf_t *buf)
     return ferror(f) ? -1 : 0;
 }
 
-static int decode_one(pg_codec_t *codec, const uint8_t *p, size_t n)
+/* The limits the worker decodes its input with. */
+static pg_codec_limits_t codec_limits(const pg_config_t *c)
+{
+    return (pg_codec_limits_t){.max_string = (size_t)c->max_string_length,
+                               .max_items = (size_t)c->advice_max_migrations};
+}
+
+static int decode_one(pg_codec_t *codec, const pg_codec_limits_t *lim, const uint8_t *p,
+                      size_t n)
 {
     char err[512], *json = NULL;
-    const pg_codec_limits_t lim = PG_CODEC_LIMITS_DEFAULT;
-    int rc = pg_codec_to_json(codec, p, n, &lim, &json, NULL, err, sizeof(err));
+    int rc = pg_codec_to_json(codec, p, n, lim, &json, NULL, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "pinguard: avro decode: %s: %s\n", pg_codec_err_name(rc), err);
         return -1;
@@ -480,12 +844,13 @@ static int decode_one(pg_codec_t *codec, const uint8_t *p, size_t n)
     return 0;
 }
 
-static int cmd_avro(const args_t *a)
+static int cmd_avro(const args_t *a, const pg_config_t *c)
 {
     char err[512];
     int rc = PG_EXIT_RUNTIME;
     FILE *f = NULL;
     pg_buf_t in = {0}, out = {0};
+    const pg_codec_limits_t lim = codec_limits(c);
     if (a->n_pos < 2)
         return usage_error("%s", "usage: pinguard avro encode|decode|fingerprint ...");
     const char *sub = a->pos[1];
@@ -528,6 +893,18 @@ static int cmd_avro(const args_t *a)
     if (strcmp(sub, "encode") == 0) {
         int erc = pg_codec_from_json(codec, type, (const char *)in.data, in.len, &out,
                                      err, sizeof(err));
+        /* Bytes the worker would dead-letter are refused with the worker's
+         * reason: read them back exactly as it does, with its limits. */
+        if (erc == 0) {
+            pg_arena_t *arena = pg_arena_new(1 << 16);
+            pg_record_t rec;
+            erc = arena == NULL ? PG_CODEC_ENOMEM
+                                : pg_codec_decode(codec, out.data, out.len, &lim, arena,
+                                                  &rec, err, sizeof(err));
+            if (arena == NULL)
+                snprintf(err, sizeof(err), "out of memory");
+            pg_arena_destroy(arena);
+        }
         if (erc != 0) {
             fprintf(stderr, "pinguard: avro encode: %s: %s\n", pg_codec_err_name(erc),
                     err);
@@ -541,7 +918,8 @@ static int cmd_avro(const args_t *a)
         goto out;
     }
     if (!a->framed) {
-        rc = decode_one(codec, in.data, in.len) == 0 ? PG_EXIT_OK : PG_EXIT_RUNTIME;
+        rc = decode_one(codec, &lim, in.data, in.len) == 0 ? PG_EXIT_OK
+                                                           : PG_EXIT_RUNTIME;
         goto out;
     }
     rc = PG_EXIT_OK;
@@ -565,7 +943,7 @@ static int cmd_avro(const args_t *a)
             rc = PG_EXIT_RUNTIME;
             break;
         }
-        if (decode_one(codec, in.data + off, (size_t)n) != 0)
+        if (decode_one(codec, &lim, in.data + off, (size_t)n) != 0)
             rc = PG_EXIT_RUNTIME;
         off += (size_t)n;
     }
@@ -656,10 +1034,9 @@ int pg_cli_main(int argc, char **argv, char *const *envp, volatile sig_atomic_t 
         return a.help ? PG_EXIT_OK : PG_EXIT_USAGE;
     }
     const char *cmd = a.pos[0];
-    if (strcmp(cmd, "avro") == 0)
-        return cmd_avro(&a);
-    static const char *const known[] = {"run", "explain", "bind",   "unbind", "place",
-                                        "pin", "unpin",   "import", "config", "lag"};
+    static const char *const known[] = {"run",    "explain", "bind",  "unbind",
+                                        "place",  "pin",     "unpin", "import",
+                                        "config", "lag",     "avro"};
     bool ok = false;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         ok |= strcmp(cmd, known[i]) == 0;
@@ -679,6 +1056,8 @@ int pg_cli_main(int argc, char **argv, char *const *envp, volatile sig_atomic_t 
         rc = cmd_config(&a, c);
     else if (strcmp(cmd, "lag") == 0)
         rc = cmd_lag(&a, c);
+    else if (strcmp(cmd, "avro") == 0)
+        rc = cmd_avro(&a, c);
     else
         rc = cmd_edit(&a, c);
     pg_config_destroy(c);

@@ -201,9 +201,14 @@ static const char *const record_names[PG_REC_COUNT] = {
     "MigrateVmDecision", "MigrationResult", "DeviceReleaseDecision",
 };
 
-/* Fields whose empty value would make the policy look up nothing. */
-static const char *const id_fields[] = {"requestId",   "adviceId",    "vmUuid",
-                                        "clusterUuid", "srcHostUuid", "deviceUuid"};
+/* The id fields: a string, or a ["null", "string"] whose null means absent.
+ * An empty id would make the policy look up, or answer for, nothing: every
+ * record that carries one, input or output, must name it (SPEC, "Topics and
+ * records"). id_check is the one place that enforces it. */
+static const char *const id_fields[] = {
+    "requestId",   "adviceId",   "vmUuid",           "clusterUuid",  "srcHostUuid",
+    "dstHostUuid", "deviceUuid", "observedHostUuid", "fromHostUuid",
+};
 
 /* Struct members are reached by offset; memcpy keeps that free of aliasing
  * and alignment assumptions. */
@@ -414,6 +419,17 @@ static int vneed(vcur_t *v, size_t n, const char *what)
     return 0;
 }
 
+/* An id field's value (a null in its union never gets here): non-empty. The
+ * detail starts with the field's name, as the DLQ's pinguard-error shows it. */
+static int id_check(vcur_t *v, const uint8_t *start, int64_t len)
+{
+    if (len > 0)
+        return 0;
+    return pg_codec_fail(v->errbuf, v->errlen, PG_CODEC_EFIELD,
+                         "%s is empty (body offset %zu)", v->field ? v->field : "id",
+                         voff(v, start));
+}
+
 static int vstring(vcur_t *v, bool utf8, bool is_id)
 {
     const uint8_t *start = v->p;
@@ -443,8 +459,8 @@ static int vstring(vcur_t *v, bool utf8, bool is_id)
                 "string at body offset %zu has %s at body offset %zu", voff(v, start),
                 v->p[bad] == 0 ? "a NUL byte" : "invalid UTF-8", voff(v, v->p + bad));
     }
-    if (is_id && len == 0)
-        return vfail(v, PG_CODEC_EFIELD, "empty id at body offset %zu", voff(v, start));
+    if (is_id && (rc = id_check(v, start, len)) != 0)
+        return rc;
     v->p += len;
     return 0;
 }
@@ -1165,6 +1181,24 @@ static bool is_id_field(const char *name)
     return false;
 }
 
+/* A string, or a union whose only non-null branch is a string: what an id
+ * field may be. The validator hands is_id down to the union's branch. */
+static bool is_string_field(const pg_codec_node_t *n)
+{
+    if (n->type == AVRO_STRING)
+        return true;
+    if (n->type != AVRO_UNION)
+        return false;
+    size_t strings = 0, others = 0;
+    for (size_t i = 0; i < n->n; i++) {
+        if (n->kids[i]->type == AVRO_STRING)
+            strings++;
+        else if (n->kids[i]->type != AVRO_NULL)
+            others++;
+    }
+    return strings == 1 && others == 0;
+}
+
 /* Compiles avro-c's schema s, whose JSON is j (for the defaults), into the
  * node graph. Named types are compiled once; references share the node. */
 static pg_codec_node_t *compile(build_t *b, avro_schema_t s, json_t *j, int depth)
@@ -1225,8 +1259,7 @@ static pg_codec_node_t *compile(build_t *b, avro_schema_t s, json_t *j, int dept
                 if (n->kids[i] == NULL)
                     return NULL;
                 n->defaults[i] = json_object_get(fj, "default");
-                n->is_id[i] =
-                    n->kids[i]->type == AVRO_STRING && is_id_field(n->names[i]);
+                n->is_id[i] = is_id_field(n->names[i]) && is_string_field(n->kids[i]);
                 n->min_size += n->kids[i]->min_size;
             }
         }

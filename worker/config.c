@@ -5,6 +5,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -66,6 +67,9 @@ static const entry_t table[] = {
         "Bound on connecting to Redis."),
     INT("redis.timeout.ms", redis_timeout_ms, "1000", 10, 60000,
         "Bound on one Redis round trip; past it the batch is retried."),
+    INT("redis.max.devices.per.vm", redis_max_devices_per_vm, "256", 1, 100000,
+        "A VM whose cache entry binds more devices is unknown (vetoed UNKNOWN_VM): "
+        "bounds the memory one VM's entry can take."),
     {"policy.allow.unknown.vm", T_BOOL, OFF(allow_unknown_vm), "false", 0, 1, NULL,
      false,
      "Approve VMs the cache does not know instead of vetoing them (UNKNOWN_VM)."},
@@ -89,10 +93,14 @@ static const entry_t table[] = {
     INT("retry.backoff.max.ms", retry_backoff_max_ms, "5000", 1, 600000,
         "Cap of the doubling retry wait."),
     STR("metrics.listen", metrics_listen, "127.0.0.1:9464",
-        "IPv4 address:port of the /metrics, /healthz and /readyz endpoints; port 0 "
-        "picks a free one (logged), an empty value turns them off."),
+        "IPv4 address:port (a dotted address, no host name) of the /metrics, "
+        "/healthz and /readyz endpoints; port 0 picks a free one (logged), an empty "
+        "value turns them off."),
     INT("health.stall.timeout.ms", health_stall_timeout_ms, "90000", 1000, 3600000,
         "/healthz and /readyz fail when the loop has not turned for this long."),
+    INT("health.stall.ms", health_partition_stall_ms, "120000", 1000, 3600000,
+        "/readyz fails when an assigned partition with lag has not moved its "
+        "committed offset for this long."),
     {"log.level", T_ENUM, OFF(log_level), "info", 0, 0, level_symbols, false,
      "Least severe level logged."},
     {"log.format", T_ENUM, OFF(log_format), "logfmt", 0, 0, format_symbols, false,
@@ -401,8 +409,40 @@ static int read_secret_file(const char *path, char **out, char *errbuf, size_t e
     return 0;
 }
 
+/* metrics.listen as the metrics server binds it: empty (no endpoints), or a
+ * dotted IPv4 address, a colon and a port of 0 to 65535 in decimal digits (0:
+ * any free port). No names: the server never resolves one, so a name would
+ * pass here and fail at start-up. */
+static int check_listen(const char *listen, char *errbuf, size_t errlen)
+{
+    if (listen[0] == '\0')
+        return 0;
+    const char *colon = strrchr(listen, ':');
+    const char *port = colon != NULL ? colon + 1 : "";
+    size_t digits = strspn(port, "0123456789");
+    char host[INET_ADDRSTRLEN];
+    struct in_addr addr;
+    bool ok = colon != NULL && (size_t)(colon - listen) < sizeof(host) && digits > 0 &&
+              digits <= 5 && port[digits] == '\0' && atol(port) <= 65535;
+    if (ok) {
+        memcpy(host, listen, (size_t)(colon - listen));
+        host[colon - listen] = '\0';
+        ok = inet_pton(AF_INET, host, &addr) == 1;
+    }
+    if (!ok) {
+        snprintf(errbuf, errlen,
+                 "metrics.listen: '%s' is not an IPv4 address:port with a port in "
+                 "[0, 65535] (empty turns the endpoints off)",
+                 listen);
+        return -1;
+    }
+    return 0;
+}
+
 int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen)
 {
+    if (check_listen(c->metrics_listen, errbuf, errlen) != 0)
+        return -1;
     if (c->redis_password_file[0] != '\0' &&
         read_secret_file(c->redis_password_file, &c->redis_password, errbuf, errlen) !=
             0)

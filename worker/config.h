@@ -47,6 +47,7 @@ typedef struct {
     char *redis_password_file;
     int redis_connect_timeout_ms;
     int redis_timeout_ms;
+    int redis_max_devices_per_vm;
 
     bool allow_unknown_vm;
     int delivery; /* pg_delivery_t */
@@ -60,6 +61,7 @@ typedef struct {
 
     char *metrics_listen;
     int health_stall_timeout_ms;
+    int health_partition_stall_ms;
     int log_level;  /* pg_log_level_t */
     int log_format; /* pg_log_format_t */
 

@@ -8,6 +8,9 @@
  * and its input offsets commit together, consumers of the outputs read
  * read_committed, and an abort rewinds the consumer to the committed offsets
  * (the flow of librdkafka's examples/transactions.c).
+ * Nothing is consumed before every output topic is known to exist and its
+ * size limit read; a client state librdkafka cannot leave (a fatal error,
+ * failed authentication) ends the process through PG_KAFKA_EFATAL.
  */
 #include "kafka.h"
 
@@ -28,11 +31,23 @@ typedef struct {
     int32_t partition;
     int64_t offset;
     pg_delivery_state_t state;
+    /* Scratch of settle_prefix: before the partition's first failure, and
+     * the index of the partition's entry there. */
+    bool before_failure;
+    uint32_t part;
 } pending_t;
+
+enum { TRACKED_PARTITIONS = 1024 };
 
 struct pg_kafka {
     const pg_config_t *cfg;
-    pending_t *pending; /* ring of pending_cap entries */
+    volatile sig_atomic_t *stop; /* NULL: never asked to stop */
+    pg_kafka_settled_fn settled_fn;
+    void *settled_ctx;
+    size_t out_max[PG_OUT_COUNT]; /* see pg_kafka_output_max_bytes */
+    size_t msg_max, batch_max;    /* the producer's, from its configuration */
+    bool subscribed;              /* the outputs were checked, see start_consuming */
+    pending_t *pending;           /* ring of pending_cap entries */
     size_t pending_cap, pending_head, pending_len;
     rd_kafka_t *consumer;
     rd_kafka_t *producer;
@@ -42,10 +57,14 @@ struct pg_kafka {
     /* Read by the metrics thread. */
     _Atomic bool joined;
     _Atomic unsigned long long rebalances, assigned, aborts, fetch_wakeups;
+    /* Offset of the last input handed to the worker, per input topic and
+     * partition (up to TRACKED_PARTITIONS), for the lag rows; -1 none. */
+    _Atomic int64_t consumed[PG_IN_COUNT][TRACKED_PARTITIONS];
     int64_t next_wakeup_ms; /* earliest time of the next fetcher wake-up */
     bool caught_up;         /* the last check saw no lag: poll without slicing */
     bool transactional;
     bool paused;
+    bool quiet; /* building confs for pg_kafka_check_config: no logs */
     bool fatal;
     char fatal_reason[768];
 };
@@ -106,25 +125,59 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
            NULL);
 }
 
+/* Wrong credentials and missing permissions do not heal by retrying. */
+static bool is_auth_error(rd_kafka_resp_err_t err)
+{
+    return err == RD_KAFKA_RESP_ERR__AUTHENTICATION ||
+           err == RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED ||
+           err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+           err == RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED;
+}
+
+/* Records the first cause of a state the client cannot leave, with the
+ * setting an operator should look at. */
+static void set_fatal(pg_kafka_t *k, rd_kafka_resp_err_t err, const char *reason)
+{
+    if (k->fatal)
+        return;
+    const char *hint = "";
+    if (is_auth_error(err))
+        hint = " (check the kafka.sasl.* and kafka.ssl.* settings)";
+    else if (err == RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID)
+        hint = " (another consumer runs with the same kafka.group.instance.id)";
+    else if (err == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+             err == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)
+        hint = " (another producer runs with the same kafka.transactional.id)";
+    snprintf(k->fatal_reason, sizeof(k->fatal_reason), "%s: %s%s",
+             rd_kafka_err2name(err), reason, hint);
+    k->fatal = true;
+}
+
+/* A fatal error of either client, read from librdkafka itself: the consumer
+ * reports its own (a fenced static member) only as one message of
+ * rd_kafka_consumer_poll, the producer through on_error, and either may be
+ * raised while nothing is polled. */
+static void read_fatal(pg_kafka_t *k)
+{
+    rd_kafka_t *clients[] = {k->consumer, k->producer};
+    for (size_t i = 0; !k->fatal && i < sizeof(clients) / sizeof(clients[0]); i++) {
+        char why[512];
+        rd_kafka_resp_err_t err =
+            clients[i] ? rd_kafka_fatal_error(clients[i], why, sizeof(why)) : 0;
+        if (err)
+            set_fatal(k, err, why);
+    }
+}
+
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     pg_kafka_t *k = opaque;
-    char fatal_str[256];
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
-        rd_kafka_resp_err_t orig =
-            rd_kafka_fatal_error(rk, fatal_str, sizeof(fatal_str));
-        snprintf(k->fatal_reason, sizeof(k->fatal_reason), "%s: %s",
-                 rd_kafka_err2name(orig), fatal_str);
-        k->fatal = true;
-    } else if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION ||
-               err == RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED ||
-               err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
-               err == RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED) {
-        /* Wrong credentials do not heal by retrying: stop and say so. */
-        snprintf(k->fatal_reason, sizeof(k->fatal_reason),
-                 "%s: %s (check the kafka.sasl.* and kafka.ssl.* settings)",
-                 rd_kafka_err2name(err), reason);
-        k->fatal = true;
+        char why[512];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof(why));
+        set_fatal(k, orig ? orig : (rd_kafka_resp_err_t)err, orig ? why : reason);
+    } else if (is_auth_error((rd_kafka_resp_err_t)err)) {
+        set_fatal(k, (rd_kafka_resp_err_t)err, reason);
     }
     pg_log(k->fatal ? PG_LOG_ERROR : PG_LOG_WARN, "kafka_error", "client",
            rd_kafka_name(rk), "error", rd_kafka_err2name(err), "reason", reason, NULL);
@@ -205,15 +258,22 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     rd_kafka_assign(rk, NULL);
 }
 
-static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
-                    char *errbuf, size_t errlen)
+/* Sets key; a refusal is reported for kafka.<name>. */
+static int conf_set_as(rd_kafka_conf_t *conf, const char *key, const char *value,
+                       const char *name, char *errbuf, size_t errlen)
 {
     char err[256];
     if (rd_kafka_conf_set(conf, key, value, err, sizeof(err)) != RD_KAFKA_CONF_OK) {
-        snprintf(errbuf, errlen, "kafka.%s: %s", key, err);
+        snprintf(errbuf, errlen, "kafka.%s: %s", name, err);
         return -1;
     }
     return 0;
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
+                    char *errbuf, size_t errlen)
+{
+    return conf_set_as(conf, key, value, key, errbuf, errlen);
 }
 
 /* A transactional.id must be stable across restarts of one replica (so that
@@ -298,11 +358,14 @@ static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf,
             /* A transactional producer refuses every produce() before
              * init_transactions (Local: Erroneous state): at least once
              * uses a plain idempotent producer, so the id is moot here. */
-            pg_log_warn("kafka_property_ignored", "property", "transactional.id", "why",
-                        "delivery=at-least-once", NULL);
+            if (!k->quiet)
+                pg_log_warn("kafka_property_ignored", "property", "transactional.id",
+                            "why", "delivery=at-least-once", NULL);
             continue;
         }
-        if (conf_set(conf, key, k->cfg->kafka[i].value, errbuf, errlen) != 0)
+        /* An error names the property as the operator wrote it. */
+        if (conf_set_as(conf, key, k->cfg->kafka[i].value, k->cfg->kafka[i].key, errbuf,
+                        errlen) != 0)
             goto fail;
     }
     for (size_t i = 0; i < nforced; i++)
@@ -326,15 +389,51 @@ fail:
 static int64_t now_ms(void);
 static int check_fatal(pg_kafka_t *k, char *errbuf, size_t errlen);
 
+static bool stopping(const pg_kafka_t *k)
+{
+    return k->stop != NULL && *k->stop;
+}
+
+int pg_kafka_check_config(const pg_config_t *cfg, char *errbuf, size_t errlen)
+{
+    pg_kafka_t k = {.cfg = cfg,
+                    .transactional = cfg->delivery == PG_DELIVERY_EXACTLY_ONCE,
+                    .quiet = true};
+    for (int consumer = 0; consumer < 2; consumer++) {
+        rd_kafka_conf_t *conf = make_conf(&k, consumer, errbuf, errlen);
+        if (conf == NULL)
+            return -1;
+        rd_kafka_conf_destroy(conf);
+    }
+    return 0;
+}
+
+/* A size property of a configuration not yet handed to rd_kafka_new. */
+static size_t conf_size(const rd_kafka_conf_t *conf, const char *key, size_t dflt)
+{
+    char value[64];
+    size_t n = sizeof(value);
+    if (rd_kafka_conf_get(conf, key, value, &n) != RD_KAFKA_CONF_OK)
+        return dflt;
+    char *end;
+    unsigned long long v = strtoull(value, &end, 10);
+    return end != value && *end == '\0' ? (size_t)v : dflt;
+}
+
 /* Fences any older producer with the same transactional.id and aborts what it
  * left open. Called in short slices (the call resumes after a retriable
  * timeout) with the producer's error callback served between them: a wrong
  * SASL password shows up there as _AUTHENTICATION within a second, while a
- * single call would only time out after 60 s with no word of the cause. */
+ * single call would only time out after 60 s with no word of the cause; and
+ * a stop request is seen between two slices. */
 static int init_transactions(pg_kafka_t *k, char *errbuf, size_t errlen)
 {
     int64_t deadline = now_ms() + 60000;
     for (;;) {
+        if (stopping(k)) {
+            snprintf(errbuf, errlen, "stopped while initialising transactions");
+            return -1;
+        }
         int64_t left = deadline - now_ms();
         int slice = left > 500 ? 500 : left > 1 ? (int)left : 1;
         rd_kafka_error_t *e = rd_kafka_init_transactions(k->producer, slice);
@@ -350,17 +449,225 @@ static int init_transactions(pg_kafka_t *k, char *errbuf, size_t errlen)
     }
 }
 
-pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
+static const char *const out_setting[PG_OUT_COUNT] = {
+    "topic.advice.filtered", "topic.decisions", "topic.release", "topic.dlq"};
+
+/* Outputs sharing a topic with an earlier one are checked once. */
+static bool out_seen_before(const pg_kafka_t *k, int o)
+{
+    for (int i = 0; i < o; i++)
+        if (strcmp(rd_kafka_topic_name(k->out[i]), rd_kafka_topic_name(k->out[o])) == 0)
+            return true;
+    return false;
+}
+
+/* A missing output topic would fail every decision for good, and in exactly-
+ * once mode only at the commit: refuse to consume instead. One metadata
+ * request for the topics this producer knows (the outputs), waiting at most
+ * timeout_ms for a broker to answer. Returns 1 when every output exists, 0
+ * when no broker answered (or a topic is still being created:
+ * LEADER_NOT_AVAILABLE), -1 with errbuf naming the missing topics, or on a
+ * fatal state (on_error is served here: wrong credentials end the wait). */
+static int check_outputs_once(pg_kafka_t *k, int timeout_ms, char *errbuf,
+                              size_t errlen)
+{
+    int64_t t0 = now_ms();
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(k->producer, 0, NULL, &md, timeout_ms);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        size_t off = 0;
+        bool again = false;
+        for (int o = 0; o < PG_OUT_COUNT; o++) {
+            const char *name = rd_kafka_topic_name(k->out[o]);
+            rd_kafka_resp_err_t terr = RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+            for (int i = 0; i < md->topic_cnt; i++)
+                if (strcmp(md->topics[i].topic, name) == 0)
+                    terr = md->topics[i].err;
+            if (terr == RD_KAFKA_RESP_ERR_NO_ERROR || out_seen_before(k, o))
+                continue;
+            if (terr == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE) {
+                again = true;
+                continue;
+            }
+            bool missing = terr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+            int n = snprintf(errbuf + off, off < errlen ? errlen - off : 0,
+                             "%soutput topic %s (%s)%s%s", off == 0 ? "kafka: " : "; ",
+                             name, out_setting[o], missing ? " does not exist" : ": ",
+                             missing ? "" : rd_kafka_err2str(terr));
+            off += n > 0 ? (size_t)n : 0;
+        }
+        rd_kafka_metadata_destroy(md);
+        if (off > 0)
+            return -1;
+        if (!again)
+            return 1;
+    }
+    /* Serves on_error, and paces a request that failed at once. */
+    int left = timeout_ms - (int)(now_ms() - t0);
+    rd_kafka_poll(k->producer, left > 0 ? left : 0);
+    return check_fatal(k, errbuf, errlen) != 0 ? -1 : 0;
+}
+
+/* Each output's limit starts as the producer's message.max.bytes and is
+ * lowered to its topic's max.message.bytes, read with one DescribeConfigs
+ * request. Without an answer (no DescribeConfigs permission, an old broker,
+ * a timeout) the producer's limit stands and the broker refuses what the
+ * topic cannot take: said once here. Returns 1, or 0 on a stop request. */
+static int read_output_limits(pg_kafka_t *k)
+{
+    size_t msg_max = k->msg_max, batch_max = k->batch_max;
+    rd_kafka_ConfigResource_t *res[PG_OUT_COUNT];
+    size_t nres = 0;
+    char why[512] = "";
+    int rc = 1;
+    for (int o = 0; o < PG_OUT_COUNT; o++) {
+        k->out_max[o] = msg_max;
+        if (!out_seen_before(k, o))
+            res[nres++] = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC,
+                                                      rd_kafka_topic_name(k->out[o]));
+    }
+    rd_kafka_queue_t *q = rd_kafka_queue_new(k->producer);
+    rd_kafka_AdminOptions_t *opts =
+        rd_kafka_AdminOptions_new(k->producer, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+    char oerr[256];
+    rd_kafka_AdminOptions_set_request_timeout(opts, 10000, oerr, sizeof(oerr));
+    rd_kafka_DescribeConfigs(k->producer, res, nres, opts, q);
+    rd_kafka_event_t *ev = NULL;
+    int64_t deadline = now_ms() + 12000;
+    while (ev == NULL && now_ms() < deadline) {
+        if (stopping(k)) {
+            rc = 0;
+            goto out;
+        }
+        ev = rd_kafka_queue_poll(q, 500);
+    }
+    if (ev == NULL) {
+        snprintf(why, sizeof(why), "DescribeConfigs: no answer");
+    } else if (rd_kafka_event_error(ev)) {
+        snprintf(why, sizeof(why), "DescribeConfigs: %s",
+                 rd_kafka_event_error_string(ev));
+    } else {
+        size_t cnt = 0;
+        const rd_kafka_ConfigResource_t **rs =
+            rd_kafka_DescribeConfigs_result_resources(
+                rd_kafka_event_DescribeConfigs_result(ev), &cnt);
+        for (size_t r = 0; r < cnt; r++) {
+            const char *topic = rd_kafka_ConfigResource_name(rs[r]);
+            if (rd_kafka_ConfigResource_error(rs[r])) {
+                snprintf(why, sizeof(why), "DescribeConfigs %s: %s", topic,
+                         rd_kafka_ConfigResource_error_string(rs[r]));
+                continue;
+            }
+            size_t nc = 0;
+            const rd_kafka_ConfigEntry_t **cs =
+                rd_kafka_ConfigResource_configs(rs[r], &nc);
+            for (size_t c = 0; c < nc; c++) {
+                const char *v = rd_kafka_ConfigEntry_value(cs[c]);
+                if (strcmp(rd_kafka_ConfigEntry_name(cs[c]), "max.message.bytes") !=
+                        0 ||
+                    v == NULL)
+                    continue;
+                char *end;
+                unsigned long long limit = strtoull(v, &end, 10);
+                if (end == v || *end != '\0')
+                    continue;
+                for (int o = 0; o < PG_OUT_COUNT; o++)
+                    if (strcmp(rd_kafka_topic_name(k->out[o]), topic) == 0 &&
+                        limit < k->out_max[o])
+                        k->out_max[o] = (size_t)limit;
+                /* librdkafka 2.0.2 fills a batch up to the smaller of
+                 * message.max.bytes and batch.size and does not split one the
+                 * broker refuses: every record in it fails. */
+                if (limit < batch_max) {
+                    char lim[32];
+                    snprintf(lim, sizeof(lim), "%llu", limit);
+                    pg_log_warn(
+                        "output_batches_over_topic_limit", "topic", topic,
+                        "max.message.bytes", lim, "hint",
+                        "set kafka.batch.size (and kafka.message.max.bytes) to at "
+                        "most the topic's max.message.bytes",
+                        NULL);
+                }
+            }
+        }
+    }
+    if (why[0] != '\0')
+        pg_log_warn("output_limits_unknown", "error", why, "fallback",
+                    "the producer's message.max.bytes", NULL);
+    pg_log_info("output_limits", "#advice.filtered",
+                (long long)pg_kafka_output_max_bytes(k, PG_OUT_FILTERED), "#decisions",
+                (long long)pg_kafka_output_max_bytes(k, PG_OUT_DECISIONS), "#release",
+                (long long)pg_kafka_output_max_bytes(k, PG_OUT_RELEASE), "#dlq",
+                (long long)pg_kafka_output_max_bytes(k, PG_OUT_DLQ), NULL);
+out:
+    if (ev != NULL)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(opts);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_ConfigResource_destroy_array(res, nres);
+    return rc;
+}
+
+static bool consumer_error(pg_kafka_t *k, const rd_kafka_message_t *m);
+
+/* What comes before the first input: the output topics checked, their
+ * limits read, the subscription made (so the group is joined only then).
+ * pg_kafka_new tries for a moment; when no broker answers that soon,
+ * pg_kafka_poll_batch goes on trying, a slice at a time, so the worker is
+ * up (health, metrics, stop requests) while it waits for the brokers.
+ * Returns 1 when done, 0 not yet (no answer, or a stop request), -1 with
+ * errbuf filled. */
+static int start_consuming(pg_kafka_t *k, int timeout_ms, char *errbuf, size_t errlen)
+{
+    /* The consumer's error callbacks and events, served while it waits. */
+    rd_kafka_message_t *m;
+    while ((m = rd_kafka_consumer_poll(k->consumer, 0)) != NULL) {
+        if (m->err)
+            consumer_error(k, m);
+        rd_kafka_message_destroy(m);
+    }
+    int rc = check_outputs_once(k, timeout_ms, errbuf, errlen);
+    if (rc <= 0 || stopping(k) || read_output_limits(k) == 0)
+        return rc < 0 ? -1 : 0;
+    rd_kafka_topic_partition_list_t *topics =
+        rd_kafka_topic_partition_list_new(PG_IN_COUNT);
+    for (int i = 0; i < PG_IN_COUNT; i++)
+        rd_kafka_topic_partition_list_add(topics, k->in_topics[i],
+                                          RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t serr = rd_kafka_subscribe(k->consumer, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (serr) {
+        snprintf(errbuf, errlen, "kafka subscribe: %s", rd_kafka_err2str(serr));
+        return -1;
+    }
+    k->subscribed = true;
+    return 1;
+}
+
+/* How long pg_kafka_new waits for the output check before leaving it to
+ * pg_kafka_poll_batch: a reachable cluster answers in milliseconds. */
+enum { START_CHECK_MS = 1500 };
+
+static void init_consumed(pg_kafka_t *k)
+{
+    for (int i = 0; i < PG_IN_COUNT; i++)
+        for (int p = 0; p < TRACKED_PARTITIONS; p++)
+            atomic_init(&k->consumed[i][p], -1);
+}
+
+pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, volatile sig_atomic_t *stop,
+                         char *errbuf, size_t errlen)
 {
     char err[512];
     rd_kafka_conf_t *conf = NULL;
-    rd_kafka_topic_partition_list_t *topics = NULL;
     pg_kafka_t *k = calloc(1, sizeof(*k));
     if (k == NULL) {
         snprintf(errbuf, errlen, "out of memory");
         return NULL;
     }
     k->cfg = cfg;
+    k->stop = stop;
+    init_consumed(k);
     k->transactional = cfg->delivery == PG_DELIVERY_EXACTLY_ONCE;
     k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
     k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
@@ -377,6 +684,13 @@ pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
 
     if ((conf = make_conf(k, false, errbuf, errlen)) == NULL)
         goto fail;
+    /* librdkafka's defaults when unset: 1000000 both. */
+    k->msg_max = conf_size(conf, "message.max.bytes", 1000000);
+    k->batch_max = conf_size(conf, "batch.size", 1000000);
+    if (k->msg_max < k->batch_max)
+        k->batch_max = k->msg_max;
+    for (int o = 0; o < PG_OUT_COUNT; o++)
+        k->out_max[o] = k->msg_max; /* until the topics' limits are read */
     k->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
     if (k->producer == NULL) {
         snprintf(errbuf, errlen, "kafka producer: %s", err);
@@ -395,7 +709,6 @@ pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
             goto fail;
         }
     }
-
     if ((conf = make_conf(k, true, errbuf, errlen)) == NULL)
         goto fail;
     k->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
@@ -406,16 +719,19 @@ pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen)
     conf = NULL;
     rd_kafka_poll_set_consumer(k->consumer);
 
-    topics = rd_kafka_topic_partition_list_new(PG_IN_COUNT);
-    for (int i = 0; i < PG_IN_COUNT; i++)
-        rd_kafka_topic_partition_list_add(topics, k->in_topics[i],
-                                          RD_KAFKA_PARTITION_UA);
-    rd_kafka_resp_err_t serr = rd_kafka_subscribe(k->consumer, topics);
-    rd_kafka_topic_partition_list_destroy(topics);
-    if (serr) {
-        snprintf(errbuf, errlen, "kafka subscribe: %s", rd_kafka_err2str(serr));
+    int64_t until = now_ms() + START_CHECK_MS;
+    int rc = 0;
+    while (rc == 0 && !stopping(k) && now_ms() < until)
+        rc = start_consuming(k, 500, errbuf, errlen);
+    if (rc == 0 && stopping(k)) {
+        snprintf(errbuf, errlen, "stopped while checking the output topics");
         goto fail;
     }
+    if (rc < 0)
+        goto fail;
+    if (rc == 0)
+        pg_log_warn("output_check_deferred", "why", "no broker answered yet", "then",
+                    "the output topics are checked before the first input", NULL);
     return k;
 fail:
     if (conf != NULL)
@@ -423,6 +739,8 @@ fail:
     pg_kafka_destroy(k);
     return NULL;
 }
+
+static void drop_pending(pg_kafka_t *k);
 
 void pg_kafka_destroy(pg_kafka_t *k)
 {
@@ -435,13 +753,22 @@ void pg_kafka_destroy(pg_kafka_t *k)
         if (k->producer != NULL &&
             pg_kafka_pending_settle(k, true, err0, sizeof(err0)) < 0)
             pg_log_warn("settle_failed", "error", err0, NULL);
-        rd_kafka_resp_err_t err = rd_kafka_consumer_close(k->consumer);
-        if (err)
-            pg_log_warn("consumer_close_failed", "error", rd_kafka_err2str(err), NULL);
+        drop_pending(k);
+        /* A consumer in a fatal state refuses close (and any commit):
+         * rd_kafka_destroy alone tears it down without leaving the group. */
+        char why[64];
+        if (rd_kafka_fatal_error(k->consumer, why, sizeof(why)) == 0) {
+            rd_kafka_resp_err_t err = rd_kafka_consumer_close(k->consumer);
+            if (err)
+                pg_log_warn("consumer_close_failed", "error", rd_kafka_err2str(err),
+                            NULL);
+        }
         rd_kafka_destroy(k->consumer);
     }
     if (k->producer != NULL) {
-        rd_kafka_flush(k->producer, 10000);
+        /* Nothing queued (never started, or everything answered): no wait. */
+        if (rd_kafka_outq_len(k->producer) > 0)
+            rd_kafka_flush(k->producer, 10000);
         for (int i = 0; i < PG_OUT_COUNT; i++)
             if (k->out[i] != NULL)
                 rd_kafka_topic_destroy(k->out[i]);
@@ -461,6 +788,12 @@ const char *pg_kafka_output_topic(const pg_kafka_t *k, pg_output_t out)
     return rd_kafka_topic_name(k->out[out]);
 }
 
+size_t pg_kafka_output_max_bytes(const pg_kafka_t *k, pg_output_t out)
+{
+    size_t limit = k->out_max[out];
+    return limit > PG_KAFKA_RECORD_MARGIN ? limit - PG_KAFKA_RECORD_MARGIN : 0;
+}
+
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -470,6 +803,7 @@ static int64_t now_ms(void)
 
 static int check_fatal(pg_kafka_t *k, char *errbuf, size_t errlen)
 {
+    read_fatal(k);
     if (!k->fatal)
         return 0;
     snprintf(errbuf, errlen, "kafka: %s", k->fatal_reason);
@@ -493,12 +827,28 @@ static int input_of(const pg_kafka_t *k, const char *topic)
 }
 
 /* Consumer-side errors arrive as messages. Most are informational (a broker
- * went away and will be reconnected); a missing topic is logged once a poll. */
-static void log_consumer_error(const rd_kafka_message_t *m)
+ * went away and will be reconnected); a missing topic is logged once a poll.
+ * A few leave the consumer unable to go on: a librdkafka fatal error (its
+ * cause read with rd_kafka_fatal_error; in 2.0.2 a static member fenced by
+ * a newer one with the same group.instance.id arrives so, from the
+ * heartbeat, JoinGroup or SyncGroup answer), and failed authorisation.
+ * Returns true for those, with k->fatal set. */
+static bool consumer_error(pg_kafka_t *k, const rd_kafka_message_t *m)
 {
-    pg_log_warn("consume_error", "topic", m->rkt ? rd_kafka_topic_name(m->rkt) : "",
-                "#partition", (long long)m->partition, "error",
-                rd_kafka_message_errstr(m), NULL);
+    if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[512];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(k->consumer, why, sizeof(why));
+        set_fatal(k, orig ? orig : m->err, orig ? why : rd_kafka_message_errstr(m));
+    } else if (m->err == RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID ||
+               is_auth_error(m->err)) {
+        set_fatal(k, m->err, rd_kafka_message_errstr(m));
+    }
+    bool fatal = k->fatal;
+    pg_log(fatal ? PG_LOG_ERROR : PG_LOG_WARN, "consume_error", "topic",
+           m->rkt ? rd_kafka_topic_name(m->rkt) : "", "#partition",
+           (long long)m->partition, "error", rd_kafka_err2name(m->err), "reason",
+           rd_kafka_message_errstr(m), NULL);
+    return fatal;
 }
 
 /* librdkafka 2.0.2 stops fetching once the consumer queue passes
@@ -551,6 +901,11 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
                         size_t max_bytes, int idle_ms, int max_wait_ms, char *errbuf,
                         size_t errlen)
 {
+    if (!k->subscribed) {
+        int rc = start_consuming(k, idle_ms > 0 ? idle_ms : 1, errbuf, errlen);
+        if (rc <= 0)
+            return rc < 0 ? PG_KAFKA_EFATAL : 0;
+    }
     size_t n = 0, bytes = 0;
     uint64_t gen = k->generation;
     int64_t deadline = 0;
@@ -584,8 +939,12 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
             continue;
         }
         if (m->err) {
-            log_consumer_error(m);
+            bool fatal = consumer_error(k, m);
             rd_kafka_message_destroy(m);
+            if (fatal) {
+                pg_kafka_batch_release(msgs, n);
+                return check_fatal(k, errbuf, errlen);
+            }
             if (n == 0)
                 return 0;
             continue;
@@ -611,6 +970,9 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
             .handle = m,
         };
         bytes += msgs[n].len + msgs[n].key_len;
+        if (m->partition >= 0 && m->partition < TRACKED_PARTITIONS)
+            atomic_store_explicit(&k->consumed[in][m->partition], m->offset,
+                                  memory_order_relaxed);
         if (n++ == 0)
             deadline = now_ms() + max_wait_ms;
     }
@@ -683,8 +1045,8 @@ int pg_kafka_idle(pg_kafka_t *k, int ms, char *errbuf, size_t errlen)
             ->offset = m->offset;
         rc = seek_to(k, p, errbuf, errlen);
         rd_kafka_topic_partition_list_destroy(p);
-    } else {
-        log_consumer_error(m);
+    } else if (consumer_error(k, m)) {
+        rc = check_fatal(k, errbuf, errlen);
     }
     rd_kafka_message_destroy(m);
     return rc;
@@ -696,6 +1058,9 @@ int pg_kafka_produce(pg_kafka_t *k, pg_output_t out, const void *key, size_t key
                      size_t errlen)
 {
     *state = PG_DELIVERY_PENDING;
+    size_t hdr_bytes = 0;
+    for (size_t i = 0; i < n_headers; i++)
+        hdr_bytes += strlen(headers[i].name) + strlen(headers[i].value);
     for (;;) {
         rd_kafka_headers_t *hdrs = NULL;
         if (n_headers > 0) {
@@ -713,10 +1078,22 @@ int pg_kafka_produce(pg_kafka_t *k, pg_output_t out, const void *key, size_t key
             return 0;
         if (hdrs != NULL)
             rd_kafka_headers_destroy(hdrs); /* not taken on failure */
+        if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+            snprintf(errbuf, errlen,
+                     "kafka produce to %s: %zu bytes of key, value and headers, over "
+                     "the producer's message.max.bytes (%zu) with the record framing",
+                     rd_kafka_topic_name(k->out[out]), key_len + len + hdr_bytes,
+                     k->msg_max);
+            return PG_KAFKA_ETOOLARGE;
+        }
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
             snprintf(errbuf, errlen, "kafka produce to %s: %s",
                      rd_kafka_topic_name(k->out[out]), rd_kafka_err2str(err));
-            return err == RD_KAFKA_RESP_ERR__FATAL ? PG_KAFKA_EFATAL : PG_KAFKA_ERETRY;
+            if (err == RD_KAFKA_RESP_ERR__FATAL) {
+                read_fatal(k);
+                return PG_KAFKA_EFATAL;
+            }
+            return PG_KAFKA_ERETRY;
         }
         rd_kafka_poll(k->producer, 50); /* make room by serving delivery reports */
     }
@@ -740,6 +1117,7 @@ typedef struct {
     int32_t partition;
     int64_t next;   /* offset to store: last settled + 1, or -1 */
     int64_t rewind; /* first failed offset, or -1 */
+    bool stored;    /* the store of `next` was accepted */
 } part_state_t;
 
 static pending_t *pending_at(pg_kafka_t *k, size_t i)
@@ -764,17 +1142,26 @@ pg_delivery_state_t *pg_kafka_pending_add(pg_kafka_t *k, const pg_kafka_msg_t *m
     return &e->state;
 }
 
+void pg_kafka_set_settled_cb(pg_kafka_t *k, pg_kafka_settled_fn fn, void *ctx)
+{
+    k->settled_fn = fn;
+    k->settled_ctx = ctx;
+}
+
 /* Settles the first n tracked inputs: per partition, stores the offset after
  * the last acknowledged input before the first failed one, and seeks back to
- * that failed one so it is consumed again. */
+ * that failed one so it is consumed again. Each input is then told to the
+ * settled callback, in order: committed when it came before its partition's
+ * first failure, was acknowledged, and its partition's store was accepted. */
 static int settle_prefix(pg_kafka_t *k, size_t n, char *errbuf, size_t errlen)
 {
     part_state_t local[64], *ps = local;
     size_t np = 0, cap = sizeof(local) / sizeof(local[0]);
     int rc = 0;
+    bool stores_known = false;
     rd_kafka_topic_partition_list_t *store = NULL, *seek = NULL;
     for (size_t i = 0; i < n; i++) {
-        const pending_t *e = pending_at(k, i);
+        pending_t *e = pending_at(k, i);
         size_t j = 0;
         while (j < np && !(ps[j].partition == e->partition && ps[j].input == e->input))
             j++;
@@ -792,8 +1179,10 @@ static int settle_prefix(pg_kafka_t *k, size_t n, char *errbuf, size_t errlen)
                 ps = grown;
                 cap *= 2;
             }
-            ps[np++] = (part_state_t){e->input, e->partition, -1, -1};
+            ps[np++] = (part_state_t){e->input, e->partition, -1, -1, false};
         }
+        e->part = (uint32_t)j;
+        e->before_failure = ps[j].rewind < 0;
         if (ps[j].rewind >= 0)
             continue;
         if (e->state == PG_DELIVERY_OK)
@@ -819,23 +1208,46 @@ static int settle_prefix(pg_kafka_t *k, size_t n, char *errbuf, size_t errlen)
             snprintf(errbuf, errlen, "kafka offsets_store: %s", rd_kafka_err2str(err));
             rc = PG_KAFKA_ERETRY;
         }
+        /* Each partition's own answer (set whatever the overall one). */
+        for (size_t j = 0, s = 0; j < np; j++)
+            if (ps[j].next >= 0) {
+                ps[j].stored = store->elems[s].err == RD_KAFKA_RESP_ERR_NO_ERROR;
+                s++;
+            }
     }
+    stores_known = true;
     if (rc == 0 && seek->cnt > 0)
         rc = seek_to(k, seek, errbuf, errlen);
     if (rc == 0 && seek->cnt > 0)
         rc = 1;
 out:
+    /* Settled either way: a failed store or seek leaves the committed offset
+     * behind, and the inputs come again after the next rebalance. */
+    for (size_t i = 0; k->settled_fn != NULL && i < n; i++) {
+        const pending_t *e = pending_at(k, i);
+        k->settled_fn(k->settled_ctx, stores_known && e->before_failure &&
+                                          e->state == PG_DELIVERY_OK &&
+                                          ps[e->part].stored);
+    }
     if (store != NULL)
         rd_kafka_topic_partition_list_destroy(store);
     if (seek != NULL)
         rd_kafka_topic_partition_list_destroy(seek);
     if (ps != local)
         free(ps);
-    /* Settled either way: a failed store or seek leaves the committed offset
-     * behind, and the inputs come again after the next rebalance. */
     k->pending_head = (k->pending_head + n) % k->pending_cap;
     k->pending_len -= n;
     return rc;
+}
+
+/* What destroy could not settle (a fatal state stopped the wait for the
+ * reports): nothing of it is stored, and the callback hears so. */
+static void drop_pending(pg_kafka_t *k)
+{
+    for (size_t i = 0; k->settled_fn != NULL && i < k->pending_len; i++)
+        k->settled_fn(k->settled_ctx, false);
+    k->pending_head = 0;
+    k->pending_len = 0;
 }
 
 int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, char *errbuf, size_t errlen)
@@ -918,6 +1330,9 @@ int pg_kafka_txn_abort(pg_kafka_t *k, char *errbuf, size_t errlen)
         if (!retry)
             return PG_KAFKA_EFATAL;
     }
+    /* Counted here, whoever asked for the abort: txn_error or the worker
+     * after an output failed. */
+    atomic_fetch_add(&k->aborts, 1);
     int rc = rewind_to_committed(k, errbuf, errlen);
     return rc != 0 ? rc : PG_KAFKA_ERETRY;
 }
@@ -937,7 +1352,6 @@ static int txn_error(pg_kafka_t *k, rd_kafka_error_t *e, const char *what, bool 
     if (fatal || !abortable)
         return PG_KAFKA_EFATAL;
     pg_log_warn("transaction_aborted", "error", errbuf, NULL);
-    atomic_fetch_add(&k->aborts, 1);
     char aerr[512];
     int rc = pg_kafka_txn_abort(k, aerr, sizeof(aerr));
     if (rc == PG_KAFKA_EFATAL)
@@ -1001,6 +1415,7 @@ pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t 
         return NULL;
     }
     k->cfg = cfg;
+    init_consumed(k);
     k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
     k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
     k->in_topics[PG_IN_RESULTS] = cfg->topic_results;
@@ -1084,6 +1499,20 @@ int pg_kafka_lag(pg_kafka_t *k, bool all, pg_lag_row_t **rows_out, size_t *n_out
         snprintf(errbuf, errlen, "out of memory");
         goto out;
     }
+    rd_kafka_topic_partition_list_t *pos = rd_kafka_topic_partition_list_copy(parts);
+    if (!all)
+        rd_kafka_position(k->consumer, pos); /* local: what was consumed */
+    for (int i = 0; i < parts->cnt; i++) {
+        int in = input_of(k, pos->elems[i].topic);
+        int32_t p = pos->elems[i].partition;
+        rows[i].position =
+            !all && pos->elems[i].offset >= 0 ? pos->elems[i].offset : -1;
+        rows[i].consumed =
+            in >= 0 && p >= 0 && p < TRACKED_PARTITIONS
+                ? atomic_load_explicit(&k->consumed[in][p], memory_order_relaxed)
+                : -1;
+    }
+    rd_kafka_topic_partition_list_destroy(pos);
     if (parts->cnt > 0) {
         /* What the group committed, as the coordinator knows it: the same
          * figure Kafka's consumer-groups tool reads, in either delivery mode. */

@@ -11,6 +11,8 @@
 
 #include "config.h"
 
+#include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum {
@@ -30,9 +32,12 @@ typedef enum {
 /* Failure classes. */
 enum {
     PG_KAFKA_OK = 0,
-    PG_KAFKA_ERETRY = -1, /* this batch must be redone; the process is healthy */
-    PG_KAFKA_EFATAL = -2, /* the client cannot go on: exit non-zero, let the
-                             supervisor restart the process */
+    PG_KAFKA_ERETRY = -1,    /* this batch must be redone; the process is healthy */
+    PG_KAFKA_EFATAL = -2,    /* the client cannot go on: exit non-zero, let the
+                                supervisor restart the process */
+    PG_KAFKA_ETOOLARGE = -3, /* pg_kafka_produce: the record is over the
+                                producer's message.max.bytes; retrying cannot
+                                help (see pg_kafka_output_max_bytes) */
 };
 
 typedef struct {
@@ -71,6 +76,12 @@ typedef struct {
     int64_t high;
     int64_t low;
     int64_t lag;
+    /* The consumer's position (past any transaction markers and aborted
+     * records it skipped) and the offset of the last input it handed to the
+     * worker; -1 unknown. With every consumed input committed and the
+     * position at the high watermark, what lag remains is markers, not work. */
+    int64_t position;
+    int64_t consumed;
 } pg_lag_row_t;
 
 typedef struct {
@@ -85,20 +96,48 @@ typedef struct {
  * for reading the group's offsets (`pinguard lag`). NULL with errbuf filled. */
 pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t errlen);
 
-/* Creates the producer and the consumer, subscribes to the input topics.
- * Returns NULL with errbuf filled (a configuration error: fatal). The config
- * must outlive the client. */
-pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, char *errbuf, size_t errlen);
+/* Builds the producer's and the consumer's librdkafka configurations exactly
+ * as pg_kafka_new would for cfg's delivery mode, without creating a client:
+ * an unknown property or an invalid value fails here, named in errbuf
+ * ("kafka.linger.ms: ..."). 0 or -1. Checks that librdkafka makes only when
+ * a client is created (combinations of properties) are left to pg_kafka_new. */
+int pg_kafka_check_config(const pg_config_t *cfg, char *errbuf, size_t errlen);
+
+/* Creates the producer and the consumer and subscribes to the input topics.
+ * In exactly-once mode it first initialises transactions. Before joining
+ * the group it checks, with one metadata request, that every output topic
+ * exists (a missing one fails, named in errbuf: "kafka: output topic X
+ * (topic.dlq) does not exist") and reads each output topic's
+ * max.message.bytes (see pg_kafka_output_max_bytes). When no broker answers
+ * within 1.5 s, the client is returned all the same and that check and the
+ * subscription are made by the first pg_kafka_poll_batch calls once one
+ * does (they return 0 meanwhile, PG_KAFKA_EFATAL for a missing topic), so a
+ * worker started before its brokers is up and stoppable while it waits.
+ * Every wait for the brokers is cut into slices of at most 500 ms with *stop
+ * (may be NULL) checked between them: a stop request returns NULL within
+ * about half a second, errbuf saying what was stopped, and the caller,
+ * seeing *stop set, exits 0. Otherwise NULL with errbuf filled is fatal. The
+ * config must outlive the client. */
+pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, volatile sig_atomic_t *stop,
+                         char *errbuf, size_t errlen);
 /* Waits for the outputs in flight and stores their inputs' offsets, closes
  * the consumer (final offset commit, leave group), flushes the producer, then
- * destroys both, in librdkafka's documented order. NULL-safe. */
+ * destroys both, in librdkafka's documented order. A consumer in a fatal
+ * state is not closed (it can neither commit nor leave) and an idle producer
+ * is not flushed, so destroying a client that never got going is quick.
+ * NULL-safe. */
 void pg_kafka_destroy(pg_kafka_t *k);
 
 /* Fills up to `max` messages, stopping once they hold `max_bytes` (keys and
  * payloads), waiting at most `max_wait_ms` once the first arrives and at most
  * `idle_ms` for it. Messages collected before a rebalance
  * are dropped (they will be re-fetched by their new owner). Returns the count
- * (>= 0) or PG_KAFKA_EFATAL with errbuf filled. */
+ * (>= 0) or PG_KAFKA_EFATAL with errbuf naming the cause once either client
+ * is in a state it cannot leave: a librdkafka fatal error (this consumer
+ * fenced by another with the same kafka.group.instance.id, the producer
+ * fenced by another with the same kafka.transactional.id, ...) or failed
+ * authentication or authorisation. pg_kafka_idle, pg_kafka_flush and
+ * pg_kafka_pending_settle return PG_KAFKA_EFATAL in the same states. */
 int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
                         size_t max_bytes, int idle_ms, int max_wait_ms, char *errbuf,
                         size_t errlen);
@@ -113,9 +152,26 @@ int pg_kafka_pause(pg_kafka_t *k);
 int pg_kafka_resume(pg_kafka_t *k);
 int pg_kafka_idle(pg_kafka_t *k, int ms, char *errbuf, size_t errlen);
 
+/* The largest record the output accepts, counted as key_len + len + the
+ * names' and values' lengths of its headers: the smaller of the producer's
+ * message.max.bytes and the topic's max.message.bytes (read at start; the
+ * producer's limit alone when the broker would not tell), less
+ * PG_KAFKA_RECORD_MARGIN. 0 when the limit is no larger than the margin. */
+size_t pg_kafka_output_max_bytes(const pg_kafka_t *k, pg_output_t out);
+/* What the wire adds to key, value and header strings, all counted once per
+ * record as the broker sees it: the record batch header (61 bytes: a batch
+ * of this record alone is what the topic limit is checked against), the
+ * record's own framing (at most 36 bytes of varints and attributes) and each
+ * header's two length varints (at most 10 bytes; room for 40 headers). */
+enum { PG_KAFKA_RECORD_MARGIN = 512 };
+
 /* Queues one output. `state` is set when the broker acknowledges or the
  * message fails for good; it must stay valid until its report is served
- * (pg_kafka_flush or pg_kafka_pending_settle). */
+ * (pg_kafka_flush or pg_kafka_pending_settle). Returns 0, PG_KAFKA_ERETRY,
+ * PG_KAFKA_EFATAL, or PG_KAFKA_ETOOLARGE when librdkafka refuses the record
+ * as larger than message.max.bytes (nothing was queued; `state` stays
+ * PENDING). A record within that limit but over the topic's is refused by
+ * the broker instead, and reported through `state` as FAILED. */
 int pg_kafka_produce(pg_kafka_t *k, pg_output_t out, const void *key, size_t key_len,
                      const void *value, size_t len, const pg_kafka_header_t *headers,
                      size_t n_headers, pg_delivery_state_t *state, char *errbuf,
@@ -137,6 +193,22 @@ pg_delivery_state_t *pg_kafka_pending_add(pg_kafka_t *k, const pg_kafka_msg_t *m
  * 0, 1 when something was rewound, PG_KAFKA_ERETRY or PG_KAFKA_EFATAL. */
 int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, char *errbuf, size_t errlen);
 
+/* At least once: told of every input tracked with pg_kafka_pending_add
+ * exactly once, in the order they were added, when it is settled: by
+ * pg_kafka_pending_settle, by the revoke of its partition (inside
+ * pg_kafka_poll_batch or pg_kafka_idle, which serve the rebalance) or by
+ * pg_kafka_destroy (so ctx must stay valid until destroy returns).
+ * committed is true when the input's offset was stored for commit: its
+ * output was acknowledged (PG_DELIVERY_OK), no input of its partition at or
+ * before it failed (which rewinds the partition there, so it and what
+ * follows are consumed again) and the store was accepted (it is not when the
+ * partition was revoked meanwhile: its new owner does it again). Inputs
+ * still unanswered when destroy gives up (a fatal state) are told false. The
+ * callback must not call back into the kafka module. One callback; NULL
+ * clears it. */
+typedef void (*pg_kafka_settled_fn)(void *ctx, bool committed);
+void pg_kafka_set_settled_cb(pg_kafka_t *k, pg_kafka_settled_fn fn, void *ctx);
+
 const char *pg_kafka_output_topic(const pg_kafka_t *k, pg_output_t out);
 
 /* Offsets and lag of the partitions this consumer owns (all = false), or of
@@ -151,7 +223,9 @@ void pg_kafka_group_stats(const pg_kafka_t *k, pg_kafka_group_stats_t *out);
  * between begin and commit; commit sends the batch's input offsets to the
  * transaction and commits both atomically. An abortable failure aborts the
  * transaction, rewinds the consumer to the committed offsets and returns
- * PG_KAFKA_ERETRY; a fatal one returns PG_KAFKA_EFATAL. */
+ * PG_KAFKA_ERETRY; a fatal one returns PG_KAFKA_EFATAL. Every transaction
+ * aborted, by commit's failure or by pg_kafka_txn_abort, counts once in
+ * pg_kafka_group_stats' transaction_aborts. */
 bool pg_kafka_transactional(const pg_kafka_t *k);
 int pg_kafka_txn_begin(pg_kafka_t *k, char *errbuf, size_t errlen);
 int pg_kafka_txn_commit(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,

@@ -1,6 +1,9 @@
 /*
  * Process entry: installs the signal handlers (they only set a flag), hands
- * the command line to the CLI, and is the one place that exits.
+ * the command line to the CLI, and is the one place that exits. SIGINT,
+ * SIGTERM and SIGHUP all ask for the same graceful stop: a worker whose
+ * terminal or session goes away finishes its batch and commits instead of
+ * dying mid-transaction by SIGHUP's default action.
  */
 #include "cli.h"
 
@@ -26,6 +29,11 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* Under nohup SIGHUP arrives ignored: the operator asked to outlive the
+     * terminal, so it stays ignored. */
+    struct sigaction old;
+    if (sigaction(SIGHUP, NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+        sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     return pg_cli_main(argc, argv, environ, &stop_requested);
 }

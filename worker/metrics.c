@@ -2,8 +2,14 @@
  * The metrics registry and its HTTP face. Every counter is fixed in shape
  * (topics, streams, reasons are small enums), so the registry is a struct of
  * arrays of relaxed atomics: recording costs one add and no lock, rendering
- * walks the arrays. Lag and readiness are computed at scrape time from
- * callbacks, so the figures are as fresh as the scrape.
+ * walks the arrays. What costs a network round trip (the consumer lag, a
+ * Redis PING) is fetched by two refresher threads of the registry's, each
+ * once a period, into snapshots under the lock; the HTTP handlers only read
+ * them. The lag and the Redis probe have a thread each because a lag read
+ * against an unreachable broker blocks for its timeouts (tens of seconds),
+ * and Redis must not look down meanwhile. The stall net (a partition with
+ * lag whose committed offset does not move) is kept as clocks updated from
+ * consecutive lag snapshots and judged at request time.
  */
 #include "metrics.h"
 
@@ -11,6 +17,7 @@
 
 #include <microhttpd.h>
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -28,7 +35,7 @@
 static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                  0.05,   0.1,   0.25,   0.5,   1,    2.5};
 #define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
-#define N_REASONS 6 /* the largest reason enum (ReleaseReason has 5) + "none" */
+#define N_REASONS PG_M_REASONS
 
 static const char *const outcome_names[] = {"decided", "dlq", "retried"};
 static const char *const stream_names[] = {"advice", "migrate", "release"};
@@ -47,9 +54,12 @@ typedef struct {
     counter_t inputs[3][PG_M_IN_OUTCOMES];
     counter_t decisions[PG_M_STREAMS][2][N_REASONS];
     counter_t redis_round_trips, redis_errors, unknown_kinds, batches;
+    counter_t batches_redone, cache_invalid;
     counter_t redis_hist[N_BUCKETS + 1];
     counter_t redis_sum_ns;
-    _Atomic bool redis_last_ok;
+    /* The worker's last exchange with Redis: when (ms) * 2 + whether it
+     * succeeded, in one word so that a reader sees both of the same one. */
+    _Atomic int64_t redis_seen;
     _Atomic int64_t last_tick_ms;
 } values_t;
 
@@ -57,15 +67,34 @@ typedef struct {
 #define GET(c) atomic_load_explicit(&(c), memory_order_relaxed)
 
 struct pg_metrics {
-    pthread_mutex_t lock; /* guards the sources */
+    pthread_mutex_t lock; /* guards the sources, the snapshots and the flags */
     char *topics[3];
     int stall_timeout_ms;
+    int partition_stall_ms;
     values_t v;
     pg_metrics_lag_fn lag;
     pg_metrics_group_fn group;
     pg_metrics_redis_fn redis;
     void *ctx;
     struct MHD_Daemon *daemon;
+
+    /* Lag snapshot: the rows of the last successful read and when it began
+     * (INT64_MIN: none yet), whether the last attempt failed, and attempt
+     * sequence numbers, so that a scrape can wait for an attempt begun after
+     * it arrived. */
+    pg_lag_row_t *lag_rows;
+    size_t n_lag_rows;
+    int64_t lag_ok_ms;
+    bool lag_failed;
+    unsigned long long lag_started, lag_done;
+    bool lag_wanted;          /* a scrape waits: refresh now */
+    pg_metrics_stall_t stall; /* written by the lag refresher only */
+    pg_metrics_redis_obs_t probe;
+
+    bool stopping;
+    pthread_cond_t lag_wake, lag_fresh, redis_wake; /* on CLOCK_MONOTONIC */
+    pthread_t lag_thread, redis_thread;
+    bool threads; /* both started */
 };
 
 static int64_t mono_ms(void)
@@ -75,12 +104,27 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-pg_metrics_t *pg_metrics_new(const char *const input_topics[3], int stall_timeout_ms)
+static int64_t pack_seen(bool ok, int64_t at_ms)
+{
+    return at_ms * 2 + (ok ? 1 : 0);
+}
+
+pg_metrics_t *pg_metrics_new(const char *const input_topics[3], int stall_timeout_ms,
+                             int partition_stall_ms)
 {
     pg_metrics_t *m = calloc(1, sizeof(*m));
     if (m == NULL)
         return NULL;
     pthread_mutex_init(&m->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->lag_wake, &ca);
+    pthread_cond_init(&m->lag_fresh, &ca);
+    pthread_cond_init(&m->redis_wake, &ca);
+    pthread_condattr_destroy(&ca);
+    m->lag_ok_ms = INT64_MIN;
+    m->probe = (pg_metrics_redis_obs_t){.ok = false, .at_ms = INT64_MIN};
     for (int i = 0; i < 3; i++) {
         m->topics[i] = strdup(input_topics[i]);
         if (m->topics[i] == NULL) {
@@ -89,19 +133,51 @@ pg_metrics_t *pg_metrics_new(const char *const input_topics[3], int stall_timeou
         }
     }
     m->stall_timeout_ms = stall_timeout_ms;
+    m->partition_stall_ms = partition_stall_ms;
     atomic_init(&m->v.last_tick_ms, mono_ms());
-    atomic_init(&m->v.redis_last_ok, true);
+    /* Until the worker's first exchange, Redis counts as answering: the
+     * worker checked it before starting. */
+    atomic_init(&m->v.redis_seen, pack_seen(true, mono_ms()));
     return m;
+}
+
+static void stop_threads(pg_metrics_t *m)
+{
+    pthread_mutex_lock(&m->lock);
+    m->stopping = true;
+    pthread_cond_broadcast(&m->lag_wake);
+    pthread_cond_broadcast(&m->lag_fresh);
+    pthread_cond_broadcast(&m->redis_wake);
+    bool threads = m->threads;
+    m->threads = false;
+    pthread_mutex_unlock(&m->lock);
+    if (threads) {
+        pthread_join(m->lag_thread, NULL);
+        pthread_join(m->redis_thread, NULL);
+    }
 }
 
 void pg_metrics_destroy(pg_metrics_t *m)
 {
     if (m == NULL)
         return;
+    /* Scrapes waiting for a fresh snapshot are woken first, so that stopping
+     * the server (which joins the connection threads) is quick; then the
+     * refresher threads, the only other users of the callbacks, are joined. */
+    pthread_mutex_lock(&m->lock);
+    m->stopping = true;
+    pthread_cond_broadcast(&m->lag_fresh);
+    pthread_mutex_unlock(&m->lock);
     if (m->daemon != NULL)
-        MHD_stop_daemon(m->daemon); /* joins the server thread: no scrape runs after */
+        MHD_stop_daemon(m->daemon);
+    stop_threads(m);
     for (int i = 0; i < 3; i++)
         free(m->topics[i]);
+    free(m->lag_rows);
+    pg_metrics_stall_free(&m->stall);
+    pthread_cond_destroy(&m->lag_wake);
+    pthread_cond_destroy(&m->lag_fresh);
+    pthread_cond_destroy(&m->redis_wake);
     pthread_mutex_destroy(&m->lock);
     free(m);
 }
@@ -135,6 +211,46 @@ void pg_metrics_decision(pg_metrics_t *m, pg_metrics_stream_t stream, int verdic
     ADD(m->v.decisions[stream][verdict][reason + 1], 1);
 }
 
+void pg_metrics_tally_init(pg_metrics_tally_t *t, int input,
+                           pg_metrics_outcome_t outcome)
+{
+    memset(t, 0, sizeof(*t));
+    t->input = (uint8_t)input;
+    t->outcome = (uint8_t)outcome;
+}
+
+void pg_metrics_tally_decision(pg_metrics_tally_t *t, int verdict, int reason)
+{
+    if (verdict < 0 || verdict > 1 || reason < -1 || reason >= N_REASONS - 1)
+        return;
+    t->verdicts[verdict][reason + 1]++;
+}
+
+void pg_metrics_commit(pg_metrics_t *m, const pg_metrics_tally_t *t)
+{
+    if (m == NULL || t->input > 2 || t->outcome >= PG_M_IN_OUTCOMES)
+        return;
+    ADD(m->v.inputs[t->input][t->outcome], 1);
+    if (t->unknown_kinds > 0)
+        ADD(m->v.unknown_kinds, t->unknown_kinds);
+    for (int v = 0; v < 2; v++)
+        for (int r = 0; r < N_REASONS; r++)
+            if (t->verdicts[v][r] > 0)
+                ADD(m->v.decisions[t->input][v][r], t->verdicts[v][r]);
+}
+
+void pg_metrics_batch_redone(pg_metrics_t *m)
+{
+    if (m != NULL)
+        ADD(m->v.batches_redone, 1);
+}
+
+void pg_metrics_cache_invalid(pg_metrics_t *m, unsigned long long n)
+{
+    if (m != NULL && n > 0)
+        ADD(m->v.cache_invalid, n);
+}
+
 void pg_metrics_redis_exchange(pg_metrics_t *m, double seconds, bool ok)
 {
     if (m == NULL)
@@ -145,7 +261,8 @@ void pg_metrics_redis_exchange(pg_metrics_t *m, double seconds, bool ok)
     ADD(m->v.redis_round_trips, 1);
     if (!ok)
         ADD(m->v.redis_errors, 1);
-    atomic_store_explicit(&m->v.redis_last_ok, ok, memory_order_relaxed);
+    atomic_store_explicit(&m->v.redis_seen, pack_seen(ok, mono_ms()),
+                          memory_order_relaxed);
     ADD(m->v.redis_hist[b], 1);
     ADD(m->v.redis_sum_ns, (unsigned long long)(seconds * 1e9));
 }
@@ -171,6 +288,272 @@ void pg_metrics_tick(pg_metrics_t *m)
     atomic_store_explicit(&m->v.last_tick_ms, mono_ms(), memory_order_relaxed);
 }
 
+/* --- Snapshots ------------------------------------------------------------ */
+
+static const pg_metrics_clock_t *find_clock(const pg_metrics_stall_t *s,
+                                            const pg_lag_row_t *r, size_t *hint)
+{
+    /* The rows come sorted the same way every time: start where the last
+     * match left off, so that a whole update is linear. */
+    for (size_t k = 0; k < s->n; k++) {
+        size_t j = (*hint + k) % s->n;
+        const pg_metrics_clock_t *c = &s->parts[j];
+        if (c->partition == r->partition && strcmp(c->topic, r->topic) == 0) {
+            *hint = j + 1;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/* Whether a partition's lag is only records nobody has to decide: every
+ * input consumed is committed and the consumer's position is at the high
+ * watermark. Transactional producers end each transaction with a marker
+ * that is never handed to the worker, so such a partition shows lag (1 per
+ * trailing marker, more after an aborted transaction) with nothing to do;
+ * without this it would read as stalled. */
+static bool idle_tail(const pg_lag_row_t *r)
+{
+    int64_t committed = r->committed >= 0 ? r->committed : r->low;
+    return r->position >= 0 && r->position >= r->high && committed > r->consumed;
+}
+
+int pg_metrics_stall_update(pg_metrics_stall_t *s, const pg_lag_row_t *rows, size_t n,
+                            int64_t now_ms)
+{
+    pg_metrics_clock_t *parts = calloc(n > 0 ? n : 1, sizeof(*parts));
+    if (parts == NULL)
+        return -1;
+    size_t hint = 0;
+    for (size_t i = 0; i < n; i++) {
+        const pg_lag_row_t *r = &rows[i];
+        const pg_metrics_clock_t *prev = find_clock(s, r, &hint);
+        pg_metrics_clock_t *c = &parts[i];
+        snprintf(c->topic, sizeof(c->topic), "%s", r->topic);
+        c->partition = r->partition;
+        c->committed = r->committed;
+        c->lag = idle_tail(r) ? 0 : r->lag;
+        bool restart =
+            prev == NULL || prev->committed != r->committed || prev->lag <= 0;
+        c->since_ms = restart ? now_ms : prev->since_ms;
+    }
+    free(s->parts);
+    s->parts = parts;
+    s->n = n;
+    return 0;
+}
+
+size_t pg_metrics_stall_count(const pg_metrics_stall_t *s, int64_t now_ms, int stall_ms,
+                              const pg_metrics_clock_t **worst)
+{
+    size_t count = 0;
+    const pg_metrics_clock_t *w = NULL;
+    for (size_t i = 0; i < s->n; i++) {
+        const pg_metrics_clock_t *c = &s->parts[i];
+        if (c->lag <= 0 || now_ms - c->since_ms < stall_ms)
+            continue;
+        count++;
+        if (w == NULL || c->since_ms < w->since_ms)
+            w = c;
+    }
+    if (worst != NULL)
+        *worst = w;
+    return count;
+}
+
+void pg_metrics_stall_free(pg_metrics_stall_t *s)
+{
+    if (s == NULL)
+        return;
+    free(s->parts);
+    s->parts = NULL;
+    s->n = 0;
+}
+
+bool pg_metrics_redis_verdict(pg_metrics_redis_obs_t probe, pg_metrics_redis_obs_t seen,
+                              int64_t now_ms, int64_t *age_ms)
+{
+    /* Of two words from the same millisecond, a failure wins. */
+    pg_metrics_redis_obs_t o = probe.at_ms > seen.at_ms ? probe : seen;
+    if (probe.at_ms == seen.at_ms)
+        o.ok = probe.ok && seen.ok;
+    if (o.at_ms == INT64_MIN) {
+        if (age_ms != NULL)
+            *age_ms = -1;
+        return false;
+    }
+    int64_t age = now_ms > o.at_ms ? now_ms - o.at_ms : 0;
+    if (age_ms != NULL)
+        *age_ms = age;
+    return o.ok && age <= PG_METRICS_REDIS_STALE_MS;
+}
+
+static pg_metrics_redis_obs_t seen_obs(pg_metrics_t *m)
+{
+    int64_t v = atomic_load_explicit(&m->v.redis_seen, memory_order_relaxed);
+    return (pg_metrics_redis_obs_t){.ok = (v & 1) != 0, .at_ms = v / 2};
+}
+
+/* Whether Redis answers as of now. Without a probe installed, the worker's
+ * last exchange alone decides, however old. */
+static bool redis_answers(pg_metrics_t *m, int64_t now, int64_t *age_ms)
+{
+    pthread_mutex_lock(&m->lock);
+    bool probed = m->redis != NULL;
+    pg_metrics_redis_obs_t probe = m->probe;
+    pthread_mutex_unlock(&m->lock);
+    pg_metrics_redis_obs_t seen = seen_obs(m);
+    if (!probed) {
+        if (age_ms != NULL)
+            *age_ms = -1;
+        return seen.ok;
+    }
+    return pg_metrics_redis_verdict(probe, seen, now, age_ms);
+}
+
+static void refresh_lag(pg_metrics_t *m)
+{
+    pthread_mutex_lock(&m->lock);
+    pg_metrics_lag_fn lag = m->lag;
+    void *ctx = m->ctx;
+    unsigned long long seq = ++m->lag_started;
+    pthread_mutex_unlock(&m->lock);
+
+    int64_t start = mono_ms();
+    pg_lag_row_t *rows = NULL;
+    size_t n = 0;
+    char err[256] = "no lag source";
+    int rc = lag != NULL ? lag(ctx, &rows, &n, err, sizeof(err)) : -1;
+
+    pthread_mutex_lock(&m->lock);
+    bool was_failed = m->lag_failed;
+    if (rc == 0 && pg_metrics_stall_update(&m->stall, rows, n, start) != 0) {
+        snprintf(err, sizeof(err), "out of memory");
+        free(rows);
+        rc = -1;
+    } else if (rc == 0) {
+        free(m->lag_rows);
+        m->lag_rows = rows;
+        m->n_lag_rows = n;
+        m->lag_ok_ms = start;
+    }
+    /* A failed read keeps the last rows and clocks: a partition that had
+     * lag then goes on stalling, as nothing can be committed meanwhile. */
+    m->lag_failed = rc != 0;
+    m->lag_done = seq;
+    pthread_cond_broadcast(&m->lag_fresh);
+    pthread_mutex_unlock(&m->lock);
+    /* Once per outage, not once a second. */
+    if (rc != 0 && !was_failed && lag != NULL)
+        pg_log_warn("lag_scrape_failed", "error", err, NULL);
+    else if (rc == 0 && was_failed)
+        pg_log_info("lag_scrape_recovered", NULL);
+}
+
+static void refresh_redis(pg_metrics_t *m)
+{
+    pthread_mutex_lock(&m->lock);
+    pg_metrics_redis_fn redis = m->redis;
+    void *ctx = m->ctx;
+    pthread_mutex_unlock(&m->lock);
+    if (redis == NULL)
+        return;
+    bool ok = redis(ctx);
+    /* When it answered (or gave up), like the worker's own exchanges. */
+    int64_t at = mono_ms();
+    pthread_mutex_lock(&m->lock);
+    m->probe = (pg_metrics_redis_obs_t){.ok = ok, .at_ms = at};
+    pthread_mutex_unlock(&m->lock);
+}
+
+void pg_metrics_refresh(pg_metrics_t *m)
+{
+    refresh_lag(m);
+    refresh_redis(m);
+}
+
+/* pthread_cond_timedwait to a CLOCK_MONOTONIC deadline in ms. */
+static int wait_until_ms(pthread_cond_t *c, pthread_mutex_t *l, int64_t deadline_ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(deadline_ms / 1000),
+                          .tv_nsec = (long)(deadline_ms % 1000) * 1000000L};
+    return pthread_cond_timedwait(c, l, &ts);
+}
+
+static void *lag_main(void *arg)
+{
+    pg_metrics_t *m = arg;
+    for (;;) {
+        refresh_lag(m);
+        int64_t next = mono_ms() + PG_METRICS_REFRESH_MS;
+        pthread_mutex_lock(&m->lock);
+        while (!m->stopping && !m->lag_wanted)
+            if (wait_until_ms(&m->lag_wake, &m->lock, next) == ETIMEDOUT)
+                break;
+        m->lag_wanted = false;
+        bool stop = m->stopping;
+        pthread_mutex_unlock(&m->lock);
+        if (stop)
+            return NULL;
+    }
+}
+
+static void *redis_main(void *arg)
+{
+    pg_metrics_t *m = arg;
+    for (;;) {
+        refresh_redis(m);
+        int64_t next = mono_ms() + PG_METRICS_REFRESH_MS;
+        pthread_mutex_lock(&m->lock);
+        while (!m->stopping)
+            if (wait_until_ms(&m->redis_wake, &m->lock, next) == ETIMEDOUT)
+                break;
+        bool stop = m->stopping;
+        pthread_mutex_unlock(&m->lock);
+        if (stop)
+            return NULL;
+    }
+}
+
+static int start_threads(pg_metrics_t *m, char *errbuf, size_t errlen)
+{
+    if (pthread_create(&m->lag_thread, NULL, lag_main, m) != 0) {
+        snprintf(errbuf, errlen, "metrics: cannot start the lag refresher thread");
+        return -1;
+    }
+    if (pthread_create(&m->redis_thread, NULL, redis_main, m) != 0) {
+        pthread_mutex_lock(&m->lock);
+        m->stopping = true;
+        pthread_cond_broadcast(&m->lag_wake);
+        pthread_mutex_unlock(&m->lock);
+        pthread_join(m->lag_thread, NULL);
+        snprintf(errbuf, errlen, "metrics: cannot start the Redis refresher thread");
+        return -1;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->threads = true;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+/* A scrape asks for a lag read begun after it arrived and waits for it, up
+ * to PG_METRICS_FRESH_WAIT_MS, on its own connection thread; then it renders
+ * whatever the last snapshot holds (with its age). */
+static void await_fresh_lag(pg_metrics_t *m)
+{
+    pthread_mutex_lock(&m->lock);
+    if (m->threads && !m->stopping) {
+        unsigned long long want = m->lag_started + 1;
+        m->lag_wanted = true;
+        pthread_cond_signal(&m->lag_wake);
+        int64_t deadline = mono_ms() + PG_METRICS_FRESH_WAIT_MS;
+        while (!m->stopping && m->lag_done < want)
+            if (wait_until_ms(&m->lag_fresh, &m->lock, deadline) == ETIMEDOUT)
+                break;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
 __attribute__((format(printf, 2, 3))) static int put(pg_buf_t *b, const char *fmt, ...)
 {
     char line[1024];
@@ -190,19 +573,35 @@ static void head(pg_buf_t *b, const char *name, const char *type, const char *he
 }
 
 /* Topic names are Kafka-legal ([a-zA-Z0-9._-]) and need no label escaping. */
-static void render_lag(pg_metrics_t *m, pg_buf_t *b, pg_metrics_lag_fn lag, void *ctx)
+static void render_lag(pg_metrics_t *m, pg_buf_t *b, int64_t now)
 {
-    pg_lag_row_t *rows = NULL;
-    size_t n = 0;
-    char err[256];
-    if (lag == NULL || lag(ctx, &rows, &n, err, sizeof(err)) != 0) {
-        if (lag != NULL)
-            pg_log_warn("lag_scrape_failed", "error", err, NULL);
-        head(b, "pinguard_lag_scrape_error", "gauge",
-             "1 when the consumer lag could not be read at this scrape.");
-        put(b, "pinguard_lag_scrape_error 1\n");
-        return;
-    }
+    /* A copy of the snapshot, so that formatting holds no lock. */
+    pthread_mutex_lock(&m->lock);
+    size_t n = m->n_lag_rows;
+    pg_lag_row_t *rows = n > 0 ? malloc(n * sizeof(*rows)) : NULL;
+    if (rows != NULL)
+        memcpy(rows, m->lag_rows, n * sizeof(*rows));
+    int64_t ok_ms = m->lag_ok_ms;
+    bool failed = m->lag_failed || ok_ms == INT64_MIN || (n > 0 && rows == NULL);
+    size_t stalled =
+        pg_metrics_stall_count(&m->stall, now, m->partition_stall_ms, NULL);
+    pthread_mutex_unlock(&m->lock);
+
+    head(b, "pinguard_lag_scrape_error", "gauge",
+         "1 when the last attempt to read the consumer lag failed (the lag figures "
+         "are those of the last successful read).");
+    put(b, "pinguard_lag_scrape_error %d\n", failed ? 1 : 0);
+    head(b, "pinguard_lag_snapshot_age_seconds", "gauge",
+         "Age of the lag figures: seconds since their read began (-1: none yet).");
+    put(b, "pinguard_lag_snapshot_age_seconds %.3f\n",
+        ok_ms == INT64_MIN ? -1.0 : (double)(now - ok_ms) / 1000.0);
+    head(b, "pinguard_stalled_partitions", "gauge",
+         "Assigned partitions with lag whose committed offset has not moved for "
+         "health.stall.ms (/readyz fails while any is).");
+    put(b, "pinguard_stalled_partitions %zu\n", stalled);
+    if (ok_ms == INT64_MIN || (n > 0 && rows == NULL))
+        return; /* no figures to show */
+
     head(b, "pinguard_consumer_lag_messages", "gauge",
          "Messages of a partition not yet committed by the group (high watermark - "
          "committed offset).");
@@ -234,22 +633,19 @@ static void render_lag(pg_metrics_t *m, pg_buf_t *b, pg_metrics_lag_fn lag, void
 
 int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
 {
-    /* Take the sources under the lock, then render without holding it across
-     * the broker queries the lag callback makes. */
     values_t *s = &m->v;
+    int64_t now = mono_ms();
     pthread_mutex_lock(&m->lock);
-    pg_metrics_lag_fn lag = m->lag;
     pg_metrics_group_fn group = m->group;
-    pg_metrics_redis_fn redis = m->redis;
     void *ctx = m->ctx;
     pthread_mutex_unlock(&m->lock);
 
     pg_metrics_group_t g = {0};
     if (group != NULL)
-        group(ctx, &g);
-    bool redis_up = redis != NULL ? redis(ctx) : atomic_load(&s->redis_last_ok);
+        group(ctx, &g); /* atomics of the Kafka client's: no network */
+    bool redis_up = redis_answers(m, now, NULL);
 
-    render_lag(m, b, lag, ctx);
+    render_lag(m, b, now);
 
     head(b, "pinguard_inputs_total", "counter",
          "Input messages by topic and outcome (decided, dlq, retried).");
@@ -282,6 +678,15 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
     head(b, "pinguard_unknown_device_kinds_total", "counter",
          "Devices of a kind pinguard does not know, seen in decisions (they pin).");
     put(b, "pinguard_unknown_device_kinds_total %llu\n", GET(s->unknown_kinds));
+
+    head(b, "pinguard_cache_invalid_total", "counter",
+         "VMs whose cache entry could not be read as the SPEC's layout says (a key "
+         "of the wrong type, an empty or non-UTF-8 value, too many devices): each "
+         "was decided as unknown.");
+    put(b, "pinguard_cache_invalid_total %llu\n", GET(s->cache_invalid));
+    head(b, "pinguard_batches_redone_total", "counter",
+         "Batches, or parts of one, consumed again after an abort or a failed output.");
+    put(b, "pinguard_batches_redone_total %llu\n", GET(s->batches_redone));
 
     head(b, "pinguard_batches_total", "counter",
          "Consumed batches processed (each costs at most one Redis round trip).");
@@ -324,9 +729,9 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
     return 0;
 }
 
-int pg_metrics_health(pg_metrics_t *m, char *why, size_t whylen)
+static int health_at(pg_metrics_t *m, int64_t now, char *why, size_t whylen)
 {
-    int64_t age = mono_ms() - atomic_load(&m->v.last_tick_ms);
+    int64_t age = now - atomic_load(&m->v.last_tick_ms);
     if (age > m->stall_timeout_ms) {
         snprintf(why, whylen, "loop stalled for %lld ms", (long long)age);
         return -1;
@@ -335,14 +740,28 @@ int pg_metrics_health(pg_metrics_t *m, char *why, size_t whylen)
     return 0;
 }
 
+int pg_metrics_health(pg_metrics_t *m, char *why, size_t whylen)
+{
+    return health_at(m, mono_ms(), why, whylen);
+}
+
 int pg_metrics_ready(pg_metrics_t *m, char *why, size_t whylen)
 {
-    if (pg_metrics_health(m, why, whylen) != 0)
+    return pg_metrics_ready_at(m, mono_ms(), why, whylen);
+}
+
+int pg_metrics_ready_at(pg_metrics_t *m, int64_t now, char *why, size_t whylen)
+{
+    if (health_at(m, now, why, whylen) != 0)
         return -1;
     pthread_mutex_lock(&m->lock);
     pg_metrics_group_fn group = m->group;
-    pg_metrics_redis_fn redis = m->redis;
     void *ctx = m->ctx;
+    const pg_metrics_clock_t *w = NULL;
+    size_t stalled = pg_metrics_stall_count(&m->stall, now, m->partition_stall_ms, &w);
+    pg_metrics_clock_t worst = {0};
+    if (w != NULL)
+        worst = *w;
     pthread_mutex_unlock(&m->lock);
     pg_metrics_group_t g = {0};
     if (group != NULL)
@@ -351,8 +770,21 @@ int pg_metrics_ready(pg_metrics_t *m, char *why, size_t whylen)
         snprintf(why, whylen, "consumer group not joined");
         return -1;
     }
-    if (redis != NULL && !redis(ctx)) {
-        snprintf(why, whylen, "redis does not answer");
+    int64_t age;
+    if (!redis_answers(m, now, &age)) {
+        if (age > PG_METRICS_REDIS_STALE_MS)
+            snprintf(why, whylen, "redis does not answer (no word from it for %lld ms)",
+                     (long long)age);
+        else
+            snprintf(why, whylen, "redis does not answer");
+        return -1;
+    }
+    if (stalled > 0) {
+        snprintf(why, whylen,
+                 "partition stalled: %s/%d, committed offset %lld unmoved for %lld ms "
+                 "with lag %lld (%zu stalled)",
+                 worst.topic, (int)worst.partition, (long long)worst.committed,
+                 (long long)(now - worst.since_ms), (long long)worst.lag, stalled);
         return -1;
     }
     snprintf(why, whylen, "ok");
@@ -386,6 +818,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return respond(c, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain", "GET only\n", 9);
     if (strcmp(url, "/metrics") == 0) {
+        await_fresh_lag(m);
         pg_buf_t b = {0};
         pg_metrics_render(m, &b);
         enum MHD_Result r = respond(
@@ -425,11 +858,19 @@ int pg_metrics_serve(pg_metrics_t *m, const char *listen, char *errbuf, size_t e
                  "metrics.listen '%s': expected an IPv4 address and a port", listen);
         return -1;
     }
-    m->daemon =
-        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)port, NULL, NULL,
-                         on_request, m, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    if (start_threads(m, errbuf, errlen) != 0)
+        return -1;
+    /* A thread per connection: a scrape waiting for its lag snapshot, or a
+     * client that sends half a request, holds only its own connection. The
+     * limits bound the threads a flood of connections can start. */
+    m->daemon = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL,
+        (uint16_t)port, NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)128, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)64, MHD_OPTION_END);
     if (m->daemon == NULL) {
+        stop_threads(m);
         snprintf(errbuf, errlen, "metrics.listen %s: cannot listen (address in use?)",
                  listen);
         return -1;

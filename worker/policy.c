@@ -109,13 +109,16 @@ static bool same_host(const char *a, const char *b)
 
 pg_release_verdict_t pg_policy_release(const char *src_host, const char *dst_host,
                                        const char *observed_host,
-                                       const char *cache_host)
+                                       const pg_vm_binding_t *cache)
 {
+    const char *cache_host = cache->known && !cache->malformed ? cache->host : NULL;
     const char *evidence[2] = {observed_host, cache_host};
     size_t n_evidence = 0, n_dst = 0, n_src = 0;
 
     if (dst_host == NULL)
         return (pg_release_verdict_t){PG_ACTION_KEEP, PG_RELEASE_NO_DESTINATION};
+    if (cache->malformed)
+        return (pg_release_verdict_t){PG_ACTION_KEEP, PG_RELEASE_PLACEMENT_UNCONFIRMED};
     /* A "migration" onto its own source host moved nothing: evidence naming
      * that host shows the VM still there, never a confirmed move. */
     if (same_host(src_host, dst_host))

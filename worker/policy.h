@@ -64,11 +64,13 @@ typedef struct {
     pg_release_reason_t reason;
 } pg_release_verdict_t;
 
-/* The release rule. Evidence is `observed_host` (the event's) and
- * `cache_host` (the cache's :host); either may be NULL when absent. */
+/* The release rule. Evidence is `observed_host` (the event's) and the cache's
+ * :host; either may be NULL when absent. A malformed cache entry gives no
+ * evidence and makes the release unconfirmable: KEEP, PLACEMENT_UNCONFIRMED,
+ * whatever the event claims (its devices cannot be known either). */
 pg_release_verdict_t pg_policy_release(const char *src_host, const char *dst_host,
                                        const char *observed_host,
-                                       const char *cache_host);
+                                       const pg_vm_binding_t *cache);
 
 /* Sorts devices by uuid (strcmp order, ties by kind) in place. */
 void pg_policy_sort_devices(pg_device_ref_t *devices, size_t n);

@@ -1,16 +1,24 @@
 /*
  * The decision loop of `pinguard run`:
- *   poll a batch -> decode -> one pipelined Redis read for every VM named ->
- *   policy -> produce decisions (or dead letters) -> then either
+ *   poll a batch -> decode -> one pipelined Redis read for every distinct VM
+ *   named -> policy -> produce decisions (or dead letters) -> then either
  *   exactly once: commit the outputs and the batch's input offsets in one
  *   Kafka transaction, or
  *   at least once: wait for the broker's acknowledgements and store the
  *   offsets of acknowledged inputs.
+ * Whatever an input or the cache holds, the partition moves on: undecodable
+ * input, a decision too large for its topic, an input too large to copy and
+ * a decision that cannot be encoded each go to the DLQ with their reason,
+ * and a malformed cache entry is decided as an unknown VM. Only the process
+ * failing (out of memory, a fatal client state) stops the loop.
  * When Redis cannot answer, the batch is held, the partitions are paused (the
  * group protocol keeps being served) and the read is retried with capped
  * backoff; nothing is produced and nothing is stored meanwhile. A rebalance
  * while holding drops the batch: the partitions restart from their committed
  * offsets wherever they land.
+ * Decision and input counters move only for what committed: each input's
+ * tally is handed to metrics when its transaction commits, or (at least
+ * once) when its offset is stored.
  */
 #include "worker.h"
 
@@ -31,9 +39,12 @@ typedef struct {
     int rc;           /* 0, or the pg_codec_err_t that sends it to the DLQ */
     char detail[256]; /* why, for the pinguard-error header */
     pg_record_t rec;
-    size_t vm_first; /* its VMs in the batch's lookup list */
+    const size_t *vm_idx; /* per VM the record names: its index in the batch's
+                             list of distinct VMs */
     size_t vm_count;
+    size_t vm_need; /* bindings to read before this input can be decided */
     pg_delivery_state_t state;
+    pg_metrics_tally_t tally;
 } slot_t;
 
 typedef struct {
@@ -43,13 +54,17 @@ typedef struct {
     pg_bindings_t *bindings;
     pg_kafka_t *kafka;
     pg_metrics_t *metrics;
-    pg_bindings_t *probe; /* the HTTP thread's own Redis connection, for /readyz */
+    pg_bindings_t *probe; /* the metrics refresher's own Redis connection */
     pg_arena_t *arena;
     pg_kafka_msg_t *msgs;
     slot_t *slots;
     pg_buf_t out;
     pg_policy_opts_t policy;
     pg_codec_limits_t limits;
+    /* At least once: the tallies of the inputs in flight, in the order the
+     * kafka module tracks them; popped as it settles each. */
+    pg_metrics_tally_t *tallies;
+    size_t tally_cap, tally_head, tally_len;
     unsigned long long decided, dead_lettered, retried_batches, aborted_batches;
     bool batch_redone; /* the last batch (or part of it) must be consumed again */
 } worker_t;
@@ -81,14 +96,52 @@ static int64_t mono_ms(void)
     return mono_us() / 1000;
 }
 
-/* Decodes every message and lists the VMs whose bindings the batch needs.
- * Returns 0, or -1 when the process (not a message) is at fault. */
+/* The batch's distinct VMs: an open-addressing set over the uuids (which the
+ * decoded records own), so that a VM named by many inputs is read once. */
+typedef struct {
+    const char **list; /* distinct uuids, in order of first appearance */
+    size_t n;
+    const char **slots;
+    size_t *index;
+    size_t mask;
+} vmset_t;
+
+static int vmset_init(pg_arena_t *arena, vmset_t *set, size_t most)
+{
+    size_t cap = 16;
+    while (cap < 2 * most)
+        cap *= 2;
+    set->list = pg_arena_calloc(arena, most ? most : 1, sizeof(*set->list));
+    set->slots = pg_arena_calloc(arena, cap, sizeof(*set->slots));
+    set->index = pg_arena_calloc(arena, cap, sizeof(*set->index));
+    set->mask = cap - 1;
+    set->n = 0;
+    return set->list && set->slots && set->index ? 0 : -1;
+}
+
+static size_t vmset_add(vmset_t *set, const char *vm)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)vm; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    size_t i = (size_t)h & set->mask;
+    while (set->slots[i] != NULL) {
+        if (strcmp(set->slots[i], vm) == 0)
+            return set->index[i];
+        i = (i + 1) & set->mask;
+    }
+    set->slots[i] = vm;
+    set->index[i] = set->n;
+    set->list[set->n] = vm;
+    return set->n++;
+}
+
+/* Decodes every message and lists the distinct VMs whose bindings the batch
+ * needs. Returns 0, or -1 when the process (not a message) is at fault. */
 static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nvm_out,
                         char *errbuf, size_t errlen)
 {
-    size_t cap = n; /* one VM per request or result, grown below for advice */
-    const char **vms = NULL;
-    size_t nvm = 0;
+    size_t most = 0;
     for (size_t i = 0; i < n; i++) {
         slot_t *s = &w->slots[i];
         const pg_kafka_msg_t *m = &w->msgs[i];
@@ -105,37 +158,51 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
             snprintf(s->detail, sizeof(s->detail), "a %s record on topic %s",
                      pg_record_type_name(s->rec.type), m->topic);
         }
-        if (s->rc == 0 && s->rec.type == PG_REC_DRS_ADVICE)
-            cap += s->rec.u.drs_advice.n_migrations;
+        if (s->rc == 0)
+            most +=
+                s->rec.type == PG_REC_DRS_ADVICE ? s->rec.u.drs_advice.n_migrations : 1;
     }
-    vms = pg_arena_calloc(w->arena, cap ? cap : 1, sizeof(*vms));
-    if (vms == NULL) {
-        snprintf(errbuf, errlen, "out of memory listing %zu VMs", cap);
+    vmset_t set;
+    if (vmset_init(w->arena, &set, most) != 0) {
+        snprintf(errbuf, errlen, "out of memory listing %zu VMs", most);
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
         slot_t *s = &w->slots[i];
         if (s->rc != 0)
             continue;
-        s->vm_first = nvm;
+        const char *one = NULL;
         switch (s->rec.type) {
         case PG_REC_DRS_ADVICE:
-            for (size_t j = 0; j < s->rec.u.drs_advice.n_migrations; j++)
-                vms[nvm++] = s->rec.u.drs_advice.migrations[j].vm_uuid;
+            s->vm_count = s->rec.u.drs_advice.n_migrations;
             break;
         case PG_REC_MIGRATE_REQUEST:
-            vms[nvm++] = s->rec.u.migrate_request.vm_uuid;
+            one = s->rec.u.migrate_request.vm_uuid;
+            s->vm_count = 1;
             break;
         case PG_REC_MIGRATION_RESULT:
-            vms[nvm++] = s->rec.u.migration_result.vm_uuid;
+            one = s->rec.u.migration_result.vm_uuid;
+            s->vm_count = 1;
             break;
         default:
             break;
         }
-        s->vm_count = nvm - s->vm_first;
+        size_t *idx =
+            pg_arena_calloc(w->arena, s->vm_count ? s->vm_count : 1, sizeof(*idx));
+        if (idx == NULL) {
+            snprintf(errbuf, errlen, "out of memory listing %zu VMs", s->vm_count);
+            return -1;
+        }
+        for (size_t j = 0; j < s->vm_count; j++) {
+            idx[j] =
+                vmset_add(&set, one ? one : s->rec.u.drs_advice.migrations[j].vm_uuid);
+            if (idx[j] + 1 > s->vm_need)
+                s->vm_need = idx[j] + 1;
+        }
+        s->vm_idx = idx;
     }
-    *vms_out = vms;
-    *nvm_out = nvm;
+    *vms_out = set.list;
+    *nvm_out = set.n;
     return 0;
 }
 
@@ -146,11 +213,26 @@ static int settle(worker_t *w, bool wait, char *errbuf, size_t errlen)
     int rc = pg_kafka_pending_settle(w->kafka, wait, errbuf, errlen);
     if (rc == PG_KAFKA_EFATAL)
         return -1;
-    if (rc == 1)
+    if (rc == 1) {
         w->batch_redone = true; /* an output failed: its input comes again */
-    else if (rc != 0)
+        pg_metrics_batch_redone(w->metrics);
+    } else if (rc != 0)
         pg_log_warn("settle_failed", "error", errbuf, NULL);
     return 0;
+}
+
+/* At least once, called by the kafka module once per tracked input, in the
+ * order they were tracked: the input's tally counts only if its offset was
+ * stored. */
+static void on_settled(void *ctx, bool committed)
+{
+    worker_t *w = ctx;
+    if (w->tally_len == 0)
+        return;
+    if (committed)
+        pg_metrics_commit(w->metrics, &w->tallies[w->tally_head]);
+    w->tally_head = (w->tally_head + 1) % w->tally_cap;
+    w->tally_len--;
 }
 
 /* The next wait of a doubling backoff that starts at retry.backoff.min.ms. */
@@ -230,9 +312,10 @@ static pg_device_ref_t *device_scratch(worker_t *w, size_t n)
     return pg_arena_calloc(w->arena, n ? n : 1, sizeof(pg_device_ref_t));
 }
 
-static int decide_advice(worker_t *w, const pg_drs_advice_t *a,
-                         const pg_vm_binding_t *b, int64_t now, pg_record_t *out)
+static int decide_advice(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64_t now,
+                         pg_record_t *out)
 {
+    const pg_drs_advice_t *a = &s->rec.u.drs_advice;
     size_t n = a->n_migrations, na = 0, nv = 0;
     pg_migration_advice_t *approved =
         pg_arena_calloc(w->arena, n ? n : 1, sizeof(*approved));
@@ -240,14 +323,16 @@ static int decide_advice(worker_t *w, const pg_drs_advice_t *a,
     if (approved == NULL || vetoed == NULL)
         return -1;
     for (size_t i = 0; i < n; i++) {
-        pg_device_ref_t *devs = device_scratch(w, b[i].n_devices);
+        const pg_vm_binding_t *vb = &b[s->vm_idx[i]];
+        pg_device_ref_t *devs = device_scratch(w, vb->n_devices);
         if (devs == NULL)
             return -1;
         pg_policy_verdict_t v;
-        pg_policy_judge(&w->policy, &b[i], devs, &v);
-        pg_metrics_unknown_kinds(w->metrics, v.n_unknown_kinds);
-        pg_metrics_decision(w->metrics, PG_M_STREAM_ADVICE, (int)v.verdict,
-                            v.verdict == PG_VERDICT_APPROVED ? -1 : (int)v.reason);
+        pg_policy_judge(&w->policy, vb, devs, &v);
+        s->tally.unknown_kinds += (uint32_t)v.n_unknown_kinds;
+        pg_metrics_tally_decision(&s->tally, (int)v.verdict,
+                                  v.verdict == PG_VERDICT_APPROVED ? -1
+                                                                   : (int)v.reason);
         if (v.verdict == PG_VERDICT_APPROVED) {
             approved[na++] = a->migrations[i];
             continue;
@@ -273,18 +358,19 @@ static int decide_advice(worker_t *w, const pg_drs_advice_t *a,
     return 0;
 }
 
-static int decide_request(worker_t *w, const pg_migrate_request_t *r,
-                          const pg_vm_binding_t *b, int64_t now, pg_record_t *out)
+static int decide_request(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64_t now,
+                          pg_record_t *out)
 {
+    const pg_migrate_request_t *r = &s->rec.u.migrate_request;
+    b += s->vm_idx[0];
     pg_device_ref_t *devs = device_scratch(w, b->n_devices);
     if (devs == NULL)
         return -1;
     pg_policy_verdict_t v;
     pg_policy_judge(&w->policy, b, devs, &v);
     bool veto = v.verdict == PG_VERDICT_VETOED;
-    pg_metrics_unknown_kinds(w->metrics, v.n_unknown_kinds);
-    pg_metrics_decision(w->metrics, PG_M_STREAM_MIGRATE, (int)v.verdict,
-                        veto ? (int)v.reason : -1);
+    s->tally.unknown_kinds += (uint32_t)v.n_unknown_kinds;
+    pg_metrics_tally_decision(&s->tally, (int)v.verdict, veto ? (int)v.reason : -1);
     out->type = PG_REC_MIGRATE_DECISION;
     out->u.migrate_decision = (pg_migrate_decision_t){.request_id = r->request_id,
                                                       .vm_uuid = r->vm_uuid,
@@ -307,19 +393,22 @@ static int decide_request(worker_t *w, const pg_migrate_request_t *r,
     return 0;
 }
 
-static int decide_result(worker_t *w, const pg_migration_result_t *r,
-                         const pg_vm_binding_t *b, int64_t now, pg_record_t *out)
+static int decide_result(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64_t now,
+                         pg_record_t *out)
 {
-    pg_device_ref_t *devs = device_scratch(w, b->n_devices);
+    const pg_migration_result_t *r = &s->rec.u.migration_result;
+    b += s->vm_idx[0];
+    /* A malformed entry gives no evidence and no devices: never RELEASE. */
+    size_t nd = b->malformed ? 0 : b->n_devices;
+    pg_device_ref_t *devs = device_scratch(w, nd);
     if (devs == NULL)
         return -1;
-    if (b->n_devices > 0)
-        memcpy(devs, b->devices, b->n_devices * sizeof(*devs));
-    pg_policy_sort_devices(devs, b->n_devices);
+    if (nd > 0)
+        memcpy(devs, b->devices, nd * sizeof(*devs));
+    pg_policy_sort_devices(devs, nd);
     pg_release_verdict_t v =
-        pg_policy_release(r->src_host_uuid, r->dst_host_uuid, r->observed_host_uuid,
-                          b->known ? b->host : NULL);
-    pg_metrics_decision(w->metrics, PG_M_STREAM_RELEASE, (int)v.action, (int)v.reason);
+        pg_policy_release(r->src_host_uuid, r->dst_host_uuid, r->observed_host_uuid, b);
+    pg_metrics_tally_decision(&s->tally, (int)v.action, (int)v.reason);
     out->type = PG_REC_RELEASE_DECISION;
     out->u.release_decision =
         (pg_release_decision_t){.request_id = r->request_id,
@@ -329,24 +418,26 @@ static int decide_result(worker_t *w, const pg_migration_result_t *r,
                                 .reason = v.reason,
                                 .from_host_uuid = r->src_host_uuid,
                                 .dst_host_uuid = r->dst_host_uuid,
-                                .n_devices = b->n_devices,
+                                .n_devices = nd,
                                 .devices = devs,
                                 .decided_at_ms = now};
     pg_log_info("release_decided", "request", r->request_id, "vm", r->vm_uuid,
                 "outcome", pg_outcome_name(r->outcome), "action",
                 pg_release_action_name(v.action), "reason",
-                pg_release_reason_name(v.reason), "#devices", (long long)b->n_devices,
-                NULL);
+                pg_release_reason_name(v.reason), "#devices", (long long)nd, NULL);
     return 0;
 }
 
-static int produce_dead_letter(worker_t *w, size_t i, pg_delivery_state_t *state,
+/* Sends input i to the DLQ with `reason` (a pinguard-error name) and detail.
+ * An input too large to copy goes without its bytes (INPUT_TOO_LARGE), so
+ * that no input can be refused by the DLQ and redone forever. */
+static int produce_dead_letter(worker_t *w, size_t i, const char *reason,
+                               const char *detail, pg_delivery_state_t *state,
                                char *errbuf, size_t errlen)
 {
     const pg_kafka_msg_t *m = &w->msgs[i];
     slot_t *s = &w->slots[i];
-    char error[320], partition[16], offset[24];
-    snprintf(error, sizeof(error), "%s: %s", pg_codec_err_name(s->rc), s->detail);
+    char error[400], partition[16], offset[24];
     snprintf(partition, sizeof(partition), "%d", (int)m->partition);
     snprintf(offset, sizeof(offset), "%" PRId64, m->offset);
     const pg_kafka_header_t headers[] = {
@@ -355,38 +446,67 @@ static int produce_dead_letter(worker_t *w, size_t i, pg_delivery_state_t *state
         {"pinguard-source-partition", partition},
         {"pinguard-source-offset", offset},
     };
-    pg_log_warn("input_dead_lettered", "topic", m->topic, "#partition",
-                (long long)m->partition, "#offset", (long long)m->offset, "error",
-                error, NULL);
-    w->dead_lettered++;
-    pg_metrics_input(w->metrics, (int)m->input, PG_M_IN_DLQ, 1);
-    return pg_kafka_produce(w->kafka, PG_OUT_DLQ, m->key, m->key_len, m->payload,
-                            m->len, headers, 4, state, errbuf, errlen);
+    size_t head_bytes = 0;
+    snprintf(error, sizeof(error), "%s: %s", reason, detail);
+    for (size_t h = 0; h < 4; h++)
+        head_bytes += strlen(headers[h].name) + strlen(headers[h].value);
+    size_t limit = pg_kafka_output_max_bytes(w->kafka, PG_OUT_DLQ);
+    const void *key = m->key, *value = m->payload;
+    size_t key_len = m->key_len, len = m->len;
+    for (int attempt = 0;; attempt++) {
+        if (attempt > 0 || head_bytes + key_len + len > limit) {
+            /* Headers alone: the source topic, partition and offset say where
+             * the original still is. A key too large goes too. */
+            if (value != NULL || len > 0)
+                snprintf(error, sizeof(error),
+                         "INPUT_TOO_LARGE: %zu bytes, over %zu; %s: %s",
+                         m->len + m->key_len, limit, reason, detail);
+            value = NULL;
+            len = 0;
+            if (head_bytes + key_len > limit || attempt > 1) {
+                key = NULL;
+                key_len = 0;
+            }
+        }
+        if (attempt == 0) {
+            pg_log_warn("input_dead_lettered", "topic", m->topic, "#partition",
+                        (long long)m->partition, "#offset", (long long)m->offset,
+                        "error", error, NULL);
+            w->dead_lettered++;
+            pg_metrics_tally_init(&s->tally, (int)m->input, PG_M_IN_DLQ);
+        }
+        int rc = pg_kafka_produce(w->kafka, PG_OUT_DLQ, key, key_len, value, len,
+                                  headers, 4, state, errbuf, errlen);
+        if (rc != PG_KAFKA_ETOOLARGE || attempt >= 2)
+            return rc == PG_KAFKA_ETOOLARGE ? PG_KAFKA_ERETRY : rc;
+    }
 }
 
+/* Decides input i and produces its decision; a decision that cannot be
+ * encoded or is larger than its topic accepts dead-letters the input. */
 static int produce_decision(worker_t *w, size_t i, const pg_vm_binding_t *b,
                             int64_t now, pg_delivery_state_t *state, char *errbuf,
                             size_t errlen)
 {
     slot_t *s = &w->slots[i];
-    const pg_vm_binding_t *vb = b + s->vm_first;
     pg_record_t out;
     pg_output_t topic;
     const char *key;
     int rc;
+    pg_metrics_tally_init(&s->tally, (int)w->msgs[i].input, PG_M_IN_DECIDED);
     switch (s->rec.type) {
     case PG_REC_DRS_ADVICE:
-        rc = decide_advice(w, &s->rec.u.drs_advice, vb, now, &out);
+        rc = decide_advice(w, s, b, now, &out);
         topic = PG_OUT_FILTERED;
         key = s->rec.u.drs_advice.cluster_uuid;
         break;
     case PG_REC_MIGRATE_REQUEST:
-        rc = decide_request(w, &s->rec.u.migrate_request, vb, now, &out);
+        rc = decide_request(w, s, b, now, &out);
         topic = PG_OUT_DECISIONS;
         key = s->rec.u.migrate_request.vm_uuid;
         break;
     case PG_REC_MIGRATION_RESULT:
-        rc = decide_result(w, &s->rec.u.migration_result, vb, now, &out);
+        rc = decide_result(w, s, b, now, &out);
         topic = PG_OUT_RELEASE;
         key = s->rec.u.migration_result.vm_uuid;
         break;
@@ -400,14 +520,70 @@ static int produce_decision(worker_t *w, size_t i, const pg_vm_binding_t *b,
                  pg_record_type_name(s->rec.type));
         return PG_KAFKA_EFATAL;
     }
+    char why[512];
     pg_buf_reset(&w->out);
-    rc = pg_codec_encode(w->codec, &out, &w->out, errbuf, errlen);
-    if (rc != 0)
-        return PG_KAFKA_EFATAL; /* our own record failed to encode: a bug */
-    w->decided++;
-    pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_DECIDED, 1);
-    return pg_kafka_produce(w->kafka, topic, key, strlen(key), w->out.data, w->out.len,
-                            NULL, 0, state, errbuf, errlen);
+    if (pg_codec_encode(w->codec, &out, &w->out, why, sizeof(why)) != 0) {
+        /* Never from data pinguard checked: a bug, but one input's, not a
+         * reason to stop the partition (or to crash-loop on restart). */
+        pg_log_error("decision_not_encoded", "topic", w->msgs[i].topic, "#offset",
+                     (long long)w->msgs[i].offset, "error", why, NULL);
+        return produce_dead_letter(w, i, "INTERNAL_ERROR", why, state, errbuf, errlen);
+    }
+    size_t key_len = strlen(key), limit = pg_kafka_output_max_bytes(w->kafka, topic);
+    if (w->out.len + key_len > limit) {
+        snprintf(why, sizeof(why),
+                 "the %s is %zu bytes, over the %zu its topic accepts",
+                 pg_record_type_name(out.type), w->out.len + key_len, limit);
+        return produce_dead_letter(w, i, "OUTPUT_TOO_LARGE", why, state, errbuf,
+                                   errlen);
+    }
+    rc = pg_kafka_produce(w->kafka, topic, key, key_len, w->out.data, w->out.len, NULL,
+                          0, state, errbuf, errlen);
+    if (rc == PG_KAFKA_ETOOLARGE) {
+        snprintf(why, sizeof(why), "the %s (%zu bytes) was refused: %s",
+                 pg_record_type_name(out.type), w->out.len + key_len, errbuf);
+        return produce_dead_letter(w, i, "OUTPUT_TOO_LARGE", why, state, errbuf,
+                                   errlen);
+    }
+    if (rc == 0)
+        w->decided++;
+    return rc;
+}
+
+/* Reads the next distinct VM's binding; a malformed entry is logged and
+ * counted here, once per VM and batch. */
+static int read_binding(worker_t *w, const char *vm, pg_vm_binding_t *out, char *errbuf,
+                        size_t errlen)
+{
+    int rc = pg_bindings_next(w->bindings, vm, w->arena, out, errbuf, errlen);
+    if (rc == 0 && out->malformed) {
+        pg_log_warn("cache_entry_malformed", "vm", vm, "why", out->why_malformed,
+                    "decided_as", "UNKNOWN_VM", NULL);
+        pg_metrics_cache_invalid(w->metrics, 1);
+    }
+    return rc;
+}
+
+/* The end of an exactly-once batch: commit, or abort when an output failed.
+ * Counters move only on a commit. */
+static int finish_transaction(worker_t *w, size_t n, size_t failed, char *errbuf,
+                              size_t errlen)
+{
+    int rc = failed ? pg_kafka_txn_abort(w->kafka, errbuf, errlen)
+                    : pg_kafka_txn_commit(w->kafka, w->msgs, n, errbuf, errlen);
+    if (rc == PG_KAFKA_EFATAL)
+        return -1;
+    if (rc != 0) {
+        w->aborted_batches++;
+        w->batch_redone = true;
+        pg_metrics_batch_redone(w->metrics);
+        for (size_t i = 0; i < n; i++)
+            pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_RETRIED, 1);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        pg_metrics_commit(w->metrics, &w->slots[i].tally);
+    return 0;
 }
 
 /* One batch, start to finish. Returns 0, 1 to stop (signal while holding), or
@@ -438,6 +614,11 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
             return 0;
         }
         have = 1;
+        if (bindings[0].malformed) {
+            pg_log_warn("cache_entry_malformed", "vm", vms[0], "why",
+                        bindings[0].why_malformed, "decided_as", "UNKNOWN_VM", NULL);
+            pg_metrics_cache_invalid(w->metrics, 1);
+        }
     }
 
     bool txn = pg_kafka_transactional(w->kafka);
@@ -453,18 +634,21 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
         slot_t *s = &w->slots[i];
         /* At least once, the kafka module tracks each input until its output
          * is acknowledged; in a transaction the commit answers for all. */
-        pg_delivery_state_t *state =
-            txn ? &s->state : pg_kafka_pending_add(w->kafka, &w->msgs[i]);
-        if (state == NULL) { /* the main loop made room for a whole batch */
-            snprintf(errbuf, errlen, "no room to track input %zu of %zu", i, n);
-            pg_bindings_abandon(w->bindings);
-            return -1;
+        pg_delivery_state_t *state = &s->state;
+        if (!txn) {
+            state = pg_kafka_pending_add(w->kafka, &w->msgs[i]);
+            if (state == NULL || w->tally_len == w->tally_cap) {
+                /* the main loop made room for a whole batch */
+                snprintf(errbuf, errlen, "no room to track input %zu of %zu", i, n);
+                pg_bindings_abandon(w->bindings);
+                return -1;
+            }
+            w->tally_len++;
         }
         /* This input's bindings, read as Redis sends them. A failure here
          * leaves it and the rest of the batch undecided, to be redone. */
-        while (s->rc == 0 && !redis_failed && have < s->vm_first + s->vm_count) {
-            if (pg_bindings_next(w->bindings, vms[have], w->arena, &bindings[have],
-                                 errbuf, errlen) != 0) {
+        while (s->rc == 0 && !redis_failed && have < s->vm_need) {
+            if (read_binding(w, vms[have], &bindings[have], errbuf, errlen) != 0) {
                 redis_failed = true;
                 pg_log_warn("redis_failed_mid_batch", "error", errbuf, "#undecided",
                             (long long)(n - i), NULL);
@@ -476,11 +660,14 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
         }
         int rc;
         if (s->rc != 0)
-            rc = produce_dead_letter(w, i, state, errbuf, errlen);
+            rc = produce_dead_letter(w, i, pg_codec_err_name(s->rc), s->detail, state,
+                                     errbuf, errlen);
         else if (redis_failed)
             rc = PG_KAFKA_ERETRY;
         else
             rc = produce_decision(w, i, bindings, now, state, errbuf, errlen);
+        if (!txn) /* its tally, in the slot the kafka module will settle */
+            w->tallies[(w->tally_head + w->tally_len - 1) % w->tally_cap] = s->tally;
         if (rc == PG_KAFKA_EFATAL) {
             pg_bindings_abandon(w->bindings);
             return -1;
@@ -500,21 +687,8 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
                     first_error, NULL);
         w->batch_redone = true;
     }
-    if (txn) {
-        /* All or nothing: a batch with a failed output is aborted and
-         * consumed again from the committed offsets. */
-        int rc = failed ? pg_kafka_txn_abort(w->kafka, errbuf, errlen)
-                        : pg_kafka_txn_commit(w->kafka, w->msgs, n, errbuf, errlen);
-        if (rc == PG_KAFKA_EFATAL)
-            return -1;
-        if (rc != 0) {
-            w->aborted_batches++;
-            w->batch_redone = true;
-            for (size_t i = 0; i < n; i++)
-                pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_RETRIED, 1);
-        }
-        return 0;
-    }
+    if (txn)
+        return finish_transaction(w, n, failed, errbuf, errlen);
     /* The acknowledgements arrive while the next batch is read and decided. */
     return settle(w, false, errbuf, errlen) != 0 ? -1 : 0;
 }
@@ -538,6 +712,8 @@ static void scrape_group(void *ctx, pg_metrics_group_t *out)
                                 .fetch_wakeups = s.fetch_wakeups};
 }
 
+/* Called from the metrics registry's Redis refresher thread only, so the
+ * probe connection has one user. */
 static bool scrape_redis(void *ctx)
 {
     worker_t *w = ctx;
@@ -550,7 +726,8 @@ static int start_metrics(worker_t *w, const pg_bindings_opts_t *bopts, char *err
 {
     const char *topics[3] = {w->cfg->topic_advice, w->cfg->topic_requests,
                              w->cfg->topic_results};
-    w->metrics = pg_metrics_new(topics, w->cfg->health_stall_timeout_ms);
+    w->metrics = pg_metrics_new(topics, w->cfg->health_stall_timeout_ms,
+                                w->cfg->health_partition_stall_ms);
     w->probe = pg_bindings_new(bopts);
     if (w->metrics == NULL || w->probe == NULL) {
         snprintf(errbuf, errlen, "out of memory starting the metrics");
@@ -580,9 +757,11 @@ static void wait_ms(worker_t *w, int ms)
 
 static void worker_teardown(worker_t *w)
 {
-    /* The HTTP thread reads the Kafka client: stop it first. Then Kafka:
-     * closing the consumer commits what was acknowledged. */
+    /* The metrics threads (HTTP and the refreshers) read the Kafka client
+     * and the probe: stop them first. Then Kafka: closing the consumer
+     * commits what was acknowledged. */
     pg_metrics_destroy(w->metrics);
+    w->metrics = NULL; /* outputs settled while closing count nowhere */
     pg_bindings_destroy(w->probe);
     pg_kafka_destroy(w->kafka);
     pg_bindings_destroy(w->bindings);
@@ -591,6 +770,7 @@ static void worker_teardown(worker_t *w)
     pg_buf_free(&w->out);
     free(w->msgs);
     free(w->slots);
+    free(w->tallies);
 }
 
 int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *errbuf,
@@ -605,14 +785,16 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         .limits = {.max_string = (size_t)cfg->max_string_length,
                    .max_items = (size_t)cfg->advice_max_migrations},
     };
-    const pg_bindings_opts_t bopts = {.host = cfg->redis_host,
-                                      .port = cfg->redis_port,
-                                      .db = cfg->redis_db,
-                                      .user = cfg->redis_user,
-                                      .password = cfg->redis_password,
-                                      .connect_timeout_ms =
-                                          cfg->redis_connect_timeout_ms,
-                                      .timeout_ms = cfg->redis_timeout_ms};
+    const pg_bindings_opts_t bopts = {
+        .host = cfg->redis_host,
+        .port = cfg->redis_port,
+        .db = cfg->redis_db,
+        .user = cfg->redis_user,
+        .password = cfg->redis_password,
+        .connect_timeout_ms = cfg->redis_connect_timeout_ms,
+        .timeout_ms = cfg->redis_timeout_ms,
+        .max_devices = (size_t)cfg->redis_max_devices_per_vm,
+        .max_len = (size_t)cfg->max_string_length};
 
     w.msgs = calloc(max, sizeof(*w.msgs));
     w.slots = calloc(max, sizeof(*w.slots));
@@ -630,10 +812,24 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         snprintf(errbuf, errlen, "%s (check redis.user and the password)", perr);
         goto out;
     }
-    if ((w.kafka = pg_kafka_new(cfg, errbuf, errlen)) == NULL)
+    if ((w.kafka = pg_kafka_new(cfg, stop, errbuf, errlen)) == NULL) {
+        if (*stop) { /* asked to stop while starting: not a failure */
+            pg_log_info("worker_stopping", "why", errbuf, NULL);
+            rc = 0;
+        }
         goto out;
+    }
     if (start_metrics(&w, &bopts, errbuf, errlen) != 0)
         goto out;
+    if (!pg_kafka_transactional(w.kafka)) {
+        w.tally_cap = pg_kafka_pending_room(w.kafka);
+        w.tallies = calloc(w.tally_cap ? w.tally_cap : 1, sizeof(*w.tallies));
+        if (w.tallies == NULL) {
+            snprintf(errbuf, errlen, "out of memory starting the worker");
+            goto out;
+        }
+        pg_kafka_set_settled_cb(w.kafka, on_settled, &w);
+    }
     pg_log_info("worker_started", "group", pg_config_kafka_get(cfg, "group.id"),
                 "brokers", pg_config_kafka_get(cfg, "bootstrap.servers"), "delivery",
                 cfg->delivery == PG_DELIVERY_EXACTLY_ONCE ? "exactly-once"

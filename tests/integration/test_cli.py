@@ -1,9 +1,18 @@
 """The operator CLI against the real Redis: cache edits, explain, import, the
-Avro tools (checked against fastavro), usage errors and exit codes."""
+Avro tools (checked against fastavro), configuration checks, signals, usage
+errors and exit codes."""
 
 import json
+import os
+import pty
+import signal
+import subprocess
 
-from pgtest import BOOTSTRAP, FINGERPRINTS, decode, encode, run_cli, uid
+import pytest
+import redis
+
+from pgtest import (BOOTSTRAP, FINGERPRINTS, PINGUARD, REDIS_PORT, TIME_SCALE, WRAPPER,
+                    child_env, decode, encode, run_cli, uid)
 
 
 def test_edit_and_explain(cache_env):
@@ -15,6 +24,7 @@ def test_edit_and_explain(cache_env):
     out = json.loads(run_cli("explain", vm, "--json", check=0).stdout)
     assert out["known"] and out["host"] == host and not out["hostBound"]
     assert out["verdict"] == "APPROVED" and out["reason"] is None
+    assert out["valid"] and out["invalidReason"] is None
 
     run_cli("bind", vm, "dev-a", "dgpu", check=0)
     out = json.loads(run_cli("explain", vm, "--json", check=0).stdout)
@@ -104,3 +114,265 @@ def test_usage_and_config():
     # Redis unreachable: a runtime error, exit 1, naming what failed.
     p = run_cli("explain", uid(), "--set", "redis.port=1", check=1)
     assert b"redis 127.0.0.1:1" in p.stderr
+
+
+# --- avro encode refuses what the worker would dead-letter -------------------
+
+REQ = {"requestId": "r-1", "vmUuid": "vm-1", "srcHostUuid": "s", "dstHostUuid": "d",
+       "origin": "API", "requestedAtMs": 1}
+RES = {"requestId": "r-1", "vmUuid": "vm-1", "srcHostUuid": "s", "dstHostUuid": "d",
+       "outcome": "SUCCEEDED", "observedHostUuid": "d", "error": None, "finishedAtMs": 2}
+
+
+def _advice(n, vm="vm-1"):
+    return {"adviceId": "a", "clusterUuid": "c", "generatedAtMs": 5,
+            "migrations": [{"vmUuid": vm, "srcHostUuid": "s", "dstHostUuid": "d",
+                            "score": None}] * n}
+
+
+def _encode(rtype, rec, *settings):
+    args = ["avro", "encode", "--type", rtype]
+    for s in settings:
+        args += ["--set", s]
+    return run_cli(*args, input=json.dumps(rec).encode())
+
+
+@pytest.mark.no_services
+@pytest.mark.parametrize("rtype,rec,settings,reason", [
+    ("MigrateVmRequest", dict(REQ, dstHostUuid=""), (), "INVALID_FIELD: dstHostUuid is empty"),
+    ("MigrateVmRequest", dict(REQ, requestId=""), (), "INVALID_FIELD: requestId is empty"),
+    ("MigrationResult", dict(RES, observedHostUuid=""), (),
+     "INVALID_FIELD: observedHostUuid is empty"),
+    ("MigrationResult", dict(RES, dstHostUuid=""), (), "INVALID_FIELD: dstHostUuid is empty"),
+    ("DrsAdvice", dict(_advice(1), clusterUuid=""), (), "INVALID_FIELD: clusterUuid is empty"),
+    ("DrsAdvice", _advice(2, vm=""), (), "INVALID_FIELD: vmUuid is empty"),
+    ("DrsAdvice", _advice(1, vm="v" * 1025), (), "LIMIT_EXCEEDED: vmUuid"),
+    ("DrsAdvice", _advice(1, vm="v" * 41), ("input.max.string.length=40",),
+     "LIMIT_EXCEEDED: vmUuid"),
+    ("DrsAdvice", _advice(3), ("advice.max.migrations=2",), "LIMIT_EXCEEDED: migrations"),
+], ids=["req-dst", "req-id", "res-observed", "res-dst", "adv-cluster", "adv-vm",
+        "adv-long", "adv-long-set", "adv-many"])
+def test_avro_encode_refuses_dead_letters(rtype, rec, settings, reason):
+    """The reason is the one the worker's DLQ record would carry."""
+    p = _encode(rtype, rec, *settings)
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert p.stdout == b""
+    assert f"pinguard: avro encode: {reason}".encode() in p.stderr, p.stderr
+
+
+@pytest.mark.no_services
+def test_avro_encode_accepts_up_to_the_limits():
+    # Nulls are no ids to check; the limits are inclusive.
+    for rtype, rec in (("MigrateVmRequest", dict(REQ, dstHostUuid=None)),
+                       ("MigrationResult", dict(RES, dstHostUuid=None, observedHostUuid=None)),
+                       ("MigrationResult", dict(RES, error=""))):
+        p = _encode(rtype, rec)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == encode(rtype, rec)
+    p = _encode("DrsAdvice", _advice(2, vm="v" * 40), "advice.max.migrations=2",
+                "input.max.string.length=40")
+    assert p.returncode == 0, p.stderr
+    assert decode(p.stdout)[1]["migrations"][1]["vmUuid"] == "v" * 40
+
+
+# --- --check-config refuses what run would ------------------------------------
+
+@pytest.mark.no_services
+@pytest.mark.parametrize("setting,needle", [
+    ("metrics.listen=127.0.0.1:70000", "metrics.listen"),
+    ("metrics.listen=nosuchhost:9464", "metrics.listen"),
+    ("metrics.listen=999.1.1.1:1", "metrics.listen"),
+    ("metrics.listen=127.0.0.1", "metrics.listen"),
+    ("metrics.listen=127.0.0.1:", "metrics.listen"),
+    ("redis.port=70000", "redis.port"),
+    ("redis.port=six", "redis.port"),
+    ("batch.max.messages=12x", "batch.max.messages"),
+])
+def test_check_config_refuses_what_run_would(setting, needle):
+    for args in (("run", "--check-config"), ("run",)):
+        p = run_cli(*args, "--set", setting)
+        assert p.returncode == 2, (args, p.returncode, p.stderr)
+        assert b"pinguard: configuration: " + needle.encode() in p.stderr, p.stderr
+        assert p.stdout == b""
+
+
+@pytest.mark.no_services
+def test_check_config_reads_every_source(tmp_path):
+    conf = tmp_path / "pinguard.conf"
+    conf.write_text("metrics.listen = 0.0.0.0:0\n")
+    p = run_cli("run", "--check-config", "--config", str(conf), check=0)
+    assert "metrics.listen = 0.0.0.0:0  # file" in p.stdout.decode()
+    conf.write_text("metrics.listen = localhost:9464\n")
+    assert run_cli("run", "--check-config", "--config", str(conf)).returncode == 2
+    p = run_cli("run", "--check-config", env={"PINGUARD_METRICS_LISTEN": "1.2.3.4:99999"})
+    assert p.returncode == 2 and b"metrics.listen" in p.stderr
+    p = run_cli("run", "--check-config", env={"PINGUARD_REDIS_DB": "x"})
+    assert p.returncode == 2 and b"PINGUARD_REDIS_DB" in p.stderr
+    # Empty turns the endpoints off: valid.
+    assert run_cli("run", "--check-config", "--set", "metrics.listen=").returncode == 0
+
+
+# --- SIGHUP ----------------------------------------------------------------
+
+def test_sighup_stops_gracefully(cache_env):
+    w = cache_env.worker()
+    w.wait_log("event=partitions_assigned", timeout=60)
+    assert w.stop(signal.SIGHUP, timeout=30) == 0, w.logs()[-3000:]
+    assert "event=worker_stopping" in w.logs()
+
+
+# --- import checks the whole file before writing -----------------------------
+
+def _vm_keys(env, vm):
+    return [k for k in (f"pinguard:vm:{{{vm}}}:host", f"pinguard:vm:{{{vm}}}:devices",
+                        f"pinguard:vm:{{{vm}}}:pin") if env.redis.exists(k)]
+
+
+def _line(vm, host="h1", devices=(("d1", "pci"),), **extra):
+    rec = {"vmUuid": vm, "hostUuid": host,
+           "devices": [{"deviceUuid": u, "kind": k} for u, k in devices]}
+    rec.update(extra)
+    return json.dumps(rec)
+
+
+def test_import_bad_third_line_writes_nothing(cache_env, tmp_path):
+    env = cache_env
+    vms = [uid() for _ in range(4)]
+    env.vms.update(vms)
+    lines = [_line(vms[0], pin="licence"), _line(vms[1]),
+             _line(vms[2], devices=(("d1", "pci"), ("", "mdev"))), _line(vms[3])]
+    f = tmp_path / "vms.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    p = run_cli("import", str(f), check=1)
+    err = p.stderr.decode()
+    assert f"{f}:3: devices[1].deviceUuid is empty" in err, err
+    assert "the first is line 3" in err and "nothing was imported" in err
+    assert p.stdout == b""
+    for vm in vms:
+        assert _vm_keys(env, vm) == [], vm
+
+
+_GOOD = '{"vmUuid": "%s", "hostUuid": "h"}'
+
+
+@pytest.mark.parametrize("bad,reason,settings", [
+    (_line("v", devices=(("d1", "pci"), ("d2", "usb"), ("d1", "mdev"))),
+     "device d1 is listed twice", ()),
+    ('{"vmUuid": ""}', "vmUuid is empty", ()),
+    ('{"hostUuid": "h"}', "missing vmUuid", ()),
+    ('{"vmUuid": "v", "hostUuid": ""}', "hostUuid is empty", ()),
+    ('{"vmUuid": "v", "hostUuid": 7}', "hostUuid must be a string", ()),
+    ('{"vmUuid": 7}', "vmUuid must be a string", ()),
+    ('{"vmUuid": "v", "devices": [{"deviceUuid": "d"}]}', "devices[0]: missing kind", ()),
+    ('{"vmUuid": "v", "devices": [{"deviceUuid": "d", "kind": ""}]}',
+     "devices[0].kind is empty", ()),
+    ('{"vmUuid": "v", "devices": [{"deviceUuid": "d\\u0000x", "kind": "pci"}]}',
+     "devices[0].deviceUuid holds a NUL byte", ()),
+    ('{"vmUuid": "v", "devices": [{"deviceUuid": "%s", "kind": "pci"}]}' % ("d" * 1025),
+     "devices[0].deviceUuid is 1025 bytes", ()),
+    ('{"vmUuid": "v", "devices": {"d": "pci"}}', "devices must be an array", ()),
+    ('{"vmUuid": "v", "devices": [{"deviceUuid": "d", "kind": "pci", "pins": true}]}',
+     "devices[0]: unknown field 'pins'", ()),
+    ('{"vmUuid": "v", "hostUUID": "h"}', "unknown field 'hostUUID'", ()),
+    ('{"vmUuid": "v", "vmUuid": "w"}', "not a JSON object", ()),
+    ('{"vmUuid": "v"', "not a JSON object", ()),
+    (b'{"vmUuid": "v\xff"}', "not a JSON object", ()),
+    (_line("v", devices=(("d1", "pci"), ("d2", "pci"), ("d3", "pci"))),
+     "3 devices, more than redis.max.devices.per.vm (2)", ("redis.max.devices.per.vm=2",)),
+], ids=["dup-device", "empty-vm", "no-vm", "empty-host", "host-int", "vm-int",
+        "no-kind", "empty-kind", "nul", "too-long", "devices-object", "device-field",
+        "unknown-field",
+        "dup-key", "bad-json", "not-utf8", "too-many"])
+def test_import_refuses_invalid_lines(cache_env, bad, reason, settings):
+    env = cache_env
+    vm = uid()
+    env.vms.add(vm)
+    bad = bad if isinstance(bad, bytes) else bad.encode()
+    args = ["import", "-"]
+    for s in settings:
+        args += ["--set", s]
+    p = run_cli(*args, input=(_GOOD % vm).encode() + b"\n" + bad + b"\n", check=1)
+    err = p.stderr.decode(errors="replace")
+    assert f"stdin:2: {reason}" in err, err
+    assert "nothing was imported" in err
+    assert _vm_keys(env, vm) == []
+
+
+def test_import_summary_and_progress(cache_env, tmp_path):
+    env = cache_env
+    vms = [uid() for _ in range(3)]
+    env.vms.update(vms)
+    f = tmp_path / "vms.jsonl"
+    f.write_text("\n".join([_line(vms[0], devices=(("d1", "pci"), ("d2", "pci+vf"))),
+                            "", _line(vms[1], pin=""),
+                            _line(vms[2], host=None, devices=())]) + "\n")
+    p = run_cli("import", str(f), check=0)
+    assert p.stdout.decode() == f"imported 3 VMs (3 devices, 1 pins) from {f}\n"
+    assert b"\r" not in p.stderr  # no terminal: no progress line
+    assert env.redis.hgetall(f"pinguard:vm:{{{vms[0]}}}:devices") == {"d1": "pci",
+                                                                      "d2": "pci+vf"}
+    assert env.redis.get(f"pinguard:vm:{{{vms[1]}}}:pin") == ""
+    assert _vm_keys(env, vms[2]) == []
+    # On a terminal, a progress line rewritten with \r, then the summary.
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([*WRAPPER, PINGUARD, "import", str(f)], stderr=slave,
+                              stdout=subprocess.PIPE, env=child_env(),
+                              timeout=60 * TIME_SCALE)
+        os.close(slave)
+        slave = None
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if slave is not None:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0, shown
+    assert b"\rpinguard: import: 3 of 3 VMs written" in shown, shown
+    assert proc.stdout.startswith(b"imported 3 VMs")
+
+
+# --- explain shows the entry as the cache holds it ---------------------------
+
+def test_explain_malformed_entry(cache_env):
+    env = cache_env
+    vm = uid()
+    env.vms.add(vm)
+    raw = redis.Redis(host="127.0.0.1", port=REDIS_PORT)
+    raw.set(f"pinguard:vm:{{{vm}}}:host", "h1")
+    raw.hset(f"pinguard:vm:{{{vm}}}:devices",
+             mapping={b"dev-\xff": b"pci+vf", b"dev-\x00x": b"dgpu", b"dev-ok": b"pci+vf"})
+    for extra in ((), ("--set", "policy.allow.unknown.vm=true")):
+        out = json.loads(run_cli("explain", vm, "--json", *extra, check=0).stdout)
+        assert out["valid"] is False
+        assert "uuid" in out["invalidReason"] and (
+            "NUL" in out["invalidReason"] or "UTF-8" in out["invalidReason"])
+        assert out["verdict"] == "VETOED" and out["reason"] == "UNKNOWN_VM"
+        assert out["known"] is False and out["pinningDevices"] == []
+        assert out["host"] == "h1" and out["keyTypes"]["devices"] == "hash"
+        assert out["deviceCount"] == 3
+        assert {d["deviceUuid"]: d["kind"] for d in out["devices"]} == {
+            "dev-\\x00x": "dgpu", "dev-\\xff": "pci+vf", "dev-ok": "pci+vf"}
+    text = run_cli("explain", vm, check=0).stdout.decode()
+    assert "MALFORMED" in text and "UNKNOWN_VM" in text
+    assert "dev-\\xff" in text and "dev-\\x00x" in text
+
+    # A key of the wrong type is malformed too; fixing the entry makes it valid.
+    raw.hdel(f"pinguard:vm:{{{vm}}}:devices", b"dev-\xff", b"dev-\x00x")
+    raw.rpush(f"pinguard:vm:{{{vm}}}:pin", "x")
+    out = json.loads(run_cli("explain", vm, "--json", check=0).stdout)
+    assert out["valid"] is False and ":pin is a list" in out["invalidReason"]
+    assert out["keyTypes"]["pin"] == "list" and out["pin"] is None
+    assert out["reason"] == "UNKNOWN_VM"
+    raw.delete(f"pinguard:vm:{{{vm}}}:pin")
+    out = json.loads(run_cli("explain", vm, "--json", check=0).stdout)
+    assert out["valid"] is True and out["invalidReason"] is None
+    assert out["verdict"] == "APPROVED" and out["known"] is True
+    assert out["devices"] == [{"deviceUuid": "dev-ok", "kind": "pci+vf", "pins": False}]

@@ -35,6 +35,7 @@ OVERLAY_BASE = "../../base"
 UNIT = os.path.join(DEPLOY, "systemd", "pinguard.service")
 DOCKERFILE = os.path.join(DEPLOY, "Dockerfile")
 DASHBOARD = os.path.join(DEPLOY, "grafana", "pinguard-dashboard.json")
+LOCAL = os.path.join(DEPLOY, "local")
 SECRET_EXAMPLE = "secret.example.yaml"
 
 METRICS_PORT = 9464
@@ -58,6 +59,11 @@ METRICS = {
     "pinguard_assigned_partitions": set(),
     "pinguard_transaction_aborts_total": set(),
     "pinguard_fetch_wakeups_total": set(),
+    "pinguard_cache_invalid_total": set(),
+    "pinguard_batches_redone_total": set(),
+    "pinguard_lag_snapshot_age_seconds": set(),
+    "pinguard_lag_scrape_error": set(),
+    "pinguard_stalled_partitions": set(),
     "pinguard_build_info": {"version"},
 }
 HISTOGRAMS = {"pinguard_redis_latency_seconds"}
@@ -139,6 +145,8 @@ def load_bundle():
         "readme": _read(os.path.join(ROOT, "README.md")),
         "config_md": _read(os.path.join(ROOT, "docs", "CONFIG.md")),
         "metrics_c": _read(os.path.join(ROOT, "worker", "metrics.c")),
+        "local": {os.path.relpath(os.path.join(d, f), LOCAL): _read(os.path.join(d, f))
+                  for d, _, fs in os.walk(LOCAL) for f in fs},
     }
 
 
@@ -906,12 +914,57 @@ def check_readme(b):
         assert word in ops, f"README Operations does not mention {word}"
 
 
+ENV_NAME = re.compile(r"\b(?:PINGUARD|PGLOCAL)_[A-Z0-9_]*[A-Z0-9]")
+
+
+def setting_env_names(b):
+    """The environment names pinguard reads as settings: PINGUARD_ + every key
+    of the reference table (docs/CONFIG.md, the table's own output), and
+    PINGUARD_CONFIG, the settings file."""
+    return {"PINGUARD_" + k.upper().replace(".", "_") for k in documented_keys(b)} | \
+        {"PINGUARD_CONFIG"}
+
+
+def check_local_env(b):
+    """deploy/local's own variables are PGLOCAL_*: pinguard reads every
+    PINGUARD_<KEY> (and PINGUARD_KAFKA_<PROPERTY> as a librdkafka property),
+    so a script variable named PINGUARD_* either changes the worker's settings
+    behind the tests' backs or makes it refuse an unknown property."""
+    settings = setting_env_names(b)
+    local_names = set()
+    for name, text in sorted(b["local"].items()):
+        for n, line in enumerate(text.splitlines(), 1):
+            for var in ENV_NAME.findall(line):
+                if var.startswith("PGLOCAL_"):
+                    local_names.add(var)
+                else:
+                    assert var in settings, \
+                        f"deploy/local/{name}:{n}: {var} is no pinguard setting (name it PGLOCAL_*)"
+    assert local_names, "deploy/local reads no PGLOCAL_* variable"
+    text = b["readme"]
+    documented = set()
+    for para in re.split(r"\n\s*\n", text):
+        if not re.search(r"deploy/local|\b(?:up|down)\.sh\b", para):
+            continue
+        for var in ENV_NAME.findall(para):
+            assert var.startswith("PGLOCAL_") or var in settings, \
+                f"README names {var} beside deploy/local: its variables are PGLOCAL_*"
+            documented.add(var)
+    assert documented & local_names, "README documents deploy/local without its PGLOCAL_* names"
+    for var in set(ENV_NAME.findall(text)):
+        if var.startswith("PGLOCAL_"):
+            assert var in local_names, f"README names {var}, which deploy/local does not read"
+        else:
+            assert "PGLOCAL_" + var[len("PINGUARD_"):] not in local_names, \
+                f"README names {var}: deploy/local reads it as PGLOCAL_{var[len('PINGUARD_'):]}"
+
+
 CHECKS = {f.__name__[len("check_"):]: f for f in [
     check_manifests, check_kustomization, check_image_and_args, check_metrics_port,
     check_probes, check_config, check_identity, check_secrets, check_security_context,
     check_resources, check_shutdown, check_rollout, check_service, check_podmonitor, check_disruption_budget,
     check_scaledobject, check_systemd_unit, check_dockerfile, check_metric_names,
-    check_dashboard, check_alerts, check_exporter, check_readme]}
+    check_dashboard, check_alerts, check_exporter, check_readme, check_local_env]}
 
 
 # The checks that look at the Kubernetes manifests; they run on both variants.
@@ -1103,6 +1156,17 @@ FAULTS = [
     ("exporter", "a label renamed in the worker",
      lambda b: b.update(metrics_c=b["metrics_c"].replace('outcome=\\"', 'result=\\"'))),
     ("readme", "a metric unexplained", lambda b: b.update(readme=b["readme"].replace("pinguard_redis_up", "redis_up"))),
+    ("local_env", "a script exports PINGUARD_RUN",
+     lambda b: b["local"].update({"up.sh": b["local"]["up.sh"] + 'export PINGUARD_RUN="$PG_RUN"\n'})),
+    ("local_env", "a script reads PINGUARD_KAFKA_PORT",
+     lambda b: b["local"].update({"lib.sh": b["local"]["lib.sh"].replace(
+         "${PGLOCAL_KAFKA_PORT:-9092}", "${PINGUARD_KAFKA_PORT:-9092}")})),
+    ("local_env", "README names the old variable", lambda b: b.update(
+        readme=b["readme"].replace("PGLOCAL_KAFKA_SASL_PORT", "PINGUARD_KAFKA_SASL_PORT"))),
+    ("local_env", "README names a variable the scripts do not read", lambda b: b.update(
+        readme=b["readme"].replace("PGLOCAL_KAFKA_SASL_PORT", "PGLOCAL_SASL_PORT"))),
+    ("local_env", "README documents deploy/local without PGLOCAL_ names", lambda b: b.update(
+        readme=re.sub(r"\(`PGLOCAL_[A-Z_]+`; ", "(", b["readme"]))),
 ]
 
 

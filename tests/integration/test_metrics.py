@@ -138,8 +138,10 @@ def test_backlog_over_the_prefetch_bound_wakes_the_fetcher(env):
     w = env.worker("kafka.queued.max.messages.kbytes=64",
                    "kafka.max.partition.fetch.bytes=16384", "batch.max.messages=200")
     env.decisions("decisions", 3000)
-    text = w.http("/metrics")[1]
-    assert metric(text, "pinguard_fetch_wakeups_total") > 0
-    assert metric(text, "pinguard_inputs_total", topic=env.topics["requests"],
-                  outcome="decided") == 3000
+    # Counters move when the outputs are committed (at least once: when their
+    # offsets are stored, a moment after the decisions are readable).
+    wait_until(lambda: metric(w.http("/metrics")[1], "pinguard_inputs_total",
+                              topic=env.topics["requests"], outcome="decided") == 3000,
+               30, "3000 inputs counted as decided")
+    assert metric(w.http("/metrics")[1], "pinguard_fetch_wakeups_total") > 0
     assert w.stop() == 0

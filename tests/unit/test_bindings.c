@@ -205,6 +205,56 @@ START_TEST(reply_of_the_wrong_shape_is_an_exchange_error)
 }
 END_TEST
 
+START_TEST(lookup_request_matches_hiredis_formatting)
+{
+    /* The hand-written RESP of a batch's lookups equals, byte for byte, what
+     * hiredis formats from the same arguments; VM uuids of every length
+     * class (one digit to four digits of length) included. */
+    static const char sha[] = "0123456789abcdef0123456789abcdef01234567";
+    char long_vm[1025];
+    memset(long_vm, 'v', sizeof(long_vm) - 1);
+    long_vm[sizeof(long_vm) - 1] = '\0';
+    const char *vms[] = {"a", "6f1c2d3e-aaaa-bbbb-cccc-0123456789ab", "vm\xc3\xa9",
+                         long_vm};
+    const char args[] = "$3\r\n256\r\n$4\r\n1024\r\n";
+    pg_buf_t got = {0}, want = {0};
+    char err[128];
+    ck_assert_int_eq(pg_bindings_format_lookups(&got, sha, args, sizeof(args) - 1, vms,
+                                                4, err, sizeof(err)),
+                     0);
+    for (size_t i = 0; i < 4; i++) {
+        char keys[3][1100];
+        const char *suffix[3] = {"host", "pin", "devices"};
+        for (int k = 0; k < 3; k++)
+            snprintf(keys[k], sizeof(keys[k]), "pinguard:vm:{%s}:%s", vms[i],
+                     suffix[k]);
+        const char *argv[8] = {"EVALSHA", sha,     "3",   keys[0],
+                               keys[1],   keys[2], "256", "1024"};
+        char *cmd = NULL;
+        int len = redisFormatCommandArgv(&cmd, 8, argv, NULL);
+        ck_assert_int_gt(len, 0);
+        ck_assert_int_eq(pg_buf_append(&want, cmd, (size_t)len), 0);
+        redisFreeCommand(cmd);
+    }
+    ck_assert_uint_eq(got.len, want.len);
+    ck_assert_int_eq(memcmp(got.data, want.data, got.len), 0);
+    /* An empty or over-long VM uuid names no key. */
+    const char *bad[2] = {"", NULL};
+    char too_long[1026];
+    memset(too_long, 'x', sizeof(too_long) - 1);
+    too_long[sizeof(too_long) - 1] = '\0';
+    bad[1] = too_long;
+    for (int i = 0; i < 2; i++) {
+        pg_buf_reset(&got);
+        ck_assert_int_eq(pg_bindings_format_lookups(&got, sha, args, sizeof(args) - 1,
+                                                    &bad[i], 1, err, sizeof(err)),
+                         PG_BINDINGS_EUSAGE);
+    }
+    pg_buf_free(&got);
+    pg_buf_free(&want);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("bindings");
@@ -217,6 +267,9 @@ static Suite *suite(void)
     tcase_add_loop_test(t, reply_of_the_wrong_shape_is_an_exchange_error, 0,
                         sizeof(bad_shapes) / sizeof(bad_shapes[0]));
     suite_add_tcase(s, t);
+    TCase *f = tcase_create("request");
+    tcase_add_test(f, lookup_request_matches_hiredis_formatting);
+    suite_add_tcase(s, f);
     return s;
 }
 

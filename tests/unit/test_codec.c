@@ -506,7 +506,7 @@ START_TEST(roundtrip_edge_values)
 {
     static const pg_device_ref_t devs[] = {{"d1", ""}, {"d2", "\xe2\x82\xac"}};
     static const pg_migration_advice_t adv[] = {
-        {"vm-a", "h1", "", true, 0.0},
+        {"vm-a", "h1", "h", true, 0.0},
         {"vm-b", "h1", "h2", true, -0.0},
         {"vm-c", "h1", "h2", true, 1e308},
         {"vm-d", "h1", "h2", false, 0},
@@ -518,7 +518,7 @@ START_TEST(roundtrip_edge_values)
          .u.filtered_advice = {"a", "c", INT64_MIN, INT64_MAX, 4, adv, 1, vetoes}},
         {.type = PG_REC_RELEASE_DECISION,
          .u.release_decision = {"r", "v", PG_OUTCOME_SUCCEEDED, PG_ACTION_RELEASE,
-                                PG_RELEASE_CONFIRMED_ON_DESTINATION, "", "h2", 2, devs,
+                                PG_RELEASE_CONFIRMED_ON_DESTINATION, "h", "h2", 2, devs,
                                 0}},
         {.type = PG_REC_MIGRATE_DECISION,
          .u.migrate_decision = {"r", "v", "s", NULL, PG_ORIGIN_OTHER, PG_VERDICT_VETOED,
@@ -986,6 +986,122 @@ START_TEST(hostile_empty_ids)
 }
 END_TEST
 
+/* Every id of every input: empty is INVALID_FIELD naming the field, wherever
+ * it sits (top level, in a migration, behind a union); a null where the schema
+ * allows one is no id to check. */
+static void m_opt_str(msg_t *m, const char *s)
+{
+    m_long(m, s != NULL ? 1 : 0);
+    if (s != NULL)
+        m_str(m, s);
+}
+
+/* ids: adviceId, clusterUuid, then vmUuid, srcHostUuid, dstHostUuid of the
+ * second of two migrations. */
+static void advice_ids_msg(msg_t *m, const char *const ids[5])
+{
+    m_header(m, PG_REC_DRS_ADVICE);
+    m_str(m, ids[0]);
+    m_str(m, ids[1]);
+    m_long(m, 99);
+    m_long(m, 2);
+    advice_item(m, "vm-0");
+    m_str(m, ids[2]);
+    m_str(m, ids[3]);
+    m_str(m, ids[4]);
+    m_long(m, 0);
+    m_long(m, 0);
+}
+
+/* ids: requestId, vmUuid, srcHostUuid, dstHostUuid (NULL: null). */
+static void request_ids_msg(msg_t *m, const char *const ids[5])
+{
+    m_header(m, PG_REC_MIGRATE_REQUEST);
+    m_str(m, ids[0]);
+    m_str(m, ids[1]);
+    m_str(m, ids[2]);
+    m_opt_str(m, ids[3]);
+    m_long(m, 2);
+    m_long(m, 1234);
+}
+
+/* ids: requestId, vmUuid, srcHostUuid, dstHostUuid, observedHostUuid (the
+ * last two NULL: null). The error string is empty: it is no id. */
+static void result_ids_msg(msg_t *m, const char *const ids[5])
+{
+    m_header(m, PG_REC_MIGRATION_RESULT);
+    m_str(m, ids[0]);
+    m_str(m, ids[1]);
+    m_str(m, ids[2]);
+    m_opt_str(m, ids[3]);
+    m_long(m, 0);
+    m_opt_str(m, ids[4]);
+    m_opt_str(m, "");
+    m_long(m, 1234);
+}
+
+static const struct {
+    const char *record;
+    void (*build)(msg_t *, const char *const[5]);
+    size_t n_ids;
+    const char *names[5];
+    bool nullable[5];
+} id_cases[] = {
+    {"DrsAdvice",
+     advice_ids_msg,
+     5,
+     {"adviceId", "clusterUuid", "vmUuid", "srcHostUuid", "dstHostUuid"},
+     {false, false, false, false, false}},
+    {"MigrateVmRequest",
+     request_ids_msg,
+     4,
+     {"requestId", "vmUuid", "srcHostUuid", "dstHostUuid"},
+     {false, false, false, true}},
+    {"MigrationResult",
+     result_ids_msg,
+     5,
+     {"requestId", "vmUuid", "srcHostUuid", "dstHostUuid", "observedHostUuid"},
+     {false, false, false, true, true}},
+};
+
+START_TEST(hostile_empty_input_ids)
+{
+    const size_t c = (size_t)_i;
+    msg_t m;
+    pg_record_t r;
+    const char *ids[5] = {"id-0", "id-1", "id-2", "id-3", "id-4"};
+    id_cases[c].build(&m, ids);
+    expect(&m, NULL, 0);
+    for (size_t f = 0; f < id_cases[c].n_ids; f++) {
+        const char *name = id_cases[c].names[f];
+        char want[64];
+        const char *blank[5] = {"id-0", "id-1", "id-2", "id-3", "id-4"};
+        blank[f] = "";
+        id_cases[c].build(&m, blank);
+        expect(&m, NULL, PG_CODEC_EFIELD);
+        /* expect() ends with to_json; decode's detail must say the same. */
+        ck_assert_int_eq(decode(&m, NULL, &r), PG_CODEC_EFIELD);
+        snprintf(want, sizeof(want), "%s is empty", name);
+        ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s.%s: detail '%s'",
+                      id_cases[c].record, name, err);
+        if (!id_cases[c].nullable[f])
+            continue;
+        blank[f] = NULL;
+        id_cases[c].build(&m, blank);
+        expect(&m, NULL, 0);
+    }
+    /* Both nullable host ids null at once. */
+    if (c == 2) {
+        const char *both[5] = {"r", "v", "s", NULL, NULL};
+        result_ids_msg(&m, both);
+        ck_assert_int_eq(decode(&m, NULL, &r), 0);
+        ck_assert_ptr_null(r.u.migration_result.dst_host_uuid);
+        ck_assert_ptr_null(r.u.migration_result.observed_host_uuid);
+        ck_assert_str_eq(r.u.migration_result.error, "");
+    }
+}
+END_TEST
+
 /* Mutations of valid messages: whatever comes out is a decode error code or
  * a record that survives a round trip; nothing crashes, leaks or balloons. */
 START_TEST(hostile_mutation_fuzz)
@@ -1320,6 +1436,8 @@ static Suite *codec_suite(void)
     tcase_add_test(h, hostile_trailing);
     tcase_add_test(h, hostile_varints);
     tcase_add_test(h, hostile_empty_ids);
+    tcase_add_loop_test(h, hostile_empty_input_ids, 0,
+                        (int)(sizeof(id_cases) / sizeof(id_cases[0])));
     tcase_add_loop_test(h, hostile_mutation_fuzz, 0, 4);
     suite_add_tcase(s, h);
 

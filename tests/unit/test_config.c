@@ -129,6 +129,78 @@ START_TEST(cross_field_checks)
 }
 END_TEST
 
+/* metrics.listen is checked when the settings are finished, by the rules the
+ * metrics server binds with, so --check-config refuses what run would. */
+START_TEST(metrics_listen_checked)
+{
+    static const char *const good[] = {"127.0.0.1:9464", "0.0.0.0:0", "10.1.2.3:65535",
+                                       ""};
+    static const char *const bad[] = {
+        "127.0.0.1:70000", "127.0.0.1:65536", "nosuchhost:9464", "localhost:9464",
+        "999.1.1.1:1",     "127.0.0.1",       "127.0.0.1:",      ":9464",
+        "127.0.0.1:80x",   "127.0.0.1:+80",   "127.0.0.1: 80",   "127.0.0.1:-1",
+        "[::1]:9464",      "1.2.3:80",        "127.0.0.1:9464 ", "127.0.0.1:0000080"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        pg_config_t *c = pg_config_new();
+        ck_assert_int_eq(pg_config_set(c, "metrics.listen", good[i], PG_CONFIG_SRC_FLAG,
+                                       err, sizeof(err)),
+                         0);
+        ck_assert_msg(pg_config_finish(c, err, sizeof(err)) == 0, "'%s': %s", good[i],
+                      err);
+        pg_config_destroy(c);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        pg_config_t *c = pg_config_new();
+        ck_assert_int_eq(pg_config_set(c, "metrics.listen", bad[i], PG_CONFIG_SRC_FLAG,
+                                       err, sizeof(err)),
+                         0);
+        err[0] = '\0';
+        ck_assert_msg(pg_config_finish(c, err, sizeof(err)) == -1, "'%s' accepted",
+                      bad[i]);
+        ck_assert_msg(strstr(err, "metrics.listen") != NULL && strstr(err, bad[i]),
+                      "'%s': %s", bad[i], err);
+        pg_config_destroy(c);
+    }
+}
+END_TEST
+
+/* Every integer setting refuses what is not a decimal integer, from any
+ * source, naming the key; nothing is half-applied. */
+START_TEST(integers_from_every_source)
+{
+    static const char *const keys[] = {"redis.port", "batch.max.messages",
+                                       "redis.max.devices.per.vm", "health.stall.ms",
+                                       "input.max.string.length"};
+    static const char *const junk[] = {"", "many", "12x", "1e3", "0x10", "99999999999"};
+    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+        for (size_t j = 0; j < sizeof(junk) / sizeof(junk[0]); j++) {
+            pg_config_t *c = pg_config_new();
+            char *before = capture(pg_config_print, c);
+            ck_assert_int_eq(pg_config_set(c, keys[k], junk[j], PG_CONFIG_SRC_FLAG, err,
+                                           sizeof(err)),
+                             -1);
+            ck_assert_ptr_nonnull(strstr(err, keys[k]));
+            char var[128], *env[] = {var, NULL};
+            snprintf(var, sizeof(var), "PINGUARD_");
+            for (const char *p = keys[k]; *p; p++) {
+                char ch = *p == '.' ? '_' : (char)(*p - 'a' + 'A');
+                size_t n = strlen(var);
+                var[n] = ch;
+                var[n + 1] = '\0';
+            }
+            snprintf(var + strlen(var), sizeof(var) - strlen(var), "=%s", junk[j]);
+            ck_assert_int_eq(pg_config_load_env(c, env, err, sizeof(err)), -1);
+            ck_assert_ptr_nonnull(strstr(err, keys[k]));
+            char *after = capture(pg_config_print, c);
+            ck_assert_str_eq(before, after);
+            free(before);
+            free(after);
+            pg_config_destroy(c);
+        }
+    }
+}
+END_TEST
+
 START_TEST(secrets_hidden)
 {
     pg_config_t *c = pg_config_new();
@@ -200,6 +272,8 @@ int main(void)
     tcase_add_test(t, precedence_file_env_flag);
     tcase_add_test(t, bounds_and_types);
     tcase_add_test(t, cross_field_checks);
+    tcase_add_test(t, metrics_listen_checked);
+    tcase_add_test(t, integers_from_every_source);
     tcase_add_test(t, secrets_hidden);
     tcase_add_test(t, bad_file);
     tcase_add_test(t, docs_match_table);

@@ -280,11 +280,17 @@ static const struct {
     {SRC, SRC, SRC, PG_ACTION_KEEP, PG_RELEASE_STILL_ON_SOURCE},
 };
 
+/* The cache as the release rule reads it: known with that host, or not. */
+static pg_vm_binding_t cache_at(const char *host)
+{
+    return (pg_vm_binding_t){.known = host != NULL, .host = host};
+}
+
 START_TEST(release_table)
 {
+    pg_vm_binding_t c = cache_at(release_cases[_i].cache);
     pg_release_verdict_t v =
-        pg_policy_release(SRC, release_cases[_i].dst, release_cases[_i].observed,
-                          release_cases[_i].cache);
+        pg_policy_release(SRC, release_cases[_i].dst, release_cases[_i].observed, &c);
     ck_assert_msg(v.action == release_cases[_i].action &&
                       v.reason == release_cases[_i].reason,
                   "case %d: got %s/%s", _i, pg_release_action_name(v.action),
@@ -296,10 +302,27 @@ END_TEST
  * on the destination may release, a SUCCEEDED one still on the source keeps. */
 START_TEST(release_ignores_outcome_claims)
 {
-    pg_release_verdict_t v = pg_policy_release(SRC, DST, SRC, NULL);
+    pg_vm_binding_t none = cache_at(NULL), at_dst = cache_at(DST);
+    pg_release_verdict_t v = pg_policy_release(SRC, DST, SRC, &none);
     ck_assert_int_eq(v.action, PG_ACTION_KEEP);
-    v = pg_policy_release(SRC, DST, NULL, DST);
+    v = pg_policy_release(SRC, DST, NULL, &at_dst);
     ck_assert_int_eq(v.action, PG_ACTION_RELEASE);
+}
+END_TEST
+
+/* A malformed cache entry never lets a release through, even when the event
+ * and the (untrustworthy) cache host both name the destination. */
+START_TEST(release_never_on_a_malformed_entry)
+{
+    pg_vm_binding_t bad = {.malformed = true, .known = true, .host = DST};
+    pg_release_verdict_t v = pg_policy_release(SRC, DST, DST, &bad);
+    ck_assert_int_eq(v.action, PG_ACTION_KEEP);
+    ck_assert_int_eq(v.reason, PG_RELEASE_PLACEMENT_UNCONFIRMED);
+    bad = (pg_vm_binding_t){.malformed = true};
+    v = pg_policy_release(SRC, DST, DST, &bad);
+    ck_assert_int_eq(v.action, PG_ACTION_KEEP);
+    v = pg_policy_release(SRC, NULL, DST, &bad);
+    ck_assert_int_eq(v.reason, PG_RELEASE_NO_DESTINATION);
 }
 END_TEST
 
@@ -346,6 +369,7 @@ static Suite *policy_suite(void)
     tcase_add_loop_test(r, release_table, 0,
                         sizeof(release_cases) / sizeof(release_cases[0]));
     tcase_add_test(r, release_ignores_outcome_claims);
+    tcase_add_test(r, release_never_on_a_malformed_entry);
     suite_add_tcase(s, r);
     return s;
 }
