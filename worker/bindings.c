@@ -38,6 +38,15 @@
 /* "pinguard:vm:{" + a VM uuid of at most PG_BINDINGS_MAX_VM_LEN + "}:devices" */
 #define KEY_MAX (PG_BINDINGS_MAX_VM_LEN + 32)
 
+/* What one connection has done (for debugging with a core file). */
+typedef struct {
+    unsigned long long round_trips;
+    unsigned long long commands;
+    unsigned long long errors;
+    unsigned long long reconnects;
+    double last_rtt_seconds;
+} stats_t;
+
 struct pg_bindings {
     redisContext *ctx;
     char *host, *user, *password;
@@ -47,14 +56,37 @@ struct pg_bindings {
     char sha[41];  /* SHA1 of LOOKUP_LUA, as SCRIPT LOAD returned it */
     char args[64]; /* the script's two ARGV, RESP-encoded once */
     size_t args_len;
-    pg_buf_t cmd;    /* the pipeline being formatted, reused across lookups */
-    size_t expected; /* VMs whose replies are still to be read */
-    pg_bindings_stats_t stats;
+    pg_buf_t cmd;            /* the pipeline being formatted, reused across lookups */
+    size_t expected;         /* VMs whose replies are still to be read */
+    size_t chunk;            /* VMs per lookup script call */
+    redisReply *chunk_reply; /* the script reply being read, VM by VM */
+    size_t chunk_pos;
+    stats_t stats;
 };
 
 static char *dup_or_empty(const char *s)
 {
     return strdup(s ? s : "");
+}
+
+pg_bindings_opts_t pg_bindings_opts(const pg_config_t *c)
+{
+    return (pg_bindings_opts_t){.host = c->redis_host,
+                                .port = c->redis_port,
+                                .db = c->redis_db,
+                                .user = c->redis_user,
+                                .password = c->redis_password,
+                                .connect_timeout_ms = c->redis_connect_timeout_ms,
+                                .timeout_ms = c->redis_timeout_ms,
+                                .max_devices = (size_t)c->redis_max_devices_per_vm,
+                                .max_len = (size_t)c->max_string_length,
+                                .chunk = (size_t)c->redis_lookup_chunk};
+}
+
+pg_bindings_limits_t pg_bindings_limits(const pg_config_t *c)
+{
+    return (pg_bindings_limits_t){.max_devices = (size_t)c->redis_max_devices_per_vm,
+                                  .max_len = (size_t)c->max_string_length};
 }
 
 pg_bindings_t *pg_bindings_new(const pg_bindings_opts_t *o)
@@ -75,6 +107,7 @@ pg_bindings_t *pg_bindings_new(const pg_bindings_opts_t *o)
     b->timeout_ms = o->timeout_ms;
     b->max_devices = o->max_devices ? o->max_devices : PG_BINDINGS_MAX_DEVICES;
     b->max_len = o->max_len ? o->max_len : PG_BINDINGS_MAX_LEN;
+    b->chunk = o->chunk ? o->chunk : PG_BINDINGS_CHUNK;
     char n1[24], n2[24];
     int l1 = snprintf(n1, sizeof(n1), "%zu", b->max_devices);
     int l2 = snprintf(n2, sizeof(n2), "%zu", b->max_len);
@@ -83,10 +116,19 @@ pg_bindings_t *pg_bindings_new(const pg_bindings_opts_t *o)
     return b;
 }
 
+static void free_chunk(pg_bindings_t *b)
+{
+    if (b->chunk_reply != NULL)
+        freeReplyObject(b->chunk_reply);
+    b->chunk_reply = NULL;
+    b->chunk_pos = 0;
+}
+
 void pg_bindings_destroy(pg_bindings_t *b)
 {
     if (b == NULL)
         return;
+    free_chunk(b);
     if (b->ctx != NULL)
         redisFree(b->ctx);
     pg_buf_free(&b->cmd);
@@ -98,11 +140,6 @@ void pg_bindings_destroy(pg_bindings_t *b)
     free(b);
 }
 
-void pg_bindings_stats(const pg_bindings_t *b, pg_bindings_stats_t *out)
-{
-    *out = b->stats;
-}
-
 static struct timeval ms_to_tv(int ms)
 {
     return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
@@ -110,6 +147,7 @@ static struct timeval ms_to_tv(int ms)
 
 static void drop(pg_bindings_t *b)
 {
+    free_chunk(b);
     if (b->ctx != NULL) {
         redisFree(b->ctx);
         b->ctx = NULL;
@@ -154,36 +192,45 @@ static int simple_command(pg_bindings_t *b, int argc, const char **argv, char *e
     return rc;
 }
 
-/* One VM's snapshot. KEYS: its :host, :pin and :devices; ARGV: the most
- * devices and the longest value returned. Reply {flags, host, pin, n, devs}:
- * flags 1/2/4 = :host/:pin/:devices of the wrong type, 8 = :host or a device
- * value longer than ARGV[2] (then neither is returned); host and pin nil when
- * absent (the pin cut to ARGV[2] bytes: only its presence decides); n the
- * number of devices, devs their uuid/kind pairs, empty when n > ARGV[1].
- * pcall, so that WRONGTYPE is a flag of this VM, not an error of the batch. */
+/* The snapshots of up to redis.lookup.chunk VMs, each VM's atomic (the whole
+ * script is). KEYS: :host, :pin and :devices of each VM in turn; ARGV: the
+ * most devices and the longest value returned. Reply: per VM {flags, host,
+ * pin, n, devs}: flags 1/2/4 = :host/:pin/:devices of the wrong type, 8 =
+ * :host or a device value longer than ARGV[2] (then neither is returned);
+ * host and pin nil when absent (the pin cut to ARGV[2] bytes: only its
+ * presence decides); n the number of devices, devs their uuid/kind pairs,
+ * empty when n > ARGV[1]. MGET answers nil for a key of another type, so
+ * EXISTS tells a missing key from a wrong one; HGETALL by pcall, so that
+ * WRONGTYPE is a flag of this VM, not an error of the batch. Each redis.call
+ * costs about as much as the command itself, so the common case makes three:
+ * several VMs per script share the call's fixed cost (tests/bench). */
 static const char LOOKUP_LUA[] =
     "local max_n, max_len = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
-    "local function get(k)\n"
-    "  local v = redis.pcall('GET', k)\n"
-    "  if type(v) == 'table' then return false, 1 end\n"
-    "  return v, 0\n"
+    "local out = {}\n"
+    "for v = 0, #KEYS / 3 - 1 do\n"
+    "  local kh, kp, kd = KEYS[3 * v + 1], KEYS[3 * v + 2], KEYS[3 * v + 3]\n"
+    "  local s = redis.call('MGET', kh, kp)\n"
+    "  local host, pin, flags = s[1], s[2], 0\n"
+    "  if redis.call('EXISTS', kh, kp) ~= (host and 1 or 0) + (pin and 1 or 0) then\n"
+    "    if not host and redis.call('TYPE', kh).ok ~= 'none' then flags = 1 end\n"
+    "    if not pin and redis.call('TYPE', kp).ok ~= 'none' then flags = flags + 2 "
     "end\n"
-    "local host, eh = get(KEYS[1])\n"
-    "local pin, ep = get(KEYS[2])\n"
-    "local flags = eh + 2 * ep\n"
-    "if host and #host > max_len then host = false; flags = flags + 8 end\n"
-    "if pin and #pin > max_len then pin = string.sub(pin, 1, max_len) end\n"
-    "local n = redis.pcall('HLEN', KEYS[3])\n"
-    "local devs = {}\n"
-    "if type(n) == 'table' then\n"
-    "  n = 0; flags = flags + 4\n"
-    "elseif n > 0 and n <= max_n then\n"
-    "  devs = redis.call('HGETALL', KEYS[3])\n"
-    "  for i = 1, #devs do\n"
-    "    if #devs[i] > max_len then devs = {}; flags = bit.bor(flags, 8); break end\n"
     "  end\n"
+    "  if host and #host > max_len then host = false; flags = flags + 8 end\n"
+    "  if pin and #pin > max_len then pin = string.sub(pin, 1, max_len) end\n"
+    "  local n, devs = 0, redis.pcall('HGETALL', kd)\n"
+    "  if devs.err then\n"
+    "    devs = {}; flags = flags + 4\n"
+    "  else\n"
+    "    n = #devs / 2\n"
+    "    if n > max_n then devs = {} end\n"
+    "    for i = 1, #devs do\n"
+    "      if #devs[i] > max_len then devs = {}; flags = bit.bor(flags, 8); break end\n"
+    "    end\n"
+    "  end\n"
+    "  out[v + 1] = {flags, host, pin, n, devs}\n"
     "end\n"
-    "return {flags, host, pin, n, devs}\n";
+    "return out\n";
 
 /* For operators: every key with its type, values up to ARGV[1] devices. */
 static const char INSPECT_LUA[] =
@@ -376,9 +423,18 @@ static int resp_vm_key(pg_buf_t *b, const char *vm, size_t vm_len, const char *s
            pg_buf_append(b, suffix, sl) || pg_buf_append(b, "\r\n", 2);
 }
 
+/* Appends a RESP bulk string holding a decimal number. */
+static int resp_num(pg_buf_t *b, size_t n)
+{
+    char tmp[24];
+    int len = snprintf(tmp, sizeof(tmp), "%zu", n);
+    return resp_bulk(b, tmp, (size_t)len);
+}
+
 int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
-                               size_t args_len, const char *const *vm_uuids, size_t n,
-                               char *errbuf, size_t errlen)
+                               size_t args_len, size_t chunk,
+                               const char *const *vm_uuids, size_t n, char *errbuf,
+                               size_t errlen)
 {
     for (size_t i = 0; i < n; i++) {
         size_t len = strlen(vm_uuids[i]);
@@ -387,12 +443,22 @@ int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
                      len);
             return PG_BINDINGS_EUSAGE;
         }
-        if (pg_buf_append(out, "*8\r\n", 4) || resp_bulk(out, "EVALSHA", 7) ||
-            resp_bulk(out, sha, 40) || resp_bulk(out, "3", 1) ||
-            resp_vm_key(out, vm_uuids[i], len, "host") ||
-            resp_vm_key(out, vm_uuids[i], len, "pin") ||
-            resp_vm_key(out, vm_uuids[i], len, "devices") ||
-            pg_buf_append(out, args, args_len)) {
+    }
+    for (size_t first = 0; first < n; first += chunk) {
+        size_t c = n - first < chunk ? n - first : chunk;
+        /* EVALSHA sha numkeys <3 keys per VM> max_n max_len */
+        int rc = pg_buf_append(out, "*", 1);
+        char count[24];
+        int cl = snprintf(count, sizeof(count), "%zu\r\n", 3 + 3 * c + 2);
+        rc |= pg_buf_append(out, count, (size_t)cl) || resp_bulk(out, "EVALSHA", 7) ||
+              resp_bulk(out, sha, 40) || resp_num(out, 3 * c);
+        for (size_t i = first; i < first + c && rc == 0; i++) {
+            size_t len = strlen(vm_uuids[i]);
+            rc |= resp_vm_key(out, vm_uuids[i], len, "host") ||
+                  resp_vm_key(out, vm_uuids[i], len, "pin") ||
+                  resp_vm_key(out, vm_uuids[i], len, "devices");
+        }
+        if (rc != 0 || pg_buf_append(out, args, args_len) != 0) {
             snprintf(errbuf, errlen, "out of memory formatting %zu lookups", n);
             return PG_BINDINGS_ETRANSIENT;
         }
@@ -400,8 +466,8 @@ int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
     return 0;
 }
 
-/* One EVALSHA of LOOKUP_LUA per VM, formatted straight into one buffer and
- * written in one go. */
+/* One EVALSHA of LOOKUP_LUA per chunk of VMs, formatted straight into one
+ * buffer and written in one go. */
 int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                      char *errbuf, size_t errlen)
 {
@@ -410,8 +476,8 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
     if (rc != 0 || n == 0)
         return rc;
     pg_buf_reset(&b->cmd);
-    rc = pg_bindings_format_lookups(&b->cmd, b->sha, b->args, b->args_len, vm_uuids, n,
-                                    errbuf, errlen);
+    rc = pg_bindings_format_lookups(&b->cmd, b->sha, b->args, b->args_len, b->chunk,
+                                    vm_uuids, n, errbuf, errlen);
     if (rc != 0)
         return rc;
     if (redisAppendFormattedCommand(b->ctx, (const char *)b->cmd.data, b->cmd.len) !=
@@ -430,7 +496,7 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
         }
     b->expected = n;
     b->stats.round_trips++;
-    b->stats.commands += n;
+    b->stats.commands += (n + b->chunk - 1) / b->chunk;
     return 0;
 }
 
@@ -624,28 +690,45 @@ int pg_bindings_to_binding(const pg_vm_raw_t *raw, const pg_bindings_limits_t *l
 int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
                      pg_vm_binding_t *out, char *errbuf, size_t errlen)
 {
-    redisReply *r = NULL;
     if (b->expected == 0 || b->ctx == NULL) {
         snprintf(errbuf, errlen, "redis: no lookup in flight");
         return PG_BINDINGS_EUSAGE;
     }
-    int rc = read_reply(b, &r, errbuf, errlen);
+    int rc = 0;
+    char err[256];
+    if (b->chunk_reply == NULL) {
+        /* The next script's reply: one entry per VM of its chunk. */
+        size_t want = b->expected < b->chunk ? b->expected : b->chunk;
+        rc = read_reply(b, &b->chunk_reply, errbuf, errlen);
+        if (rc == 0 && (b->chunk_reply->type != REDIS_REPLY_ARRAY ||
+                        b->chunk_reply->elements != want)) {
+            snprintf(
+                errbuf, errlen, "redis %s:%d: lookup reply of %zu entries for %zu VMs",
+                b->host, b->port,
+                b->chunk_reply->type == REDIS_REPLY_ARRAY ? b->chunk_reply->elements
+                                                          : 0,
+                want);
+            rc = PG_BINDINGS_ETRANSIENT;
+        }
+        b->chunk_pos = 0;
+    }
     if (rc == 0) {
         pg_vm_raw_t raw;
         const pg_bindings_limits_t lim = {b->max_devices, b->max_len};
-        char err[256];
-        rc = pg_bindings_parse_lookup(r, arena, &raw, err, sizeof(err));
+        rc = pg_bindings_parse_lookup(b->chunk_reply->element[b->chunk_pos++], arena,
+                                      &raw, err, sizeof(err));
         if (rc == 0)
             rc = pg_bindings_to_binding(&raw, &lim, arena, out, err, sizeof(err));
         if (rc != 0)
             snprintf(errbuf, errlen, "redis %s:%d lookup of vm %s: %s", b->host,
                      b->port, vm_uuid, err);
-        freeReplyObject(r);
     }
     if (rc != 0) {
         drop(b); /* the rest of the exchange cannot be trusted */
         return rc;
     }
+    if (b->chunk_pos == b->chunk_reply->elements)
+        free_chunk(b);
     b->expected--;
     return 0;
 }
@@ -654,18 +737,6 @@ void pg_bindings_abandon(pg_bindings_t *b)
 {
     if (b->expected > 0)
         drop(b);
-}
-
-int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
-                       pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
-                       size_t errlen)
-{
-    double t0 = now_seconds();
-    int rc = pg_bindings_send(b, vm_uuids, n, errbuf, errlen);
-    for (size_t i = 0; i < n && rc == 0; i++)
-        rc = pg_bindings_next(b, vm_uuids[i], arena, &out[i], errbuf, errlen);
-    b->stats.last_rtt_seconds = now_seconds() - t0;
-    return rc;
 }
 
 /* Runs a list of commands as one pipelined exchange, ignoring the replies. */

@@ -7,6 +7,7 @@
 #ifndef PG_BINDINGS_H
 #define PG_BINDINGS_H
 
+#include "config.h"
 #include "mem.h"
 #include "policy.h"
 
@@ -29,6 +30,7 @@ typedef struct {
     int timeout_ms;
     size_t max_devices; /* redis.max.devices.per.vm; 0: PG_BINDINGS_MAX_DEVICES */
     size_t max_len;     /* longest host, device uuid or kind; 0: PG_BINDINGS_MAX_LEN */
+    size_t chunk;       /* VMs per lookup script call; 0: PG_BINDINGS_CHUNK */
 } pg_bindings_opts_t;
 
 /* PG_BINDINGS_MAX_VM_LEN: the longest VM uuid that names cache keys (the
@@ -36,7 +38,8 @@ typedef struct {
 enum {
     PG_BINDINGS_MAX_DEVICES = 256,
     PG_BINDINGS_MAX_LEN = 1024,
-    PG_BINDINGS_MAX_VM_LEN = 1024
+    PG_BINDINGS_MAX_VM_LEN = 1024,
+    PG_BINDINGS_CHUNK = 32
 };
 
 /* A value from Redis: bytes and their length, never a C string (a value
@@ -74,13 +77,12 @@ typedef struct {
 bool pg_bindings_check(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
                        char *why, size_t whylen);
 
-typedef struct {
-    unsigned long long round_trips;
-    unsigned long long commands;
-    unsigned long long errors;
-    unsigned long long reconnects;
-    double last_rtt_seconds;
-} pg_bindings_stats_t;
+/* The options of the settings (redis.*, input.max.string.length): the one
+ * place where they are read. The strings point into cfg. */
+pg_bindings_opts_t pg_bindings_opts(const pg_config_t *cfg);
+
+/* The limits a cache entry is checked against, from the same settings. */
+pg_bindings_limits_t pg_bindings_limits(const pg_config_t *cfg);
 
 typedef struct pg_bindings pg_bindings_t;
 
@@ -93,18 +95,12 @@ void pg_bindings_destroy(pg_bindings_t *b); /* NULL-safe */
 int pg_bindings_ping(pg_bindings_t *b, char *errbuf, size_t errlen);
 
 /* Reads the bindings of n VMs in one round trip, each VM's keys as one atomic
- * snapshot. out[i] is filled for vm_uuids[i]; its strings and device arrays
- * live in `arena`. A VM whose entry breaks the SPEC's layout comes back with
- * `malformed` set (an error of that VM's data, not of Redis). On failure
- * nothing in out may be used. */
-int pg_bindings_lookup(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
-                       pg_arena_t *arena, pg_vm_binding_t *out, char *errbuf,
-                       size_t errlen);
-
-/* The same round trip in two halves, so that the caller can use the first
- * answers while Redis computes the rest: pg_bindings_send writes the lookups
- * of n VMs; each pg_bindings_next then reads the next VM's binding, in the
- * order sent (vm_uuid names it in errors). Any failure drops the connection
+ * snapshot, in two halves so that the caller can use the first answers while
+ * Redis computes the rest: pg_bindings_send writes the lookups of n VMs; each
+ * pg_bindings_next then reads the next VM's binding into out, in the order
+ * sent (vm_uuid names it in errors), its strings and devices in arena. A VM
+ * whose entry breaks the SPEC's layout comes back with `malformed` set (an
+ * error of that VM's data, not of Redis). Any failure drops the connection
  * and ends the exchange; so does pg_bindings_abandon, for a caller that stops
  * reading early. */
 int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
@@ -144,7 +140,5 @@ int pg_bindings_unpin(pg_bindings_t *b, const char *vm, char *errbuf, size_t err
 int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
                       const pg_vm_binding_t *bindings, size_t n, char *errbuf,
                       size_t errlen);
-
-void pg_bindings_stats(const pg_bindings_t *b, pg_bindings_stats_t *out);
 
 #endif

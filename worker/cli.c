@@ -178,15 +178,7 @@ fail:
 
 static pg_bindings_t *open_bindings(const pg_config_t *c)
 {
-    const pg_bindings_opts_t o = {.host = c->redis_host,
-                                  .port = c->redis_port,
-                                  .db = c->redis_db,
-                                  .user = c->redis_user,
-                                  .password = c->redis_password,
-                                  .connect_timeout_ms = c->redis_connect_timeout_ms,
-                                  .timeout_ms = c->redis_timeout_ms,
-                                  .max_devices = (size_t)c->redis_max_devices_per_vm,
-                                  .max_len = (size_t)c->max_string_length};
+    const pg_bindings_opts_t o = pg_bindings_opts(c);
     pg_bindings_t *b = pg_bindings_new(&o);
     if (b == NULL)
         fprintf(stderr, "pinguard: out of memory\n");
@@ -220,12 +212,6 @@ static int cmd_run(const args_t *a, const pg_config_t *c, volatile sig_atomic_t 
  * anyone may configure, so an entry the worker refuses as too large is still
  * shown whole up to that bound. */
 #define EXPLAIN_MAX_DEVICES 100000
-
-static pg_bindings_limits_t bindings_limits(const pg_config_t *c)
-{
-    return (pg_bindings_limits_t){.max_devices = (size_t)c->redis_max_devices_per_vm,
-                                  .max_len = (size_t)c->max_string_length};
-}
 
 /* A cache value for an operator: verbatim when it is UTF-8 without NUL (and,
  * for a terminal, without control characters). Otherwise each byte outside a
@@ -300,7 +286,7 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
         goto out;
     }
     /* The worker's rule: an entry that fails the check is an unknown VM. */
-    const pg_bindings_limits_t lim = bindings_limits(c);
+    const pg_bindings_limits_t lim = pg_bindings_limits(c);
     bool valid = pg_bindings_check(&raw, &lim, why, sizeof(why));
     if (pg_bindings_to_binding(&raw, &lim, arena, &vb, err, sizeof(err)) != 0)
         goto oom;
@@ -627,7 +613,7 @@ static int import_line(const char *line, size_t len, const pg_config_t *c,
         raw.host = (pg_bytes_t){vb->host, strlen(vb->host)};
     if (vb->pin != NULL)
         raw.pin = (pg_bytes_t){vb->pin, strlen(vb->pin)};
-    const pg_bindings_limits_t lim = bindings_limits(c);
+    const pg_bindings_limits_t lim = pg_bindings_limits(c);
     char why[256];
     if (!pg_bindings_check(&raw, &lim, why, sizeof(why))) {
         snprintf(err, errlen, "the entry would be malformed: %s", why);

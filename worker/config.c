@@ -70,6 +70,10 @@ static const entry_t table[] = {
     INT("redis.max.devices.per.vm", redis_max_devices_per_vm, "256", 1, 100000,
         "A VM whose cache entry binds more devices is unknown (vetoed UNKNOWN_VM): "
         "bounds the memory one VM's entry can take."),
+    INT("redis.lookup.chunk", redis_lookup_chunk, "32", 1, 1000,
+        "VMs read per lookup script call (each VM's keys are one atomic snapshot; "
+        "several per call share its fixed cost in Redis). 1 keeps every call on "
+        "one VM's keys, one hash slot, as a Redis Cluster needs."),
     {"policy.allow.unknown.vm", T_BOOL, OFF(allow_unknown_vm), "false", 0, 1, NULL,
      false,
      "Approve VMs the cache does not know instead of vetoing them (UNKNOWN_VM)."},

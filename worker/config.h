@@ -48,6 +48,7 @@ typedef struct {
     int redis_connect_timeout_ms;
     int redis_timeout_ms;
     int redis_max_devices_per_vm;
+    int redis_lookup_chunk;
 
     bool allow_unknown_vm;
     int delivery; /* pg_delivery_t */

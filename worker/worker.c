@@ -785,16 +785,7 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         .limits = {.max_string = (size_t)cfg->max_string_length,
                    .max_items = (size_t)cfg->advice_max_migrations},
     };
-    const pg_bindings_opts_t bopts = {
-        .host = cfg->redis_host,
-        .port = cfg->redis_port,
-        .db = cfg->redis_db,
-        .user = cfg->redis_user,
-        .password = cfg->redis_password,
-        .connect_timeout_ms = cfg->redis_connect_timeout_ms,
-        .timeout_ms = cfg->redis_timeout_ms,
-        .max_devices = (size_t)cfg->redis_max_devices_per_vm,
-        .max_len = (size_t)cfg->max_string_length};
+    const pg_bindings_opts_t bopts = pg_bindings_opts(cfg);
 
     w.msgs = calloc(max, sizeof(*w.msgs));
     w.slots = calloc(max, sizeof(*w.slots));

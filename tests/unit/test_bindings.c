@@ -205,53 +205,76 @@ START_TEST(reply_of_the_wrong_shape_is_an_exchange_error)
 }
 END_TEST
 
+/* hiredis's own formatting of one lookup call over vms[first..first+c). */
+static void want_call(pg_buf_t *want, const char *sha, const char *const *vms,
+                      size_t first, size_t c)
+{
+    static char keys[16][3][1100];
+    const char *argv[3 + 3 * 16 + 2];
+    char numkeys[8];
+    snprintf(numkeys, sizeof(numkeys), "%zu", 3 * c);
+    int argc = 0;
+    argv[argc++] = "EVALSHA";
+    argv[argc++] = sha;
+    argv[argc++] = numkeys;
+    const char *suffix[3] = {"host", "pin", "devices"};
+    for (size_t i = 0; i < c; i++)
+        for (int k = 0; k < 3; k++) {
+            snprintf(keys[i][k], sizeof(keys[i][k]), "pinguard:vm:{%s}:%s",
+                     vms[first + i], suffix[k]);
+            argv[argc++] = keys[i][k];
+        }
+    argv[argc++] = "256";
+    argv[argc++] = "1024";
+    char *cmd = NULL;
+    int len = redisFormatCommandArgv(&cmd, argc, argv, NULL);
+    ck_assert_int_gt(len, 0);
+    ck_assert_int_eq(pg_buf_append(want, cmd, (size_t)len), 0);
+    redisFreeCommand(cmd);
+}
+
 START_TEST(lookup_request_matches_hiredis_formatting)
 {
     /* The hand-written RESP of a batch's lookups equals, byte for byte, what
-     * hiredis formats from the same arguments; VM uuids of every length
-     * class (one digit to four digits of length) included. */
+     * hiredis formats from the same arguments: VM uuids of every length
+     * class (one to four digits of length), calls of several VMs and a last
+     * short one, and one VM per call. */
     static const char sha[] = "0123456789abcdef0123456789abcdef01234567";
     char long_vm[1025];
     memset(long_vm, 'v', sizeof(long_vm) - 1);
     long_vm[sizeof(long_vm) - 1] = '\0';
     const char *vms[] = {"a", "6f1c2d3e-aaaa-bbbb-cccc-0123456789ab", "vm\xc3\xa9",
-                         long_vm};
+                         long_vm, "e"};
     const char args[] = "$3\r\n256\r\n$4\r\n1024\r\n";
-    pg_buf_t got = {0}, want = {0};
+    const size_t chunks[] = {1, 2, 3, 16};
     char err[128];
-    ck_assert_int_eq(pg_bindings_format_lookups(&got, sha, args, sizeof(args) - 1, vms,
-                                                4, err, sizeof(err)),
-                     0);
-    for (size_t i = 0; i < 4; i++) {
-        char keys[3][1100];
-        const char *suffix[3] = {"host", "pin", "devices"};
-        for (int k = 0; k < 3; k++)
-            snprintf(keys[k], sizeof(keys[k]), "pinguard:vm:{%s}:%s", vms[i],
-                     suffix[k]);
-        const char *argv[8] = {"EVALSHA", sha,     "3",   keys[0],
-                               keys[1],   keys[2], "256", "1024"};
-        char *cmd = NULL;
-        int len = redisFormatCommandArgv(&cmd, 8, argv, NULL);
-        ck_assert_int_gt(len, 0);
-        ck_assert_int_eq(pg_buf_append(&want, cmd, (size_t)len), 0);
-        redisFreeCommand(cmd);
+    for (size_t k = 0; k < sizeof(chunks) / sizeof(chunks[0]); k++) {
+        pg_buf_t got = {0}, want = {0};
+        ck_assert_int_eq(pg_bindings_format_lookups(&got, sha, args, sizeof(args) - 1,
+                                                    chunks[k], vms, 5, err,
+                                                    sizeof(err)),
+                         0);
+        for (size_t first = 0; first < 5; first += chunks[k])
+            want_call(&want, sha, vms, first,
+                      5 - first < chunks[k] ? 5 - first : chunks[k]);
+        ck_assert_uint_eq(got.len, want.len);
+        ck_assert_int_eq(memcmp(got.data, want.data, got.len), 0);
+        pg_buf_free(&got);
+        pg_buf_free(&want);
     }
-    ck_assert_uint_eq(got.len, want.len);
-    ck_assert_int_eq(memcmp(got.data, want.data, got.len), 0);
-    /* An empty or over-long VM uuid names no key. */
-    const char *bad[2] = {"", NULL};
+    /* An empty or over-long VM uuid names no key, and nothing is written. */
     char too_long[1026];
     memset(too_long, 'x', sizeof(too_long) - 1);
     too_long[sizeof(too_long) - 1] = '\0';
-    bad[1] = too_long;
+    const char *bad[2][2] = {{"a", ""}, {too_long, "b"}};
     for (int i = 0; i < 2; i++) {
-        pg_buf_reset(&got);
+        pg_buf_t got = {0};
         ck_assert_int_eq(pg_bindings_format_lookups(&got, sha, args, sizeof(args) - 1,
-                                                    &bad[i], 1, err, sizeof(err)),
+                                                    32, bad[i], 2, err, sizeof(err)),
                          PG_BINDINGS_EUSAGE);
+        ck_assert_uint_eq(got.len, 0);
+        pg_buf_free(&got);
     }
-    pg_buf_free(&got);
-    pg_buf_free(&want);
 }
 END_TEST
 
