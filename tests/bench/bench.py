@@ -449,7 +449,11 @@ def main():
             m = scrape(port)
             rc, rss, cpu = w.stop()
             after = redis_cmdstats()
-            cmds = sum(after.get(c, 0) - before.get(c, 0) for c in ("get", "mget", "hgetall"))
+            # Data commands Redis ran (inside the lookup scripts too), and
+            # the calls the worker sent (one EVALSHA per redis.lookup.chunk VMs).
+            cmds = sum(after.get(c, 0) - before.get(c, 0)
+                       for c in ("get", "mget", "hgetall", "exists", "type"))
+            calls = sum(after.get(c, 0) - before.get(c, 0) for c in ("evalsha", "eval"))
             items = counts[k] * (10 if k == "advice" else 1)
             d = {"mode": mode, "stream": k, "inputs": counts[k], "items": items,
                  "seconds": elapsed, "rate": counts[k] / elapsed, "item_rate": items / elapsed,
@@ -461,7 +465,8 @@ def main():
                  "round_trips": m["round_trips"],
                  "batches": m["batches"], "rt_per_batch": m["round_trips"] / max(m["batches"], 1),
                  "rt_per_decision": m["round_trips"] / max(m["decided"], 1),
-                 "redis_cmds_per_item": cmds / items, "exit": rc}
+                 "redis_cmds_per_item": cmds / items, "redis_calls_per_item": calls / items,
+                 "exit": rc}
             drains.append(d)
             log(f"{mode} {k}: {d['rate']:.0f}/s ({d['ratio']:.2f}x raw {raw[k][0]:.0f}/s), "
                 f"RSS {d['rss_mb']:.1f} MB, {d['rt_per_batch']:.2f} round trips/batch, "
@@ -589,15 +594,16 @@ def write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, rela
              "committed)\n")
     L.append("| mode | stream | inputs | seconds | decisions/s | items/s | ratio to raw "
              "consume | ratio to consume+produce | Redis round trips / batch | round trips / "
-             "decision | Redis commands / item | peak RSS |")
-    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+             "decision | Redis commands / item | script calls / item | peak RSS |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for d in drains:
         ceiling = relay.get(d["stream"], {}).get("pipelined")
         vs_relay = f"{d['rate'] / ceiling[0]:.2f}x" if ceiling else "-"
         L.append(f"| {d['mode']} | {d['stream']} | {d['inputs']} | {d['seconds']:.2f} | "
                  f"{d['rate']:,.0f} | {d['item_rate']:,.0f} | {d['ratio']:.2f}x | {vs_relay} | "
                  f"{d['rt_per_batch']:.2f} | {d['rt_per_decision']:.4f} | "
-                 f"{d['redis_cmds_per_item']:.2f} | {d['rss_mb']:.1f} MB |")
+                 f"{d['redis_cmds_per_item']:.2f} | {d['redis_calls_per_item']:.3f} | "
+                 f"{d['rss_mb']:.1f} MB |")
     L.append("\n### Where the CPU went during each drain\n")
     L.append(f"CPU time per decision of each process (worker from `/usr/bin/time`, broker and "
              f"Redis from /proc), and how busy the machine's {os.cpu_count()} cores were. "
