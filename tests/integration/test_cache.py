@@ -21,7 +21,7 @@ from collections import Counter
 
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from pgmix import scaled
@@ -639,6 +639,74 @@ def test_counters_match_committed_decisions_after_redone_batches(cache_env):
         f"decisions {made:g}")
     assert (metric(text, "pinguard_batches_redone_total") or 0) > 0
     assert (metric(text, "pinguard_transaction_aborts_total") or 0) > 0
+
+
+# --- 4. empty ids never release -------------------------------------------------
+
+def test_empty_host_ids_are_dead_lettered_never_released(env):
+    """A MigrationResult whose destination and observed host are both "" (so
+    that they agree with each other) once released the dGPU of a VM the
+    cache does not place. Every id of every input must be non-empty: the
+    result, a request and an advice migration with an empty host id are each
+    dead-lettered INVALID_FIELD naming the field, nothing is released, and
+    the inputs after them are decided."""
+    vm = env.vm(devices=[("gpu", "dgpu")])  # devices, no :host: placement unknown
+    bad_result = dict(result(vm, observed=""), dstHostUuid="")
+    bad_request = request(vm, dst="")
+    cluster = uid()
+    bad_advice = advice(cluster, [vm])
+    bad_advice["migrations"][0]["srcHostUuid"] = ""
+    good = result(vm, observed=SRC)
+    env.produce("results", vm, encode("MigrationResult", bad_result))
+    env.produce("results", vm, encode("MigrationResult", good))
+    env.produce("requests", vm, encode("MigrateVmRequest", bad_request))
+    env.produce("advice", cluster, encode("DrsAdvice", bad_advice))
+    env.flush()
+    w = env.worker()
+    (_, d), = decisions(env, "release", 1, 60)
+    assert (d["requestId"], d["action"], d["reason"]) == \
+        (good["requestId"], "KEEP", "STILL_ON_SOURCE")
+    dlq = collect(env, "dlq", 3, 30)
+    errors = sorted(headers(m)["pinguard-error"].split(" (")[0] for m in dlq)
+    assert errors == ["INVALID_FIELD: dstHostUuid is empty",
+                      "INVALID_FIELD: dstHostUuid is empty",
+                      "INVALID_FIELD: srcHostUuid is empty"], errors
+    # Once every input is committed, nothing else is on the outputs: no
+    # release for the bad result, no decision, no filtered advice.
+    for topic_key, n in (("results", 2), ("requests", 1), ("advice", 1)):
+        wait_until(lambda: sum(max(o, 0) for o in env.committed(topic_key).values()) == n,
+                   30, f"every {topic_key} input committed")
+    assert [decode(m.value())[1]["requestId"] for m in read_to_end(env, "release")] == \
+        [good["requestId"]]
+    assert read_to_end(env, "decisions") == []
+    assert read_to_end(env, "advice.filtered") == []
+    assert w.stop() == 0
+
+
+def read_to_end(env, topic_key, partitions=6):
+    """Every committed record of the topic, read until the end of each
+    partition (read_committed)."""
+    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"reader-{uid()}",
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "isolation.level": "read_committed"})
+    c.assign([TopicPartition(env.topics[topic_key], p, 0) for p in range(partitions)])
+    out, ended = [], set()
+    try:
+        deadline = time.monotonic() + 30 * TIME_SCALE
+        while len(ended) < partitions and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(m.partition())
+                    continue
+                raise KafkaException(m.error())
+            out.append(m)
+    finally:
+        c.close()
+    assert len(ended) == partitions, f"{topic_key}: read {len(ended)} partitions to the end"
+    return out
 
 
 # --- 5. no input stalls a partition ---------------------------------------------------
