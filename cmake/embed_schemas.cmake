@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Writes a C file holding every .avsc as a string, keyed by its file name
 # without extension (the schema's full name).
 set(body "/* Generated from the .avsc files in schemas/; do not edit. */\n#include \"schemas.h\"\n\n")

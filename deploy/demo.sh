@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The built-in demo, from a fresh machine: installs what is needed, builds
 # pinguard, starts Kafka and Redis on loopback, loads a sample binding cache,
 # produces sample DRS advice, MigrateVm requests and migration results (and one
@@ -10,7 +11,7 @@ root=$PWD
 demo=$root/deploy/demo
 
 bash deploy/install-deps.sh >/dev/null
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPINGUARD_WERROR="${PG_WERROR:-OFF}" >/dev/null
 cmake --build build >/dev/null
 bash deploy/local/up.sh
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Creates .venv with the test-only Python packages of tests/requirements.txt
 # (idempotent: skipped while the requirements are unchanged).
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Sets up a machine and runs every test: Debian packages, the Kafka jars, the
 # Python test clients, the build, the local Kafka and Redis, then ctest (unit
 # and integration). Services are stopped at the end unless KEEP_SERVICES=1.
@@ -8,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash deploy/install-deps.sh
 bash deploy/setup-python.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPINGUARD_WERROR="${PG_WERROR:-OFF}" >/dev/null
 cmake --build build
 
 bash deploy/local/up.sh

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # tests/sanitize.sh — owns the AddressSanitizer + UndefinedBehaviorSanitizer
 # run: builds with -DPINGUARD_SANITIZE=ON in its own build dir and runs the
 # whole ctest suite there (unit tests, and integration tests whose worker and
@@ -21,7 +22,7 @@ python="${PG_PYTHON:-$PWD/.venv/bin/python}"
 reports="$build/sanitizer-reports"
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPINGUARD_SANITIZE=ON \
-  -DPG_PYTHON="$python" >/dev/null
+  -DPINGUARD_WERROR="${PG_WERROR:-OFF}" -DPG_PYTHON="$python" >/dev/null
 cmake --build "$build"
 bash deploy/local/up.sh
 

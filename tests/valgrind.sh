@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # tests/valgrind.sh — owns the valgrind run: the unit tests, then the
 # integration tests with every pinguard process (workers and CLI calls, through
 # pgtest's PG_WRAPPER) under
@@ -22,7 +23,8 @@ logs="${VALGRIND_LOGS:-/tmp/pinguard-valgrind}"
 vg=(valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99
   --num-callers=30)
 
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPG_PYTHON="$python" >/dev/null
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPINGUARD_WERROR="${PG_WERROR:-OFF}" \
+  -DPG_PYTHON="$python" >/dev/null
 cmake --build "$build"
 bin="$(realpath "$build/pinguard")"
 bash deploy/local/up.sh

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Parsing Canonical Form and CRC-64-AVRO (Avro specification, "Schema
  * Resolution" / "Parsing Canonical Form for Schemas"), and the resolution of
@@ -7,7 +8,9 @@
  * about where a named type is defined.
  */
 #include "avro_pcf.h"
-#include "codec.h"
+
+#include "status.h"
+#include "util.h"
 
 #include <jansson.h>
 #include <stdarg.h>
@@ -17,9 +20,9 @@
 #include <string.h>
 
 #define CRC64_AVRO_EMPTY UINT64_C(0xc15d213aa4d7a795)
-/* Schemas are ours, but pg_avro_pcf also takes operator input: bound the
- * recursion rather than trust the nesting. */
-#define MAX_DEPTH 64
+/* Schemas are ours, but pg_avro_pcf also takes operator input: the recursion
+ * is bounded by PG_MAX_DEPTH rather than trusting the nesting. */
+#define MAX_DEPTH PG_MAX_DEPTH
 
 typedef struct {
     pg_avro_lookup_fn lookup;
@@ -351,7 +354,7 @@ int pg_avro_resolve(const char *json, size_t len, pg_avro_lookup_fn lookup, void
     rctx_t x = {.lookup = lookup, .user = user, .errbuf = errbuf, .errlen = errlen};
     json_t *in = NULL, *inl = NULL, *pcf = NULL;
     char *inl_s = NULL, *pcf_s = NULL;
-    int rc = -1;
+    int rc = PG_INPUT;
     json_error_t jerr;
 
     if (inlined_out != NULL)
@@ -367,6 +370,7 @@ int pg_avro_resolve(const char *json, size_t len, pg_avro_lookup_fn lookup, void
     x.defined = json_object();
     if (x.defined == NULL) {
         fail(&x, "out of memory");
+        rc = PG_FATAL;
         goto out;
     }
     if (resolve(&x, in, NULL, 0, &inl, &pcf) != 0)
@@ -376,6 +380,7 @@ int pg_avro_resolve(const char *json, size_t len, pg_avro_lookup_fn lookup, void
     inl_s = json_dumps(inl, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
     if (pcf_s == NULL || inl_s == NULL) {
         fail(&x, "out of memory");
+        rc = PG_FATAL;
         goto out;
     }
     if (inlined_out != NULL) {
@@ -386,7 +391,7 @@ int pg_avro_resolve(const char *json, size_t len, pg_avro_lookup_fn lookup, void
         *pcf_out = pcf_s;
         pcf_s = NULL;
     }
-    rc = 0;
+    rc = PG_OK;
 out:
     free(inl_s);
     free(pcf_s);
@@ -403,7 +408,7 @@ char *pg_avro_pcf(const char *json, pg_avro_lookup_fn lookup, void *user, char *
     char *pcf = NULL;
     if (json == NULL) {
         if (errbuf != NULL && errlen > 0)
-            snprintf(errbuf, errlen, "no schema text");
+            pg_errf(errbuf, errlen, "no schema text");
         return NULL;
     }
     if (pg_avro_resolve(json, strlen(json), lookup, user, NULL, &pcf, errbuf, errlen) !=

@@ -1,21 +1,25 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Binding cache over hiredis 0.14. Keys follow the SPEC:
  *   pinguard:vm:{<vm>}:host     string, the VM's current host (presence = known)
  *   pinguard:vm:{<vm>}:devices  hash, device uuid -> kind
  *   pinguard:vm:{<vm>}:pin      string, operator pin reason
- * A lookup is one EVALSHA per VM of a small Lua script (LOOKUP_LUA below) that
- * reads the three keys as one atomic snapshot: an upstream transaction that
+ * A lookup is one EVALSHA of a small Lua script (LOOKUP_LUA below) per
+ * redis.lookup.chunk VMs, which reads each VM's three keys as one atomic
+ * snapshot (the whole script is atomic): an upstream transaction that
  * turns a device binding into a pin can never be seen half done, as it could
  * between two commands. The script also keeps a hostile entry from costing
  * memory or stalling the batch: a key of the wrong type is reported, not
  * raised as an error reply, and an entry with too many devices or an
  * over-long value comes back as a count and a flag instead of its bytes.
  * Every reply is then checked against the SPEC's layout (pg_bindings_check);
- * a VM whose entry fails is handed to the caller as malformed. All three keys
- * share the VM's hash tag, so the script stays valid on a Redis Cluster.
- * A batch's scripts go out in one write and the replies are read VM by VM,
- * so the caller decides the first VMs while Redis still answers the last
- * ones (one round trip, overlapped). Writes of one VM's keys are single
+ * a VM whose entry fails is handed to the caller as malformed. A VM's three
+ * keys share its hash tag, so with redis.lookup.chunk = 1 every script stays
+ * within one slot, as a Redis Cluster needs. A batch's scripts go out in one
+ * write; pg_bindings_send returns once the first script's reply is in (Redis
+ * answers), and the replies are then read VM by VM, so the caller decides
+ * the first VMs while Redis still answers the last ones (one round trip,
+ * overlapped). Writes of one VM's keys are single
  * commands or MULTI/EXEC blocks, atomic for the same reason.
  * hiredis marks a context dead after any I/O error or timeout, and a timed-out
  * command may still have run; so every failure drops the context and the next
@@ -27,6 +31,7 @@
 #include "bindings_internal.h"
 #include "log.h"
 #include "utf8.h"
+#include "util.h"
 
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
@@ -157,7 +162,7 @@ static void drop(pg_bindings_t *b)
 }
 
 /* Classifies an error reply: credentials and permissions are fatal, the
- * rest (LOADING, BUSY, MASTERDOWN, WRONGTYPE, ...) may heal. */
+ * rest (LOADING, BUSY, MASTERDOWN, WRONGTYPE, ...) may heal: PG_RETRY. */
 static int error_class(const redisReply *r)
 {
     if (strncmp(r->str, "WRONGPASS", 9) == 0 || strncmp(r->str, "NOAUTH", 6) == 0 ||
@@ -166,10 +171,22 @@ static int error_class(const redisReply *r)
         strstr(r->str, "invalid username-password") != NULL ||
         /* a password is configured but the server expects none */
         strstr(r->str, "without any password configured") != NULL)
-        return PG_BINDINGS_EAUTH;
+        return PG_FATAL;
     if (strncmp(r->str, "WRONGTYPE", 9) == 0)
-        return PG_BINDINGS_EDATA;
-    return PG_BINDINGS_ETRANSIENT;
+        return PG_RETRY;
+    return PG_RETRY;
+}
+
+/* Fills errbuf with an error reply ("redis host:port<what>: <reply>", naming
+ * the settings to check when the credentials are at fault) and returns its
+ * class. */
+static int reply_error(const pg_bindings_t *b, const redisReply *r, const char *what,
+                       char *errbuf, size_t errlen)
+{
+    int rc = error_class(r);
+    pg_errf(errbuf, errlen, "redis %s:%d%s: %s%s", b->host, b->port, what, r->str,
+            rc == PG_FATAL ? " (check redis.user and the password)" : "");
+    return rc;
 }
 
 static int simple_command(pg_bindings_t *b, int argc, const char **argv, char *errbuf,
@@ -177,15 +194,16 @@ static int simple_command(pg_bindings_t *b, int argc, const char **argv, char *e
 {
     redisReply *r = redisCommandArgv(b->ctx, argc, argv, NULL);
     if (r == NULL) {
-        snprintf(errbuf, errlen, "redis %s:%d %s: %s", b->host, b->port, what,
-                 b->ctx->errstr);
+        pg_errf(errbuf, errlen, "redis %s:%d %s: %s", b->host, b->port, what,
+                b->ctx->errstr);
         drop(b);
-        return PG_BINDINGS_ETRANSIENT;
+        return PG_RETRY;
     }
     int rc = 0;
     if (r->type == REDIS_REPLY_ERROR) {
-        rc = error_class(r);
-        snprintf(errbuf, errlen, "redis %s:%d %s: %s", b->host, b->port, what, r->str);
+        char where[32];
+        snprintf(where, sizeof(where), " %s", what);
+        rc = reply_error(b, r, where, errbuf, errlen);
         drop(b);
     }
     freeReplyObject(r);
@@ -250,22 +268,20 @@ static int load_script(pg_bindings_t *b, char *errbuf, size_t errlen)
     const char *argv[3] = {"SCRIPT", "LOAD", LOOKUP_LUA};
     redisReply *r = redisCommandArgv(b->ctx, 3, argv, NULL);
     if (r == NULL) {
-        snprintf(errbuf, errlen, "redis %s:%d SCRIPT LOAD: %s", b->host, b->port,
-                 b->ctx->errstr);
+        pg_errf(errbuf, errlen, "redis %s:%d SCRIPT LOAD: %s", b->host, b->port,
+                b->ctx->errstr);
         drop(b);
-        return PG_BINDINGS_ETRANSIENT;
+        return PG_RETRY;
     }
     int rc = 0;
     if (r->type == REDIS_REPLY_ERROR) {
-        rc = error_class(r);
-        snprintf(errbuf, errlen, "redis %s:%d SCRIPT LOAD: %s", b->host, b->port,
-                 r->str);
+        rc = reply_error(b, r, " SCRIPT LOAD", errbuf, errlen);
         drop(b);
     } else if (r->type != REDIS_REPLY_STRING || r->len != 40) {
-        snprintf(errbuf, errlen, "redis %s:%d SCRIPT LOAD: unexpected reply", b->host,
-                 b->port);
+        pg_errf(errbuf, errlen, "redis %s:%d SCRIPT LOAD: unexpected reply", b->host,
+                b->port);
         drop(b);
-        rc = PG_BINDINGS_ETRANSIENT;
+        rc = PG_RETRY;
     } else {
         memcpy(b->sha, r->str, 40);
         b->sha[40] = '\0';
@@ -281,16 +297,15 @@ static int ensure_connected(pg_bindings_t *b, char *errbuf, size_t errlen)
     redisContext *c =
         redisConnectWithTimeout(b->host, b->port, ms_to_tv(b->connect_timeout_ms));
     if (c == NULL) {
-        snprintf(errbuf, errlen, "redis %s:%d: cannot allocate a context", b->host,
-                 b->port);
-        return PG_BINDINGS_ETRANSIENT;
+        pg_errf(errbuf, errlen, "redis %s:%d: out of memory for a context", b->host,
+                b->port);
+        return PG_FATAL;
     }
     if (c->err) {
-        snprintf(errbuf, errlen, "redis %s:%d connect: %s", b->host, b->port,
-                 c->errstr);
+        pg_errf(errbuf, errlen, "redis %s:%d connect: %s", b->host, b->port, c->errstr);
         redisFree(c);
         b->stats.errors++;
-        return PG_BINDINGS_ETRANSIENT;
+        return PG_RETRY;
     }
     /* The connect timeout bounds only the connect: set the I/O bound too. */
     redisSetTimeout(c, ms_to_tv(b->timeout_ms));
@@ -342,9 +357,7 @@ static int vm_key(char *buf, const char *vm, const char *suffix)
 
 static double now_seconds(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double)pg_now_mono_us() / 1e6;
 }
 
 /* Reads one reply; an error reply is classified and freed. */
@@ -352,14 +365,13 @@ static int read_reply(pg_bindings_t *b, redisReply **out, char *errbuf, size_t e
 {
     void *r = NULL;
     if (redisGetReply(b->ctx, &r) != REDIS_OK || r == NULL) {
-        snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
-                 b->ctx->errstr[0] ? b->ctx->errstr : "no reply");
-        return PG_BINDINGS_ETRANSIENT;
+        pg_errf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
+                b->ctx->errstr[0] ? b->ctx->errstr : "no reply");
+        return PG_RETRY;
     }
     redisReply *reply = r;
     if (reply->type == REDIS_REPLY_ERROR) {
-        int rc = error_class(reply);
-        snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port, reply->str);
+        int rc = reply_error(b, reply, "", errbuf, errlen);
         freeReplyObject(reply);
         return rc;
     }
@@ -439,9 +451,9 @@ int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
     for (size_t i = 0; i < n; i++) {
         size_t len = strlen(vm_uuids[i]);
         if (len == 0 || len > PG_BINDINGS_MAX_VM_LEN) {
-            snprintf(errbuf, errlen, "vm uuid of %zu bytes cannot name a cache key",
-                     len);
-            return PG_BINDINGS_EUSAGE;
+            pg_errf(errbuf, errlen, "vm uuid of %zu bytes cannot name a cache key",
+                    len);
+            return PG_INPUT;
         }
     }
     for (size_t first = 0; first < n; first += chunk) {
@@ -459,8 +471,8 @@ int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
                   resp_vm_key(out, vm_uuids[i], len, "devices");
         }
         if (rc != 0 || pg_buf_append(out, args, args_len) != 0) {
-            snprintf(errbuf, errlen, "out of memory formatting %zu lookups", n);
-            return PG_BINDINGS_ETRANSIENT;
+            pg_errf(errbuf, errlen, "out of memory formatting %zu lookups", n);
+            return PG_FATAL;
         }
     }
     return 0;
@@ -468,6 +480,27 @@ int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
 
 /* One EVALSHA of LOOKUP_LUA per chunk of VMs, formatted straight into one
  * buffer and written in one go. */
+/* Reads the next script's reply (one entry per VM of its chunk) into
+ * b->chunk_reply. On failure the connection is dropped. */
+static int read_chunk(pg_bindings_t *b, char *errbuf, size_t errlen)
+{
+    size_t want = b->expected < b->chunk ? b->expected : b->chunk;
+    int rc = read_reply(b, &b->chunk_reply, errbuf, errlen);
+    if (rc == PG_OK && (b->chunk_reply->type != REDIS_REPLY_ARRAY ||
+                        b->chunk_reply->elements != want)) {
+        pg_errf(errbuf, errlen, "redis %s:%d: lookup reply of %zu entries for %zu VMs",
+                b->host, b->port,
+                b->chunk_reply->type == REDIS_REPLY_ARRAY ? b->chunk_reply->elements
+                                                          : 0,
+                want);
+        rc = PG_RETRY;
+    }
+    b->chunk_pos = 0;
+    if (rc != PG_OK)
+        drop(b); /* the rest of the exchange cannot be trusted */
+    return rc;
+}
+
 int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                      char *errbuf, size_t errlen)
 {
@@ -482,22 +515,24 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
         return rc;
     if (redisAppendFormattedCommand(b->ctx, (const char *)b->cmd.data, b->cmd.len) !=
         REDIS_OK) {
-        snprintf(errbuf, errlen, "redis: cannot buffer the pipeline");
+        pg_errf(errbuf, errlen, "redis: out of memory buffering the pipeline");
         drop(b);
-        return PG_BINDINGS_ETRANSIENT;
+        return PG_FATAL;
     }
     int done = 0;
     while (!done)
         if (redisBufferWrite(b->ctx, &done) != REDIS_OK) {
-            snprintf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
-                     b->ctx->errstr[0] ? b->ctx->errstr : "write failed");
+            pg_errf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
+                    b->ctx->errstr[0] ? b->ctx->errstr : "write failed");
             drop(b);
-            return PG_BINDINGS_ETRANSIENT;
+            return PG_RETRY;
         }
     b->expected = n;
     b->stats.round_trips++;
     b->stats.commands += (n + b->chunk - 1) / b->chunk;
-    return 0;
+    /* The first script's reply proves that Redis answers; it is kept for
+     * pg_bindings_next. */
+    return read_chunk(b, errbuf, errlen);
 }
 
 static bool is_bulk(const redisReply *r)
@@ -521,20 +556,20 @@ static int raw_devices(const redisReply *devs, pg_arena_t *arena, pg_vm_raw_t *o
 {
     size_t nd = devs->elements / 2;
     if (devs->elements % 2 != 0) {
-        snprintf(errbuf, errlen, "device list of odd length %zu", devs->elements);
-        return PG_BINDINGS_ETRANSIENT;
+        pg_errf(errbuf, errlen, "device list of odd length %zu", devs->elements);
+        return PG_RETRY;
     }
     if (nd == 0)
         return 0;
     out->devices = pg_arena_calloc(arena, nd, sizeof(*out->devices));
     if (out->devices == NULL) {
-        snprintf(errbuf, errlen, "out of memory for %zu devices", nd);
-        return PG_BINDINGS_ETRANSIENT;
+        pg_errf(errbuf, errlen, "out of memory for %zu devices", nd);
+        return PG_FATAL;
     }
     for (size_t j = 0; j < 2 * nd; j++)
         if (!is_bulk(devs->element[j])) {
-            snprintf(errbuf, errlen, "device field %zu is not a string", j);
-            return PG_BINDINGS_ETRANSIENT;
+            pg_errf(errbuf, errlen, "device field %zu is not a string", j);
+            return PG_RETRY;
         }
     for (size_t j = 0; j < nd; j++) {
         out->devices[j].uuid = bytes_of(devs->element[2 * j]);
@@ -553,8 +588,8 @@ int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t
         (r->element[2]->type != REDIS_REPLY_NIL && !is_bulk(r->element[2])) ||
         r->element[3]->type != REDIS_REPLY_INTEGER || r->element[3]->integer < 0 ||
         r->element[4]->type != REDIS_REPLY_ARRAY) {
-        snprintf(errbuf, errlen, "unexpected lookup reply (type %d)", r->type);
-        return PG_BINDINGS_ETRANSIENT;
+        pg_errf(errbuf, errlen, "unexpected lookup reply (type %d)", r->type);
+        return PG_RETRY;
     }
     long long flags = r->element[0]->integer;
     const redisReply *host = r->element[1], *pin = r->element[2];
@@ -580,9 +615,9 @@ int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t
     if (r->element[4]->elements == 0)
         return 0;
     if (r->element[4]->elements != 2 * out->n_devices) {
-        snprintf(errbuf, errlen, "lookup reply holds %zu device fields for %zu devices",
-                 r->element[4]->elements, out->n_devices);
-        return PG_BINDINGS_ETRANSIENT;
+        pg_errf(errbuf, errlen, "lookup reply holds %zu device fields for %zu devices",
+                r->element[4]->elements, out->n_devices);
+        return PG_RETRY;
     }
     return raw_devices(r->element[4], arena, out, errbuf, errlen);
 }
@@ -657,7 +692,10 @@ int pg_bindings_to_binding(const pg_vm_raw_t *raw, const pg_bindings_limits_t *l
     if (!pg_bindings_check(raw, lim, why, sizeof(why))) {
         out->malformed = true;
         out->why_malformed = pg_arena_strdup(arena, why);
-        return out->why_malformed != NULL ? 0 : PG_BINDINGS_ETRANSIENT;
+        if (out->why_malformed != NULL)
+            return PG_OK;
+        pg_errf(errbuf, errlen, "out of memory copying a cache entry");
+        return PG_FATAL;
     }
     /* Checked: no value holds a NUL, so C strings keep every byte. */
     bool oom = false;
@@ -679,8 +717,8 @@ int pg_bindings_to_binding(const pg_vm_raw_t *raw, const pg_bindings_limits_t *l
         oom |= d[j].device_uuid == NULL || d[j].kind == NULL;
     }
     if (oom) {
-        snprintf(errbuf, errlen, "out of memory copying cache replies");
-        return PG_BINDINGS_ETRANSIENT;
+        pg_errf(errbuf, errlen, "out of memory copying cache replies");
+        return PG_FATAL;
     }
     out->devices = d;
     out->n_devices = nd;
@@ -691,27 +729,13 @@ int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
                      pg_vm_binding_t *out, char *errbuf, size_t errlen)
 {
     if (b->expected == 0 || b->ctx == NULL) {
-        snprintf(errbuf, errlen, "redis: no lookup in flight");
-        return PG_BINDINGS_EUSAGE;
+        pg_errf(errbuf, errlen, "redis: no lookup in flight");
+        return PG_INPUT;
     }
     int rc = 0;
     char err[256];
-    if (b->chunk_reply == NULL) {
-        /* The next script's reply: one entry per VM of its chunk. */
-        size_t want = b->expected < b->chunk ? b->expected : b->chunk;
-        rc = read_reply(b, &b->chunk_reply, errbuf, errlen);
-        if (rc == 0 && (b->chunk_reply->type != REDIS_REPLY_ARRAY ||
-                        b->chunk_reply->elements != want)) {
-            snprintf(
-                errbuf, errlen, "redis %s:%d: lookup reply of %zu entries for %zu VMs",
-                b->host, b->port,
-                b->chunk_reply->type == REDIS_REPLY_ARRAY ? b->chunk_reply->elements
-                                                          : 0,
-                want);
-            rc = PG_BINDINGS_ETRANSIENT;
-        }
-        b->chunk_pos = 0;
-    }
+    if (b->chunk_reply == NULL && (rc = read_chunk(b, errbuf, errlen)) != PG_OK)
+        return rc;
     if (rc == 0) {
         pg_vm_raw_t raw;
         const pg_bindings_limits_t lim = {b->max_devices, b->max_len};
@@ -720,8 +744,8 @@ int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
         if (rc == 0)
             rc = pg_bindings_to_binding(&raw, &lim, arena, out, err, sizeof(err));
         if (rc != 0)
-            snprintf(errbuf, errlen, "redis %s:%d lookup of vm %s: %s", b->host,
-                     b->port, vm_uuid, err);
+            pg_errf(errbuf, errlen, "redis %s:%d lookup of vm %s: %s", b->host, b->port,
+                    vm_uuid, err);
     }
     if (rc != 0) {
         drop(b); /* the rest of the exchange cannot be trusted */
@@ -745,8 +769,8 @@ static int pipeline(pg_bindings_t *b, size_t ncmd, char *errbuf, size_t errlen)
     redisReply **replies = calloc(ncmd ? ncmd : 1, sizeof(*replies));
     if (replies == NULL) {
         drop(b);
-        snprintf(errbuf, errlen, "out of memory for %zu replies", ncmd);
-        return PG_BINDINGS_ETRANSIENT;
+        pg_errf(errbuf, errlen, "out of memory for %zu replies", ncmd);
+        return PG_FATAL;
     }
     int rc = exchange(b, replies, ncmd, errbuf, errlen);
     if (rc == 0)
@@ -763,9 +787,9 @@ static int check_uuid(const char *what, const char *s, size_t max, char *errbuf,
 {
     size_t n = s != NULL ? strlen(s) : 0;
     if (n == 0 || n > max || pg_utf8_check((const uint8_t *)s, n) != n) {
-        snprintf(errbuf, errlen, "%s must be a non-empty UTF-8 id of at most %zu bytes",
-                 what, max);
-        return PG_BINDINGS_EUSAGE;
+        pg_errf(errbuf, errlen, "%s must be a non-empty UTF-8 id of at most %zu bytes",
+                what, max);
+        return PG_INPUT;
     }
     return 0;
 }
@@ -780,8 +804,8 @@ static int one_command(pg_bindings_t *b, const char *vm, int argc, const char **
         return rc;
     if (append(b, argc, argv, NULL) != 0) {
         drop(b);
-        snprintf(errbuf, errlen, "redis: cannot buffer the command");
-        return PG_BINDINGS_ETRANSIENT;
+        pg_errf(errbuf, errlen, "redis: out of memory buffering the command");
+        return PG_FATAL;
     }
     redisReply *r = NULL;
     rc = exchange(b, &r, 1, errbuf, errlen);
@@ -886,8 +910,8 @@ int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
         if (need > argv_cap) {
             const char **p = realloc(argv, need * sizeof(*p));
             if (p == NULL) {
-                snprintf(errbuf, errlen, "out of memory");
-                rc = PG_BINDINGS_ETRANSIENT;
+                pg_errf(errbuf, errlen, "out of memory");
+                rc = PG_RETRY;
                 break;
             }
             argv = p;
@@ -915,8 +939,8 @@ int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
         arc |= append(b, 1, (const char **)exec, NULL);
         ncmd += queued + 2 + 2; /* MULTI, the queued commands, EXEC */
         if (arc != 0) {
-            snprintf(errbuf, errlen, "redis: cannot buffer the pipeline");
-            rc = PG_BINDINGS_ETRANSIENT;
+            pg_errf(errbuf, errlen, "redis: cannot buffer the pipeline");
+            rc = PG_RETRY;
         }
     }
     free(argv);
@@ -945,11 +969,11 @@ int pg_bindings_inspect(pg_bindings_t *b, const char *vm, size_t max_fetch,
     if ((rc = one_command(b, vm, 7, argv, &r, errbuf, errlen)) != 0)
         return rc;
     memset(out, 0, sizeof(*out));
-    rc = PG_BINDINGS_ETRANSIENT;
+    rc = PG_RETRY;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 7 ||
         r->element[5]->type != REDIS_REPLY_INTEGER ||
         r->element[6]->type != REDIS_REPLY_ARRAY) {
-        snprintf(errbuf, errlen, "redis: unexpected reply inspecting vm %s", vm);
+        pg_errf(errbuf, errlen, "redis: unexpected reply inspecting vm %s", vm);
         goto out;
     }
     char *types[3] = {out->host_type, out->pin_type, out->devices_type};
@@ -988,7 +1012,7 @@ int pg_bindings_inspect(pg_bindings_t *b, const char *vm, size_t max_fetch,
     rc = 0;
     goto out;
 oom:
-    snprintf(errbuf, errlen, "out of memory reading vm %s", vm);
+    pg_errf(errbuf, errlen, "out of memory reading vm %s", vm);
 out:
     freeReplyObject(r);
     return rc;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The device-binding cache in Redis (SPEC key layout), and the only module that
  * talks to Redis. Reads for a whole batch go out as one pipelined round trip;
@@ -10,15 +11,13 @@
 #include "config.h"
 #include "mem.h"
 #include "policy.h"
+#include "status.h"
 
-/* Failure classes the caller must choose on. */
-enum {
-    PG_BINDINGS_OK = 0,
-    PG_BINDINGS_ETRANSIENT = -1, /* unreachable, timed out, loading: retry later */
-    PG_BINDINGS_EAUTH = -2,      /* wrong credentials or ACL: fatal, do not retry */
-    PG_BINDINGS_EDATA = -3,  /* a key of the wrong type: retry, an operator must fix */
-    PG_BINDINGS_EUSAGE = -4, /* bad argument (e.g. empty uuid): permanent */
-};
+/* Every function returns a pg_status_t: PG_RETRY when Redis is unreachable,
+ * timed out or loading, or a key has the wrong type (an operator must fix
+ * it); PG_FATAL for wrong credentials or ACL (errbuf says which settings to
+ * check) and out of memory; PG_INPUT for a bad argument (e.g. an empty
+ * uuid). */
 
 typedef struct {
     const char *host;
@@ -37,8 +36,8 @@ typedef struct {
  * longest id input.max.string.length admits). */
 enum {
     PG_BINDINGS_MAX_DEVICES = 256,
-    PG_BINDINGS_MAX_LEN = 1024,
-    PG_BINDINGS_MAX_VM_LEN = 1024,
+    PG_BINDINGS_MAX_LEN = PG_MAX_STRING,
+    PG_BINDINGS_MAX_VM_LEN = PG_MAX_STRING,
     PG_BINDINGS_CHUNK = 32
 };
 
@@ -96,7 +95,10 @@ int pg_bindings_ping(pg_bindings_t *b, char *errbuf, size_t errlen);
 
 /* Reads the bindings of n VMs in one round trip, each VM's keys as one atomic
  * snapshot, in two halves so that the caller can use the first answers while
- * Redis computes the rest: pg_bindings_send writes the lookups of n VMs; each
+ * Redis computes the rest: pg_bindings_send writes the lookups of n VMs and
+ * returns once the first reply has come back (PG_OK: Redis answers, and the
+ * reply is kept for pg_bindings_next; a caller holding its batch while Redis
+ * cannot answer learns it there); each
  * pg_bindings_next then reads the next VM's binding into out, in the order
  * sent (vm_uuid names it in errors), its strings and devices in arena. A VM
  * whose entry breaks the SPEC's layout comes back with `malformed` set (an

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The pure halves of the binding cache, exposed for unit tests: the request
  * formatter and the reply parser of the lookup script. Neither does I/O, so
@@ -13,7 +14,8 @@
 
 /* Parses the reply of the lookup script into out; its bytes point into r (so
  * r must outlive out), its device array lives in arena. Returns 0, or
- * PG_BINDINGS_ETRANSIENT when the reply is not the script's shape. */
+ * PG_RETRY when the reply is not the script's shape, PG_FATAL when out of
+ * memory. */
 int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t *out,
                              char *errbuf, size_t errlen);
 

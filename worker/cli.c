@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Subcommands of the one `pinguard` binary. Each command parses its own
  * arguments, builds the configuration from defaults, file, environment and
@@ -277,7 +278,7 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
         goto out;
     int brc =
         pg_bindings_inspect(b, vm, EXPLAIN_MAX_DEVICES, arena, &raw, err, sizeof(err));
-    if (brc == PG_BINDINGS_EUSAGE) {
+    if (brc == PG_INPUT) {
         rc = usage_error("explain: %s", err);
         goto out;
     }
@@ -445,7 +446,7 @@ static int cmd_edit(const args_t *a, const pg_config_t *c)
         rc = pg_bindings_unpin(b, vm, err, sizeof(err));
     }
     pg_bindings_destroy(b);
-    if (rc == PG_BINDINGS_EUSAGE)
+    if (rc == PG_INPUT)
         return usage_error("%s", err);
     if (rc != 0) {
         fprintf(stderr, "pinguard: %s %s: %s\n", cmd, vm, err);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The `pinguard` command line: subcommands, their usage text, and the shared
  * configuration flags. Returns the process exit code (0 ok, 1 runtime error,

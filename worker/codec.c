@@ -1,8 +1,11 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The binary side of the codec: building a codec from the embedded schemas,
- * the bounds-checking validator that every untrusted message passes before
- * avro-c reads it, and the mapping between avro-c's generic values and the C
- * structs of types.h.
+ * The binary side of the codec: building a codec from the embedded schemas
+ * (parsed by avro-c), the bounds-checking validator that every untrusted
+ * message passes first, and the reading and writing of the C structs of
+ * types.h straight from and to the Avro bytes. avro-c's generic values are
+ * used only for what that direct path leaves to them: an array written in
+ * several blocks, and the JSON tools (codec_json.c).
  *
  * The mapping is table-driven: one descriptor per record lists its Avro fields
  * in schema order with where each lives in the C struct. pg_codec_new checks
@@ -13,6 +16,7 @@
 
 #include "avro_pcf.h"
 #include "schemas.h"
+#include "utf8.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -22,7 +26,7 @@
 
 #define NS "io.pinguard.v1."
 /* The schemas nest four deep; anything near this is a broken schema. */
-#define MAX_DEPTH 32
+#define MAX_DEPTH PG_MAX_DEPTH
 /* Every optional field is ["null", X]: pg_codec_new refuses anything else. */
 #define BRANCH_NULL 0
 #define BRANCH_VALUE 1
@@ -231,10 +235,17 @@ int pg_codec_fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
     if (errbuf != NULL && errlen > 0) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
+        pg_verrf(errbuf, errlen, fmt, ap);
         va_end(ap);
     }
     return code;
+}
+
+pg_status_t pg_codec_status(int code)
+{
+    if (code == PG_CODEC_OK)
+        return PG_OK;
+    return code == PG_CODEC_ENOMEM || code == PG_CODEC_EINTERNAL ? PG_FATAL : PG_INPUT;
 }
 
 const char *pg_record_type_name(pg_record_type_t t)
@@ -306,44 +317,6 @@ const char *pg_codec_err_name(int code)
     default:
         return "UNKNOWN_ERROR";
     }
-}
-
-size_t pg_codec_utf8_check(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t b = s[i];
-        if (b >= 0x01 && b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        uint8_t lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
-        if (b >= 0xc2 && b <= 0xdf) {
-            need = 1;
-        } else if (b >= 0xe0 && b <= 0xef) {
-            need = 2;
-            if (b == 0xe0)
-                lo = 0xa0; /* overlong */
-            else if (b == 0xed)
-                hi = 0x9f; /* UTF-16 surrogates */
-        } else if (b >= 0xf0 && b <= 0xf4) {
-            need = 3;
-            if (b == 0xf0)
-                lo = 0x90; /* overlong */
-            else if (b == 0xf4)
-                hi = 0x8f; /* past U+10FFFF */
-        } else {
-            return i; /* NUL, a stray continuation byte, C0/C1, F5..FF */
-        }
-        if (n - i <= need || s[i + 1] < lo || s[i + 1] > hi)
-            return i;
-        for (size_t k = 2; k <= need; k++)
-            if ((s[i + k] & 0xc0) != 0x80)
-                return i;
-        i += need + 1;
-    }
-    return n;
 }
 
 /* ---- Validator ---------------------------------------------------------- */
@@ -452,7 +425,7 @@ static int vstring(vcur_t *v, bool utf8, bool is_id)
                      " at body offset %zu is over the limit of %zu",
                      len, voff(v, start), v->lim->max_string);
     if (utf8) {
-        size_t bad = pg_codec_utf8_check(v->p, (size_t)len);
+        size_t bad = pg_utf8_check(v->p, (size_t)len);
         if (bad != (size_t)len)
             return vfail(
                 v, PG_CODEC_EUTF8,
@@ -929,7 +902,7 @@ static int eput_string(pg_buf_t *b, const field_desc_t *f, const char *s, char *
         return pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD,
                              "field %s is NULL but the schema has no null", f->name);
     size_t len = strlen(s);
-    if (pg_codec_utf8_check((const uint8_t *)s, len) != len)
+    if (pg_utf8_check((const uint8_t *)s, len) != len)
         return pg_codec_fail(errbuf, errlen, PG_CODEC_EUTF8,
                              "field %s: invalid UTF-8, which no reader would accept",
                              f->name);

@@ -1,14 +1,18 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Avro single-object encoding of the SPEC's records (C3 01, the little-endian
  * CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then
  * the Avro binary body). Pure: no I/O, no globals that outlive a call, so it
  * is unit-tested and fuzzed by feeding it bytes.
  *
- * Untrusted input is walked once by a bounds-checking validator before avro-c
- * sees it: every varint, string/array length, union branch and enum index is
+ * Untrusted input is walked once by a bounds-checking validator before it is
+ * read: every varint, string/array length, union branch and enum index is
  * checked against the remaining bytes and the caller's limits, and strings
- * must be valid UTF-8. avro-c therefore never allocates more than the message
- * allows (avro-c 1.11.1 leaks a string buffer whose length runs past the end).
+ * must be valid UTF-8. Records are then read straight from the bytes into
+ * the structs; the rare shape left to avro-c (an array in several blocks)
+ * has passed the same validator, so avro-c never allocates more than the
+ * message allows (avro-c 1.11.1 leaks a string buffer whose length runs past
+ * the end).
  *
  * One pg_codec_t per thread: avro-c values and its error buffer are not
  * thread-safe.
@@ -17,10 +21,13 @@
 #define PG_CODEC_H
 
 #include "mem.h"
+#include "status.h"
 #include "types.h"
 
-/* Decode failures are permanent for the message: the caller dead-letters it
- * with pg_codec_err_name(code) as the reason. PG_CODEC_ENOMEM and
+/* The detail codes of codec failures: reasons (the DLQ's pinguard-error),
+ * not statuses; pg_codec_status reads any of them as a pg_status_t. Decode
+ * failures are permanent for the message: the caller dead-letters it with
+ * pg_codec_err_name(code) as the reason. PG_CODEC_ENOMEM and
  * PG_CODEC_EINTERNAL are the process's fault, not the message's. */
 typedef enum {
     PG_CODEC_OK = 0,
@@ -47,7 +54,7 @@ typedef struct {
 } pg_codec_limits_t;
 
 #define PG_CODEC_LIMITS_DEFAULT                                                        \
-    ((pg_codec_limits_t){.max_string = 1024, .max_items = 10000})
+    ((pg_codec_limits_t){.max_string = PG_MAX_STRING, .max_items = 10000})
 
 typedef struct pg_codec pg_codec_t;
 
@@ -65,6 +72,11 @@ int pg_record_type_from_name(const char *name, pg_record_type_t *out);
  * owned by the codec. */
 uint64_t pg_codec_fingerprint(const pg_codec_t *c, pg_record_type_t t);
 const char *pg_codec_canonical_form(const pg_codec_t *c, pg_record_type_t t);
+
+/* The status of a codec result: PG_OK for PG_CODEC_OK, PG_FATAL for
+ * PG_CODEC_ENOMEM and PG_CODEC_EINTERNAL (the process's fault), PG_INPUT for
+ * every other code (the message's or argument's fault, for good). */
+pg_status_t pg_codec_status(int code);
 
 /* Stable upper-case name of an error code (the DLQ's pinguard-error prefix). */
 const char *pg_codec_err_name(int code);
@@ -93,10 +105,5 @@ int pg_codec_from_json(pg_codec_t *c, pg_record_type_t t, const char *json, size
 int pg_codec_to_json(pg_codec_t *c, const uint8_t *buf, size_t len,
                      const pg_codec_limits_t *lim, char **json_out,
                      pg_record_type_t *type_out, char *errbuf, size_t errlen);
-
-/* CRC-64-AVRO of a byte string, and the Parsing Canonical Form of a schema
- * given as JSON text with named types resolved through `lookup` (may be NULL).
- * pg_avro_pcf returns a malloc'd string or NULL with errbuf filled. */
-uint64_t pg_avro_crc64(const void *p, size_t n);
 
 #endif

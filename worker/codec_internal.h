@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * What codec.c (binary) and codec_json.c (JSON) share and nobody else sees:
  * the codec object, the schema graph compiled once from avro-c's schemas (so
@@ -8,6 +9,7 @@
 #define PG_CODEC_INTERNAL_H
 
 #include "codec.h"
+#include "util.h"
 
 #include <avro.h>
 #include <jansson.h>
@@ -66,10 +68,5 @@ int pg_codec_read(pg_codec_t *c, pg_record_type_t t, const uint8_t *buf, size_t 
 /* Appends c->rec[t].value to out as a single-object message. */
 int pg_codec_write(pg_codec_t *c, pg_record_type_t t, pg_buf_t *out, char *errbuf,
                    size_t errlen);
-
-/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF) and no
- * NUL, which a C string could not carry. Returns the offset of the first bad
- * byte, or n when all is well. */
-size_t pg_codec_utf8_check(const uint8_t *s, size_t n);
 
 #endif

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Avro's JSON encoding, for the `pinguard avro` tools and for tests: JSON text
  * to single-object bytes and back. Both directions walk the codec's compiled
@@ -16,7 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define MAX_DEPTH 32
+#define MAX_DEPTH PG_MAX_DEPTH
 
 typedef struct {
     char *errbuf;

@@ -1,9 +1,13 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The settings table and its three sources. Every key is declared exactly
  * once below, with its bounds; the parser, the effective-config printout and
  * the Markdown reference all walk the same table, so they cannot disagree.
  */
 #include "config.h"
+
+#include "types.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -90,7 +94,8 @@ static const entry_t table[] = {
         "Longest wait to fill a batch once it holds a message."),
     INT("advice.max.migrations", advice_max_migrations, "1000", 1, 100000,
         "A DrsAdvice with more migrations goes to the DLQ (LIMIT_EXCEEDED)."),
-    INT("input.max.string.length", max_string_length, "1024", 36, 1024,
+    INT("input.max.string.length", max_string_length, PG_MAX_STRING_TEXT, 36,
+        PG_MAX_STRING,
         "Longest string field accepted in input; longer goes to the DLQ."),
     INT("retry.backoff.min.ms", retry_backoff_min_ms, "100", 1, 60000,
         "First wait before retrying after Redis failed."),
@@ -152,7 +157,7 @@ static int kafka_set(pg_config_t *c, const char *prop, const char *value, int so
         if (strcmp(c->kafka[i].key, prop) == 0) {
             char *v = strdup(value);
             if (v == NULL)
-                return -1;
+                return PG_FATAL;
             free(c->kafka[i].value);
             c->kafka[i].value = v;
             c->kafka[i].source = source;
@@ -161,7 +166,7 @@ static int kafka_set(pg_config_t *c, const char *prop, const char *value, int so
     }
     pg_config_kv_t *kv = realloc(c->kafka, (c->n_kafka + 1) * sizeof(*kv));
     if (kv == NULL)
-        return -1;
+        return PG_FATAL;
     c->kafka = kv;
     kv[c->n_kafka].key = strdup(prop);
     kv[c->n_kafka].value = strdup(value);
@@ -169,7 +174,7 @@ static int kafka_set(pg_config_t *c, const char *prop, const char *value, int so
     if (kv[c->n_kafka].key == NULL || kv[c->n_kafka].value == NULL) {
         free(kv[c->n_kafka].key);
         free(kv[c->n_kafka].value);
-        return -1;
+        return PG_FATAL;
     }
     c->n_kafka++;
     return 0;
@@ -189,7 +194,7 @@ static int parse_long(const char *s, long *out)
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno != 0 || end == s || *end != '\0')
-        return -1;
+        return PG_INPUT;
     *out = v;
     return 0;
 }
@@ -208,7 +213,7 @@ static int parse_bool(const char *s, bool *out)
             return 0;
         }
     }
-    return -1;
+    return PG_INPUT;
 }
 
 static int entry_apply(pg_config_t *c, const entry_t *e, const char *value,
@@ -219,8 +224,8 @@ static int entry_apply(pg_config_t *c, const entry_t *e, const char *value,
     case T_STRING: {
         char *v = strdup(value);
         if (v == NULL) {
-            snprintf(errbuf, errlen, "%s: out of memory", e->key);
-            return -1;
+            pg_errf(errbuf, errlen, "%s: out of memory", e->key);
+            return PG_FATAL;
         }
         char **slot = (char **)(base + e->offset);
         free(*slot);
@@ -230,17 +235,17 @@ static int entry_apply(pg_config_t *c, const entry_t *e, const char *value,
     case T_INT: {
         long v;
         if (parse_long(value, &v) != 0 || v < e->min || v > e->max) {
-            snprintf(errbuf, errlen, "%s: '%s' is not an integer in [%ld, %ld]", e->key,
-                     e->secret ? "***" : value, e->min, e->max);
-            return -1;
+            pg_errf(errbuf, errlen, "%s: '%s' is not an integer in [%ld, %ld]", e->key,
+                    e->secret ? "***" : value, e->min, e->max);
+            return PG_INPUT;
         }
         *(int *)(base + e->offset) = (int)v;
         return 0;
     }
     case T_BOOL:
         if (parse_bool(value, (bool *)(base + e->offset)) != 0) {
-            snprintf(errbuf, errlen, "%s: '%s' is not true or false", e->key, value);
-            return -1;
+            pg_errf(errbuf, errlen, "%s: '%s' is not true or false", e->key, value);
+            return PG_INPUT;
         }
         return 0;
     case T_ENUM:
@@ -250,11 +255,11 @@ static int entry_apply(pg_config_t *c, const entry_t *e, const char *value,
                 return 0;
             }
         }
-        snprintf(errbuf, errlen, "%s: '%s' is not one of the accepted values", e->key,
-                 value);
-        return -1;
+        pg_errf(errbuf, errlen, "%s: '%s' is not one of the accepted values", e->key,
+                value);
+        return PG_INPUT;
     }
-    return -1;
+    return PG_INPUT;
 }
 
 int pg_config_set(pg_config_t *c, const char *key, const char *value, int source,
@@ -262,19 +267,19 @@ int pg_config_set(pg_config_t *c, const char *key, const char *value, int source
 {
     if (strncmp(key, "kafka.", 6) == 0 && key[6] != '\0') {
         if (kafka_set(c, key + 6, value, source) != 0) {
-            snprintf(errbuf, errlen, "%s: out of memory", key);
-            return -1;
+            pg_errf(errbuf, errlen, "%s: out of memory", key);
+            return PG_FATAL;
         }
         return 0;
     }
     const entry_t *e = entry_find(key);
     if (e == NULL) {
-        snprintf(errbuf, errlen,
-                 "unknown setting '%s' (see `pinguard config reference`)", key);
-        return -1;
+        pg_errf(errbuf, errlen,
+                "unknown setting '%s' (see `pinguard config reference`)", key);
+        return PG_INPUT;
     }
     if (entry_apply(c, e, value, errbuf, errlen) != 0)
-        return -1;
+        return PG_INPUT;
     c->sources[e - table] = source;
     return 0;
 }
@@ -325,14 +330,14 @@ static char *trim(char *s)
 
 int pg_config_load_file(pg_config_t *c, const char *path, char *errbuf, size_t errlen)
 {
-    int rc = -1;
+    int rc = PG_INPUT;
     char *line = NULL;
     size_t cap = 0;
     unsigned lineno = 0;
     FILE *f = fopen(path, "r");
     if (f == NULL) {
-        snprintf(errbuf, errlen, "config file %s: %s", path, strerror(errno));
-        return -1;
+        pg_errf(errbuf, errlen, "config file %s: %s", path, strerror(errno));
+        return PG_INPUT;
     }
     while (getline(&line, &cap, f) != -1) {
         lineno++;
@@ -341,14 +346,14 @@ int pg_config_load_file(pg_config_t *c, const char *path, char *errbuf, size_t e
             continue;
         char *eq = strchr(s, '=');
         if (eq == NULL) {
-            snprintf(errbuf, errlen, "%s:%u: expected 'key = value'", path, lineno);
+            pg_errf(errbuf, errlen, "%s:%u: expected 'key = value'", path, lineno);
             goto out;
         }
         *eq = '\0';
         char sub[256];
         if (pg_config_set(c, trim(s), trim(eq + 1), PG_CONFIG_SRC_FILE, sub,
                           sizeof(sub)) != 0) {
-            snprintf(errbuf, errlen, "%s:%u: %s", path, lineno, sub);
+            pg_errf(errbuf, errlen, "%s:%u: %s", path, lineno, sub);
             goto out;
         }
     }
@@ -383,8 +388,8 @@ int pg_config_load_env(pg_config_t *c, char *const *envp, char *errbuf, size_t e
             continue;
         char sub[256];
         if (pg_config_set(c, key, eq + 1, PG_CONFIG_SRC_ENV, sub, sizeof(sub)) != 0) {
-            snprintf(errbuf, errlen, "environment %.*s: %s", (int)(eq - var), var, sub);
-            return -1;
+            pg_errf(errbuf, errlen, "environment %.*s: %s", (int)(eq - var), var, sub);
+            return PG_INPUT;
         }
     }
     return 0;
@@ -396,15 +401,15 @@ static int read_secret_file(const char *path, char **out, char *errbuf, size_t e
     size_t cap = 0;
     FILE *f = fopen(path, "r");
     if (f == NULL) {
-        snprintf(errbuf, errlen, "redis.password.file %s: %s", path, strerror(errno));
-        return -1;
+        pg_errf(errbuf, errlen, "redis.password.file %s: %s", path, strerror(errno));
+        return PG_INPUT;
     }
     ssize_t n = getline(&line, &cap, f);
     fclose(f);
     if (n < 0) {
         free(line);
-        snprintf(errbuf, errlen, "redis.password.file %s: empty", path);
-        return -1;
+        pg_errf(errbuf, errlen, "redis.password.file %s: empty", path);
+        return PG_INPUT;
     }
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = '\0';
@@ -434,11 +439,11 @@ static int check_listen(const char *listen, char *errbuf, size_t errlen)
         ok = inet_pton(AF_INET, host, &addr) == 1;
     }
     if (!ok) {
-        snprintf(errbuf, errlen,
-                 "metrics.listen: '%s' is not an IPv4 address:port with a port in "
-                 "[0, 65535] (empty turns the endpoints off)",
-                 listen);
-        return -1;
+        pg_errf(errbuf, errlen,
+                "metrics.listen: '%s' is not an IPv4 address:port with a port in "
+                "[0, 65535] (empty turns the endpoints off)",
+                listen);
+        return PG_INPUT;
     }
     return 0;
 }
@@ -446,35 +451,35 @@ static int check_listen(const char *listen, char *errbuf, size_t errlen)
 int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen)
 {
     if (check_listen(c->metrics_listen, errbuf, errlen) != 0)
-        return -1;
+        return PG_INPUT;
     if (c->redis_password_file[0] != '\0' &&
         read_secret_file(c->redis_password_file, &c->redis_password, errbuf, errlen) !=
             0)
-        return -1;
+        return PG_INPUT;
     if (c->retry_backoff_max_ms < c->retry_backoff_min_ms) {
-        snprintf(errbuf, errlen,
-                 "retry.backoff.max.ms (%d) is below retry.backoff.min.ms (%d)",
-                 c->retry_backoff_max_ms, c->retry_backoff_min_ms);
-        return -1;
+        pg_errf(errbuf, errlen,
+                "retry.backoff.max.ms (%d) is below retry.backoff.min.ms (%d)",
+                c->retry_backoff_max_ms, c->retry_backoff_min_ms);
+        return PG_INPUT;
     }
     const char *topics[] = {c->topic_advice,   c->topic_requests,  c->topic_results,
                             c->topic_filtered, c->topic_decisions, c->topic_release,
                             c->topic_dlq};
     for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
         if (topics[i][0] == '\0') {
-            snprintf(errbuf, errlen, "topic names must not be empty");
-            return -1;
+            pg_errf(errbuf, errlen, "topic names must not be empty");
+            return PG_INPUT;
         }
         for (size_t j = 0; j < i; j++) {
             if (strcmp(topics[i], topics[j]) == 0) {
-                snprintf(errbuf, errlen, "topic '%s' is configured twice", topics[i]);
-                return -1;
+                pg_errf(errbuf, errlen, "topic '%s' is configured twice", topics[i]);
+                return PG_INPUT;
             }
         }
     }
     if (c->redis_user[0] != '\0' && c->redis_password[0] == '\0') {
-        snprintf(errbuf, errlen, "redis.user is set but no password is given");
-        return -1;
+        pg_errf(errbuf, errlen, "redis.user is set but no password is given");
+        return PG_INPUT;
     }
     /* The rebalance handling is eager only: rd_kafka_assign() (refused under
      * the COOPERATIVE protocol, so the consumer would fetch nothing), and a
@@ -486,11 +491,11 @@ int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen)
     for (size_t i = 0; i < 2; i++) {
         const char *s = pg_config_kafka_get(c, strategies[i]);
         if (s != NULL && strstr(s, "cooperative") != NULL) {
-            snprintf(errbuf, errlen,
-                     "kafka.%s=%s: cooperative assignors are not supported, use the "
-                     "eager range or roundrobin",
-                     strategies[i], s);
-            return -1;
+            pg_errf(errbuf, errlen,
+                    "kafka.%s=%s: cooperative assignors are not supported, use the "
+                    "eager range or roundrobin",
+                    strategies[i], s);
+            return PG_INPUT;
         }
     }
     return 0;

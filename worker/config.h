@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Settings of pinguard: one table (config.c) declares every key with its type,
  * default, bounds and help; parsing, --check-config and docs/CONFIG.md are all
@@ -11,18 +12,14 @@
 #ifndef PG_CONFIG_H
 #define PG_CONFIG_H
 
+#include "log.h"
+#include "status.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
 typedef enum { PG_DELIVERY_EXACTLY_ONCE = 0, PG_DELIVERY_AT_LEAST_ONCE } pg_delivery_t;
-typedef enum {
-    PG_LOG_ERROR = 0,
-    PG_LOG_WARN,
-    PG_LOG_INFO,
-    PG_LOG_DEBUG
-} pg_log_level_t;
-typedef enum { PG_LOG_LOGFMT = 0, PG_LOG_JSON } pg_log_format_t;
 
 typedef struct {
     char *key; /* librdkafka property, without the "kafka." prefix */
@@ -83,8 +80,9 @@ enum {
 pg_config_t *pg_config_new(void);
 void pg_config_destroy(pg_config_t *c); /* NULL-safe */
 
-/* Each returns 0, or -1 with errbuf naming the key, the value and the rule it
- * broke (a permanent, usage-class error). */
+/* Each returns PG_OK, or PG_INPUT with errbuf naming the key, the value and
+ * the rule it broke (a permanent, usage-class error), or PG_FATAL when out of
+ * memory. */
 int pg_config_set(pg_config_t *c, const char *key, const char *value, int source,
                   char *errbuf, size_t errlen);
 int pg_config_load_file(pg_config_t *c, const char *path, char *errbuf, size_t errlen);

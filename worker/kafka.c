@@ -1,5 +1,9 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The Kafka side of pinguard over librdkafka 2.0.2. Offsets are stored by
+ * The Kafka side of pinguard over librdkafka 2.0.2: the clients, their
+ * callbacks, polling, producing, and one batch's delivery in either mode
+ * (the configurations are in kafka_conf.c, the transactions in kafka_txn.c,
+ * the lag in kafka_lag.c, the settle ring in kafka_ring.c). Offsets are stored by
  * hand (enable.auto.offset.store=false) only for inputs whose outputs the
  * broker acknowledged, and auto-commit sends what is stored; on revoke the
  * stored offsets are committed synchronously before the partitions go, so a
@@ -10,109 +14,16 @@
  * (the flow of librdkafka's examples/transactions.c).
  * Nothing is consumed before every output topic is known to exist and its
  * size limit read; a client state librdkafka cannot leave (a fatal error,
- * failed authentication) ends the process through PG_KAFKA_EFATAL.
+ * failed authentication) ends the process through PG_FATAL.
  */
-#include "kafka.h"
+#include "kafka_internal.h"
 
 #include "log.h"
+#include "util.h"
 
-#include <librdkafka/rdkafka.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-/* At least once: one per input whose output is in flight, in consumption
- * order; the delivery report writes `state` through the message's opaque. */
-typedef struct {
-    pg_input_t input;
-    int32_t partition;
-    int64_t offset;
-    pg_delivery_state_t state;
-    /* Scratch of settle_prefix: before the partition's first failure, and
-     * the index of the partition's entry there. */
-    bool before_failure;
-    uint32_t part;
-} pending_t;
-
-enum { TRACKED_PARTITIONS = 1024 };
-
-struct pg_kafka {
-    const pg_config_t *cfg;
-    volatile sig_atomic_t *stop; /* NULL: never asked to stop */
-    pg_kafka_settled_fn settled_fn;
-    void *settled_ctx;
-    size_t out_max[PG_OUT_COUNT]; /* see pg_kafka_output_max_bytes */
-    size_t msg_max, batch_max;    /* the producer's, from its configuration */
-    bool subscribed;              /* the outputs were checked, see start_consuming */
-    pending_t *pending;           /* ring of pending_cap entries */
-    size_t pending_cap, pending_head, pending_len;
-    rd_kafka_t *consumer;
-    rd_kafka_t *producer;
-    rd_kafka_topic_t *out[PG_OUT_COUNT];
-    const char *in_topics[PG_IN_COUNT];
-    uint64_t generation;
-    /* Read by the metrics thread. */
-    _Atomic bool joined;
-    _Atomic unsigned long long rebalances, assigned, aborts, fetch_wakeups;
-    /* Offset of the last input handed to the worker, per input topic and
-     * partition (up to TRACKED_PARTITIONS), for the lag rows; -1 none. */
-    _Atomic int64_t consumed[PG_IN_COUNT][TRACKED_PARTITIONS];
-    int64_t next_wakeup_ms; /* earliest time of the next fetcher wake-up */
-    bool caught_up;         /* the last check saw no lag: poll without slicing */
-    bool transactional;
-    bool paused;
-    bool quiet; /* building confs for pg_kafka_check_config: no logs */
-    bool fatal;
-    char fatal_reason[768];
-};
-
-/* Properties that belong to one client only: given as plain kafka.<prop> they
- * go only where they mean something, which keeps librdkafka's CONFWARN quiet. */
-static const char *const consumer_only[] = {"group.",
-                                            "auto.offset.reset",
-                                            "partition.assignment.strategy",
-                                            "session.timeout.ms",
-                                            "max.poll.interval.ms",
-                                            "heartbeat.interval.ms",
-                                            "fetch.",
-                                            "max.partition.fetch.bytes",
-                                            "isolation.level",
-                                            "enable.auto.",
-                                            "auto.commit.",
-                                            "queued.",
-                                            "check.crcs",
-                                            "enable.partition.eof",
-                                            "coordinator.query.interval.ms",
-                                            "offset.store.",
-                                            NULL};
-static const char *const producer_only[] = {"acks",
-                                            "request.required.acks",
-                                            "linger.ms",
-                                            "queue.buffering.",
-                                            "batch.",
-                                            "compression.",
-                                            "message.timeout.ms",
-                                            "delivery.timeout.ms",
-                                            "enable.idempotence",
-                                            "transactional.",
-                                            "transaction.",
-                                            "partitioner",
-                                            "retries",
-                                            "message.send.max.retries",
-                                            "enable.gapless.guarantee",
-                                            "sticky.partitioning.linger.ms",
-                                            NULL};
-
-static bool has_prefix(const char *const *list, const char *prop)
-{
-    for (size_t i = 0; list[i] != NULL; i++)
-        if (strncmp(prop, list[i], strlen(list[i])) == 0)
-            return true;
-    return false;
-}
 
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
@@ -218,8 +129,6 @@ static void partition_list(const rd_kafka_topic_partition_list_t *parts, char *b
     }
 }
 
-int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, char *errbuf, size_t errlen);
-
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -232,7 +141,14 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         partition_list(parts, list, sizeof(list));
         pg_log_info("partitions_assigned", "#count", (long long)parts->cnt,
                     "partitions", list, NULL);
-        rd_kafka_assign(rk, parts);
+        rd_kafka_resp_err_t aerr = rd_kafka_assign(rk, parts);
+        if (aerr) {
+            /* A consumer that cannot take its partitions holds them from the
+             * group without reading them: end the process. */
+            pg_log_error("assign_failed", "error", rd_kafka_err2str(aerr), NULL);
+            set_fatal(k, aerr, "assigning the partitions failed");
+            return;
+        }
         atomic_store(&k->assigned, (unsigned long long)parts->cnt);
         atomic_store(&k->joined, true);
         return;
@@ -244,7 +160,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
          * open between batches. */
         if (!k->transactional) {
             char serr[256];
-            if (pg_kafka_pending_settle(k, true, serr, sizeof(serr)) < 0)
+            if (pg_kafka_pending_settle(k, true, NULL, serr, sizeof(serr)) < 0)
                 pg_log_warn("settle_failed", "error", serr, NULL);
             rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
             if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
@@ -255,124 +171,15 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         pg_log_error("rebalance_error", "error", rd_kafka_err2str(err), NULL);
     }
-    rd_kafka_assign(rk, NULL);
-}
-
-/* Sets key; a refusal is reported for kafka.<name>. */
-static int conf_set_as(rd_kafka_conf_t *conf, const char *key, const char *value,
-                       const char *name, char *errbuf, size_t errlen)
-{
-    char err[256];
-    if (rd_kafka_conf_set(conf, key, value, err, sizeof(err)) != RD_KAFKA_CONF_OK) {
-        snprintf(errbuf, errlen, "kafka.%s: %s", name, err);
-        return -1;
+    rd_kafka_resp_err_t uerr = rd_kafka_assign(rk, NULL);
+    if (uerr && uerr != RD_KAFKA_RESP_ERR__DESTROY) { /* __DESTROY: closing anyway */
+        pg_log_error("unassign_failed", "error", rd_kafka_err2str(uerr), NULL);
+        set_fatal(k, uerr, "giving up the partitions failed");
     }
-    return 0;
 }
 
-static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
-                    char *errbuf, size_t errlen)
+void pg_kafka_conf_callbacks(pg_kafka_t *k, rd_kafka_conf_t *conf, bool consumer)
 {
-    return conf_set_as(conf, key, value, key, errbuf, errlen);
-}
-
-/* A transactional.id must be stable across restarts of one replica (so that
- * a restart aborts what a crashed predecessor left open at once) and unique
- * among replicas. Unless the operator sets one, it is <group.id>-<hostname>:
- * one replica per host, the pod name on Kubernetes. */
-static int txn_id_default(pg_kafka_t *k, rd_kafka_conf_t *conf, char *errbuf,
-                          size_t errlen)
-{
-    char value[512], host[256] = "localhost";
-    size_t n = sizeof(value);
-    if (rd_kafka_conf_get(conf, "transactional.id", value, &n) == RD_KAFKA_CONF_OK &&
-        value[0] != '\0')
-        return 0;
-    gethostname(host, sizeof(host) - 1);
-    const char *group = pg_config_kafka_get(k->cfg, "group.id");
-    snprintf(value, sizeof(value), "%s-%s", group ? group : "pinguard", host);
-    return conf_set(conf, "transactional.id", value, errbuf, errlen);
-}
-
-/* Builds one client's configuration: pinguard's defaults, then the operator's
- * passthrough properties, then the settings correctness depends on. */
-static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf,
-                                  size_t errlen)
-{
-    /* Prefetch bounds: librdkafka's defaults (50 MB fetches, 64 MB queued)
-     * triple the worker's memory for no throughput a batch can use (peak RSS
-     * 117 MB). Bounded prefetch needs a short fetch.wait.max.ms: with the
-     * queue full, the only fetch in flight holds just the idle partitions and
-     * the broker keeps it for the whole wait (500 ms by default), stalling
-     * the drain; 10 ms costs under 1% of a core when idle. Measured with
-     * tests/bench, figures in tests/bench/RESULTS.md. */
-    static const char *const consumer_defaults[][2] = {
-        {"auto.commit.interval.ms", "200"},      {"enable.partition.eof", "false"},
-        {"queued.max.messages.kbytes", "2048"},  {"fetch.max.bytes", "1048576"},
-        {"max.partition.fetch.bytes", "131072"}, {"fetch.wait.max.ms", "10"}};
-    static const char *const producer_defaults[][2] = {
-        {"linger.ms", "1"},
-        {"compression.type", "lz4"},
-        {"partitioner", "murmur2_random"}, /* the Java client's choice */
-        {"message.timeout.ms", "60000"},
-        {"transaction.timeout.ms", "60000"}};
-    static const char *const consumer_forced[][2] = {
-        {"enable.auto.offset.store", "false"}, {"enable.auto.commit", "true"}};
-    static const char *const consumer_forced_txn[][2] = {
-        {"enable.auto.offset.store", "false"},
-        {"enable.auto.commit", "false"},
-        {"isolation.level", "read_committed"}};
-    static const char *const producer_forced[][2] = {{"enable.idempotence", "true"}};
-    const char *const(*defs)[2] = consumer ? consumer_defaults : producer_defaults;
-    size_t ndefs = consumer ? sizeof(consumer_defaults) / sizeof(consumer_defaults[0])
-                            : sizeof(producer_defaults) / sizeof(producer_defaults[0]);
-    const char *const(*forced)[2] =
-        consumer ? (k->transactional ? consumer_forced_txn : consumer_forced)
-                 : producer_forced;
-    size_t nforced = consumer ? (k->transactional ? 3 : 2) : 1;
-    const char *scope = consumer ? "consumer." : "producer.";
-    const char *const *foreign = consumer ? producer_only : consumer_only;
-
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    for (size_t i = 0; i < ndefs; i++)
-        if (conf_set(conf, defs[i][0], defs[i][1], errbuf, errlen) != 0)
-            goto fail;
-    /* In a transaction the commit sends at once whatever lingers, so linger
-     * only batches: at 1 ms librdkafka 2.0.2's transactional producer spent
-     * a fifth of the worker's CPU in its timer thread (tests/bench profile);
-     * at 5 ms the drain ran 209k -> 233k decisions/s. At least once, linger
-     * is added to every decision's latency: it stays at 1 ms. */
-    if (!consumer && k->transactional &&
-        conf_set(conf, "linger.ms", "5", errbuf, errlen))
-        goto fail;
-    for (size_t i = 0; i < k->cfg->n_kafka; i++) {
-        const char *key = k->cfg->kafka[i].key;
-        if (strncmp(key, "consumer.", 9) == 0 || strncmp(key, "producer.", 9) == 0) {
-            if (strncmp(key, scope, 9) != 0)
-                continue;
-            key += 9;
-        } else if (has_prefix(foreign, key)) {
-            continue;
-        }
-        if (!consumer && !k->transactional && strcmp(key, "transactional.id") == 0) {
-            /* A transactional producer refuses every produce() before
-             * init_transactions (Local: Erroneous state): at least once
-             * uses a plain idempotent producer, so the id is moot here. */
-            if (!k->quiet)
-                pg_log_warn("kafka_property_ignored", "property", "transactional.id",
-                            "why", "delivery=at-least-once", NULL);
-            continue;
-        }
-        /* An error names the property as the operator wrote it. */
-        if (conf_set_as(conf, key, k->cfg->kafka[i].value, k->cfg->kafka[i].key, errbuf,
-                        errlen) != 0)
-            goto fail;
-    }
-    for (size_t i = 0; i < nforced; i++)
-        if (conf_set(conf, forced[i][0], forced[i][1], errbuf, errlen) != 0)
-            goto fail;
-    if (!consumer && k->transactional && txn_id_default(k, conf, errbuf, errlen) != 0)
-        goto fail;
     rd_kafka_conf_set_opaque(conf, k);
     rd_kafka_conf_set_log_cb(conf, on_log);
     rd_kafka_conf_set_error_cb(conf, on_error);
@@ -380,73 +187,11 @@ static rd_kafka_conf_t *make_conf(pg_kafka_t *k, bool consumer, char *errbuf,
         rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
     else
         rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    return conf;
-fail:
-    rd_kafka_conf_destroy(conf);
-    return NULL;
 }
 
-static int64_t now_ms(void);
-static int check_fatal(pg_kafka_t *k, char *errbuf, size_t errlen);
-
-static bool stopping(const pg_kafka_t *k)
+bool pg_kafka_stopping(const pg_kafka_t *k)
 {
     return k->stop != NULL && *k->stop;
-}
-
-int pg_kafka_check_config(const pg_config_t *cfg, char *errbuf, size_t errlen)
-{
-    pg_kafka_t k = {.cfg = cfg,
-                    .transactional = cfg->delivery == PG_DELIVERY_EXACTLY_ONCE,
-                    .quiet = true};
-    for (int consumer = 0; consumer < 2; consumer++) {
-        rd_kafka_conf_t *conf = make_conf(&k, consumer, errbuf, errlen);
-        if (conf == NULL)
-            return -1;
-        rd_kafka_conf_destroy(conf);
-    }
-    return 0;
-}
-
-/* A size property of a configuration not yet handed to rd_kafka_new. */
-static size_t conf_size(const rd_kafka_conf_t *conf, const char *key, size_t dflt)
-{
-    char value[64];
-    size_t n = sizeof(value);
-    if (rd_kafka_conf_get(conf, key, value, &n) != RD_KAFKA_CONF_OK)
-        return dflt;
-    char *end;
-    unsigned long long v = strtoull(value, &end, 10);
-    return end != value && *end == '\0' ? (size_t)v : dflt;
-}
-
-/* Fences any older producer with the same transactional.id and aborts what it
- * left open. Called in short slices (the call resumes after a retriable
- * timeout) with the producer's error callback served between them: a wrong
- * SASL password shows up there as _AUTHENTICATION within a second, while a
- * single call would only time out after 60 s with no word of the cause; and
- * a stop request is seen between two slices. */
-static int init_transactions(pg_kafka_t *k, char *errbuf, size_t errlen)
-{
-    int64_t deadline = now_ms() + 60000;
-    for (;;) {
-        if (stopping(k)) {
-            snprintf(errbuf, errlen, "stopped while initialising transactions");
-            return -1;
-        }
-        int64_t left = deadline - now_ms();
-        int slice = left > 500 ? 500 : left > 1 ? (int)left : 1;
-        rd_kafka_error_t *e = rd_kafka_init_transactions(k->producer, slice);
-        if (e == NULL)
-            return 0;
-        bool retry = rd_kafka_error_is_retriable(e);
-        snprintf(errbuf, errlen, "kafka init_transactions: %s",
-                 rd_kafka_error_string(e));
-        rd_kafka_error_destroy(e);
-        rd_kafka_poll(k->producer, 0); /* runs on_error, which may set k->fatal */
-        if (check_fatal(k, errbuf, errlen) != 0 || !retry || now_ms() >= deadline)
-            return -1;
-    }
 }
 
 static const char *const out_setting[PG_OUT_COUNT] = {
@@ -471,7 +216,7 @@ static bool out_seen_before(const pg_kafka_t *k, int o)
 static int check_outputs_once(pg_kafka_t *k, int timeout_ms, char *errbuf,
                               size_t errlen)
 {
-    int64_t t0 = now_ms();
+    int64_t t0 = pg_now_mono_ms();
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t err = rd_kafka_metadata(k->producer, 0, NULL, &md, timeout_ms);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -503,9 +248,9 @@ static int check_outputs_once(pg_kafka_t *k, int timeout_ms, char *errbuf,
             return 1;
     }
     /* Serves on_error, and paces a request that failed at once. */
-    int left = timeout_ms - (int)(now_ms() - t0);
+    int left = timeout_ms - (int)(pg_now_mono_ms() - t0);
     rd_kafka_poll(k->producer, left > 0 ? left : 0);
-    return check_fatal(k, errbuf, errlen) != 0 ? -1 : 0;
+    return pg_kafka_check_fatal(k, errbuf, errlen) != 0 ? -1 : 0;
 }
 
 /* Each output's limit starts as the producer's message.max.bytes and is
@@ -533,9 +278,9 @@ static int read_output_limits(pg_kafka_t *k)
     rd_kafka_AdminOptions_set_request_timeout(opts, 10000, oerr, sizeof(oerr));
     rd_kafka_DescribeConfigs(k->producer, res, nres, opts, q);
     rd_kafka_event_t *ev = NULL;
-    int64_t deadline = now_ms() + 12000;
-    while (ev == NULL && now_ms() < deadline) {
-        if (stopping(k)) {
+    int64_t deadline = pg_now_mono_ms() + 12000;
+    while (ev == NULL && pg_now_mono_ms() < deadline) {
+        if (pg_kafka_stopping(k)) {
             rc = 0;
             goto out;
         }
@@ -627,7 +372,7 @@ static int start_consuming(pg_kafka_t *k, int timeout_ms, char *errbuf, size_t e
         rd_kafka_message_destroy(m);
     }
     int rc = check_outputs_once(k, timeout_ms, errbuf, errlen);
-    if (rc <= 0 || stopping(k) || read_output_limits(k) == 0)
+    if (rc <= 0 || pg_kafka_stopping(k) || read_output_limits(k) == 0)
         return rc < 0 ? -1 : 0;
     rd_kafka_topic_partition_list_t *topics =
         rd_kafka_topic_partition_list_new(PG_IN_COUNT);
@@ -637,7 +382,7 @@ static int start_consuming(pg_kafka_t *k, int timeout_ms, char *errbuf, size_t e
     rd_kafka_resp_err_t serr = rd_kafka_subscribe(k->consumer, topics);
     rd_kafka_topic_partition_list_destroy(topics);
     if (serr) {
-        snprintf(errbuf, errlen, "kafka subscribe: %s", rd_kafka_err2str(serr));
+        pg_errf(errbuf, errlen, "kafka subscribe: %s", rd_kafka_err2str(serr));
         return -1;
     }
     k->subscribed = true;
@@ -648,7 +393,7 @@ static int start_consuming(pg_kafka_t *k, int timeout_ms, char *errbuf, size_t e
  * pg_kafka_poll_batch: a reachable cluster answers in milliseconds. */
 enum { START_CHECK_MS = 1500 };
 
-static void init_consumed(pg_kafka_t *k)
+void pg_kafka_init_consumed(pg_kafka_t *k)
 {
     for (int i = 0; i < PG_IN_COUNT; i++)
         for (int p = 0; p < TRACKED_PARTITIONS; p++)
@@ -662,69 +407,71 @@ pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, volatile sig_atomic_t *stop,
     rd_kafka_conf_t *conf = NULL;
     pg_kafka_t *k = calloc(1, sizeof(*k));
     if (k == NULL) {
-        snprintf(errbuf, errlen, "out of memory");
+        pg_errf(errbuf, errlen, "out of memory");
         return NULL;
     }
     k->cfg = cfg;
     k->stop = stop;
-    init_consumed(k);
+    pg_kafka_init_consumed(k);
     k->transactional = cfg->delivery == PG_DELIVERY_EXACTLY_ONCE;
     k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
     k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
     k->in_topics[PG_IN_RESULTS] = cfg->topic_results;
+    k->batch_cap = (size_t)cfg->batch_max_messages;
     if (!k->transactional) {
         /* Room for a few batches in flight; more only waits for the broker. */
-        k->pending_cap = 4 * (size_t)cfg->batch_max_messages;
-        k->pending = calloc(k->pending_cap, sizeof(*k->pending));
-        if (k->pending == NULL) {
-            snprintf(errbuf, errlen, "out of memory");
+        if (pg_kafka_ring_init(&k->pending, 4 * k->batch_cap) != 0) {
+            pg_errf(errbuf, errlen, "out of memory");
             goto fail;
         }
+    } else if ((k->txn_states = calloc(k->batch_cap, sizeof(*k->txn_states))) == NULL) {
+        pg_errf(errbuf, errlen, "out of memory");
+        goto fail;
     }
 
-    if ((conf = make_conf(k, false, errbuf, errlen)) == NULL)
+    if ((conf = pg_kafka_conf_make(k, false, errbuf, errlen)) == NULL)
         goto fail;
     /* librdkafka's defaults when unset: 1000000 both. */
-    k->msg_max = conf_size(conf, "message.max.bytes", 1000000);
-    k->batch_max = conf_size(conf, "batch.size", 1000000);
+    k->msg_max = pg_kafka_conf_size(conf, "message.max.bytes", 1000000);
+    k->batch_max = pg_kafka_conf_size(conf, "batch.size", 1000000);
     if (k->msg_max < k->batch_max)
         k->batch_max = k->msg_max;
     for (int o = 0; o < PG_OUT_COUNT; o++)
         k->out_max[o] = k->msg_max; /* until the topics' limits are read */
     k->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
     if (k->producer == NULL) {
-        snprintf(errbuf, errlen, "kafka producer: %s", err);
+        pg_errf(errbuf, errlen, "kafka producer: %s", err);
         goto fail; /* conf is still ours on failure */
     }
     conf = NULL;
-    if (k->transactional && init_transactions(k, errbuf, errlen) != 0)
+    if (k->transactional && pg_kafka_txn_init(k, errbuf, errlen) != 0)
         goto fail;
     const char *out_names[PG_OUT_COUNT] = {cfg->topic_filtered, cfg->topic_decisions,
                                            cfg->topic_release, cfg->topic_dlq};
     for (int i = 0; i < PG_OUT_COUNT; i++) {
         k->out[i] = rd_kafka_topic_new(k->producer, out_names[i], NULL);
         if (k->out[i] == NULL) {
-            snprintf(errbuf, errlen, "kafka topic %s: %s", out_names[i],
-                     rd_kafka_err2str(rd_kafka_last_error()));
+            pg_errf(errbuf, errlen, "kafka topic %s: %s", out_names[i],
+                    rd_kafka_err2str(rd_kafka_last_error()));
             goto fail;
         }
     }
-    if ((conf = make_conf(k, true, errbuf, errlen)) == NULL)
+    if ((conf = pg_kafka_conf_make(k, true, errbuf, errlen)) == NULL)
         goto fail;
     k->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
     if (k->consumer == NULL) {
-        snprintf(errbuf, errlen, "kafka consumer: %s", err);
+        pg_errf(errbuf, errlen, "kafka consumer: %s", err);
         goto fail;
     }
     conf = NULL;
     rd_kafka_poll_set_consumer(k->consumer);
 
-    int64_t until = now_ms() + START_CHECK_MS;
+    int64_t until = pg_now_mono_ms() + START_CHECK_MS;
     int rc = 0;
-    while (rc == 0 && !stopping(k) && now_ms() < until)
+    while (rc == 0 && !pg_kafka_stopping(k) && pg_now_mono_ms() < until)
         rc = start_consuming(k, 500, errbuf, errlen);
-    if (rc == 0 && stopping(k)) {
-        snprintf(errbuf, errlen, "stopped while checking the output topics");
+    if (rc == 0 && pg_kafka_stopping(k)) {
+        pg_errf(errbuf, errlen, "stopped while checking the output topics");
         goto fail;
     }
     if (rc < 0)
@@ -740,8 +487,6 @@ fail:
     return NULL;
 }
 
-static void drop_pending(pg_kafka_t *k);
-
 void pg_kafka_destroy(pg_kafka_t *k)
 {
     if (k == NULL)
@@ -751,9 +496,10 @@ void pg_kafka_destroy(pg_kafka_t *k)
          * their inputs' offsets. */
         char err0[256];
         if (k->producer != NULL &&
-            pg_kafka_pending_settle(k, true, err0, sizeof(err0)) < 0)
+            pg_kafka_pending_settle(k, true, NULL, err0, sizeof(err0)) < 0)
             pg_log_warn("settle_failed", "error", err0, NULL);
-        drop_pending(k);
+        pg_kafka_ring_pop(&k->pending, k->pending.len, false, k->settled_fn,
+                          k->settled_ctx);
         /* A consumer in a fatal state refuses close (and any commit):
          * rd_kafka_destroy alone tears it down without leaving the group. */
         char why[64];
@@ -774,7 +520,8 @@ void pg_kafka_destroy(pg_kafka_t *k)
                 rd_kafka_topic_destroy(k->out[i]);
         rd_kafka_destroy(k->producer);
     }
-    free(k->pending);
+    pg_kafka_ring_free(&k->pending);
+    free(k->txn_states);
     free(k);
 }
 
@@ -783,31 +530,19 @@ uint64_t pg_kafka_generation(const pg_kafka_t *k)
     return k->generation;
 }
 
-const char *pg_kafka_output_topic(const pg_kafka_t *k, pg_output_t out)
-{
-    return rd_kafka_topic_name(k->out[out]);
-}
-
 size_t pg_kafka_output_max_bytes(const pg_kafka_t *k, pg_output_t out)
 {
     size_t limit = k->out_max[out];
     return limit > PG_KAFKA_RECORD_MARGIN ? limit - PG_KAFKA_RECORD_MARGIN : 0;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int check_fatal(pg_kafka_t *k, char *errbuf, size_t errlen)
+int pg_kafka_check_fatal(pg_kafka_t *k, char *errbuf, size_t errlen)
 {
     read_fatal(k);
     if (!k->fatal)
         return 0;
-    snprintf(errbuf, errlen, "kafka: %s", k->fatal_reason);
-    return PG_KAFKA_EFATAL;
+    pg_errf(errbuf, errlen, "kafka: %s", k->fatal_reason);
+    return PG_FATAL;
 }
 
 void pg_kafka_batch_release(pg_kafka_msg_t *msgs, size_t n)
@@ -818,7 +553,7 @@ void pg_kafka_batch_release(pg_kafka_msg_t *msgs, size_t n)
     }
 }
 
-static int input_of(const pg_kafka_t *k, const char *topic)
+int pg_kafka_input_of(const pg_kafka_t *k, const char *topic)
 {
     for (int i = 0; i < PG_IN_COUNT; i++)
         if (strcmp(topic, k->in_topics[i]) == 0)
@@ -864,7 +599,7 @@ enum { FETCH_WAKEUP_MS = 5 };
 
 static void wake_fetcher(pg_kafka_t *k)
 {
-    int64_t now = now_ms();
+    int64_t now = pg_now_mono_ms();
     if (k->paused || k->caught_up || now < k->next_wakeup_ms)
         return;
     k->next_wakeup_ms = now + FETCH_WAKEUP_MS;
@@ -904,16 +639,16 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
     if (!k->subscribed) {
         int rc = start_consuming(k, idle_ms > 0 ? idle_ms : 1, errbuf, errlen);
         if (rc <= 0)
-            return rc < 0 ? PG_KAFKA_EFATAL : 0;
+            return rc < 0 ? PG_FATAL : 0;
     }
     size_t n = 0, bytes = 0;
     uint64_t gen = k->generation;
     int64_t deadline = 0;
-    int64_t idle_until = now_ms() + idle_ms;
+    int64_t idle_until = pg_now_mono_ms() + idle_ms;
     while (n < max && bytes < max_bytes) {
         /* Short slices, so that a stalled fetcher is noticed and woken. */
         int64_t until = n > 0 ? deadline : idle_until;
-        int timeout = (int)(until - now_ms());
+        int timeout = (int)(until - pg_now_mono_ms());
         if (timeout < 0)
             break;
         if (timeout > FETCH_WAKEUP_MS && !k->caught_up)
@@ -927,7 +662,7 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
             bytes = 0;
             gen = k->generation;
         }
-        int rc = check_fatal(k, errbuf, errlen);
+        int rc = pg_kafka_check_fatal(k, errbuf, errlen);
         if (rc != 0) {
             if (m != NULL)
                 rd_kafka_message_destroy(m);
@@ -943,7 +678,7 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
             rd_kafka_message_destroy(m);
             if (fatal) {
                 pg_kafka_batch_release(msgs, n);
-                return check_fatal(k, errbuf, errlen);
+                return pg_kafka_check_fatal(k, errbuf, errlen);
             }
             if (n == 0)
                 return 0;
@@ -951,7 +686,7 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
         }
         k->caught_up = false;
         const char *topic = rd_kafka_topic_name(m->rkt);
-        int in = input_of(k, topic);
+        int in = pg_kafka_input_of(k, topic);
         if (in < 0) { /* cannot happen with a fixed subscription */
             rd_kafka_message_destroy(m);
             continue;
@@ -974,7 +709,7 @@ int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
             atomic_store_explicit(&k->consumed[in][m->partition], m->offset,
                                   memory_order_relaxed);
         if (n++ == 0)
-            deadline = now_ms() + max_wait_ms;
+            deadline = pg_now_mono_ms() + max_wait_ms;
     }
     return (int)n;
 }
@@ -991,7 +726,7 @@ static int pause_resume(pg_kafka_t *k, bool pause)
     if (err) {
         pg_log_warn(pause ? "pause_failed" : "resume_failed", "error",
                     rd_kafka_err2str(err), NULL);
-        return PG_KAFKA_ERETRY;
+        return PG_RETRY;
     }
     k->paused = pause;
     return 0;
@@ -1007,22 +742,22 @@ int pg_kafka_resume(pg_kafka_t *k)
     return k->paused ? pause_resume(k, false) : 0;
 }
 
-static int seek_to(pg_kafka_t *k, rd_kafka_topic_partition_list_t *parts, char *errbuf,
-                   size_t errlen)
+int pg_kafka_seek_to(pg_kafka_t *k, rd_kafka_topic_partition_list_t *parts,
+                     char *errbuf, size_t errlen)
 {
     rd_kafka_error_t *e = rd_kafka_seek_partitions(k->consumer, parts, 10000);
     int rc = 0;
     if (e != NULL) {
-        snprintf(errbuf, errlen, "kafka seek: %s", rd_kafka_error_string(e));
+        pg_errf(errbuf, errlen, "kafka seek: %s", rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
-        rc = PG_KAFKA_ERETRY;
+        rc = PG_RETRY;
     }
     for (int i = 0; rc == 0 && i < parts->cnt; i++) {
         if (parts->elems[i].err && parts->elems[i].err != RD_KAFKA_RESP_ERR__STATE) {
-            snprintf(errbuf, errlen, "kafka seek %s[%d]: %s", parts->elems[i].topic,
-                     (int)parts->elems[i].partition,
-                     rd_kafka_err2str(parts->elems[i].err));
-            rc = PG_KAFKA_ERETRY;
+            pg_errf(errbuf, errlen, "kafka seek %s[%d]: %s", parts->elems[i].topic,
+                    (int)parts->elems[i].partition,
+                    rd_kafka_err2str(parts->elems[i].err));
+            rc = PG_RETRY;
         }
     }
     return rc;
@@ -1031,7 +766,7 @@ static int seek_to(pg_kafka_t *k, rd_kafka_topic_partition_list_t *parts, char *
 int pg_kafka_idle(pg_kafka_t *k, int ms, char *errbuf, size_t errlen)
 {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, ms);
-    int rc = check_fatal(k, errbuf, errlen);
+    int rc = pg_kafka_check_fatal(k, errbuf, errlen);
     if (m == NULL || rc != 0) {
         if (m != NULL)
             rd_kafka_message_destroy(m);
@@ -1043,10 +778,10 @@ int pg_kafka_idle(pg_kafka_t *k, int ms, char *errbuf, size_t errlen)
         rd_kafka_topic_partition_list_t *p = rd_kafka_topic_partition_list_new(1);
         rd_kafka_topic_partition_list_add(p, rd_kafka_topic_name(m->rkt), m->partition)
             ->offset = m->offset;
-        rc = seek_to(k, p, errbuf, errlen);
+        rc = pg_kafka_seek_to(k, p, errbuf, errlen);
         rd_kafka_topic_partition_list_destroy(p);
     } else if (consumer_error(k, m)) {
-        rc = check_fatal(k, errbuf, errlen);
+        rc = pg_kafka_check_fatal(k, errbuf, errlen);
     }
     rd_kafka_message_destroy(m);
     return rc;
@@ -1079,21 +814,21 @@ int pg_kafka_produce(pg_kafka_t *k, pg_output_t out, const void *key, size_t key
         if (hdrs != NULL)
             rd_kafka_headers_destroy(hdrs); /* not taken on failure */
         if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
-            snprintf(errbuf, errlen,
-                     "kafka produce to %s: %zu bytes of key, value and headers, over "
-                     "the producer's message.max.bytes (%zu) with the record framing",
-                     rd_kafka_topic_name(k->out[out]), key_len + len + hdr_bytes,
-                     k->msg_max);
-            return PG_KAFKA_ETOOLARGE;
+            pg_errf(errbuf, errlen,
+                    "kafka produce to %s: %zu bytes of key, value and headers, over "
+                    "the producer's message.max.bytes (%zu) with the record framing",
+                    rd_kafka_topic_name(k->out[out]), key_len + len + hdr_bytes,
+                    k->msg_max);
+            return PG_INPUT;
         }
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-            snprintf(errbuf, errlen, "kafka produce to %s: %s",
-                     rd_kafka_topic_name(k->out[out]), rd_kafka_err2str(err));
+            pg_errf(errbuf, errlen, "kafka produce to %s: %s",
+                    rd_kafka_topic_name(k->out[out]), rd_kafka_err2str(err));
             if (err == RD_KAFKA_RESP_ERR__FATAL) {
                 read_fatal(k);
-                return PG_KAFKA_EFATAL;
+                return PG_FATAL;
             }
-            return PG_KAFKA_ERETRY;
+            return PG_RETRY;
         }
         rd_kafka_poll(k->producer, 50); /* make room by serving delivery reports */
     }
@@ -1105,41 +840,21 @@ int pg_kafka_flush(pg_kafka_t *k, char *errbuf, size_t errlen)
      * this loop ends with every report in. */
     while (rd_kafka_outq_len(k->producer) > 0) {
         rd_kafka_flush(k->producer, 1000);
-        int rc = check_fatal(k, errbuf, errlen);
+        int rc = pg_kafka_check_fatal(k, errbuf, errlen);
         if (rc != 0)
             return rc;
     }
     return 0;
 }
 
-typedef struct {
-    pg_input_t input;
-    int32_t partition;
-    int64_t next;   /* offset to store: last settled + 1, or -1 */
-    int64_t rewind; /* first failed offset, or -1 */
-    bool stored;    /* the store of `next` was accepted */
-} part_state_t;
-
-static pending_t *pending_at(pg_kafka_t *k, size_t i)
-{
-    return &k->pending[(k->pending_head + i) % k->pending_cap];
-}
-
 size_t pg_kafka_pending_room(const pg_kafka_t *k)
 {
-    return k->pending_cap - k->pending_len;
+    return pg_kafka_ring_room(&k->pending);
 }
 
 pg_delivery_state_t *pg_kafka_pending_add(pg_kafka_t *k, const pg_kafka_msg_t *m)
 {
-    if (k->pending_len == k->pending_cap)
-        return NULL;
-    pending_t *e = pending_at(k, k->pending_len++);
-    *e = (pending_t){.input = m->input,
-                     .partition = m->partition,
-                     .offset = m->offset,
-                     .state = PG_DELIVERY_PENDING};
-    return &e->state;
+    return pg_kafka_ring_add(&k->pending, m->input, m->partition, m->offset);
 }
 
 void pg_kafka_set_settled_cb(pg_kafka_t *k, pg_kafka_settled_fn fn, void *ctx)
@@ -1148,48 +863,24 @@ void pg_kafka_set_settled_cb(pg_kafka_t *k, pg_kafka_settled_fn fn, void *ctx)
     k->settled_ctx = ctx;
 }
 
-/* Settles the first n tracked inputs: per partition, stores the offset after
- * the last acknowledged input before the first failed one, and seeks back to
- * that failed one so it is consumed again. Each input is then told to the
- * settled callback, in order: committed when it came before its partition's
- * first failure, was acknowledged, and its partition's store was accepted. */
-static int settle_prefix(pg_kafka_t *k, size_t n, char *errbuf, size_t errlen)
+/* Settles the first n tracked inputs as the ring plans it: per partition,
+ * stores the offset after the last acknowledged input before the first
+ * failed one, and seeks back to that failed one so it is consumed again.
+ * Then the ring tells each input to the settled callback, in order. */
+static int settle_prefix(pg_kafka_t *k, size_t n, bool *rewound, char *errbuf,
+                         size_t errlen)
 {
-    part_state_t local[64], *ps = local;
-    size_t np = 0, cap = sizeof(local) / sizeof(local[0]);
+    pg_kafka_ring_t *r = &k->pending;
     int rc = 0;
     bool stores_known = false;
     rd_kafka_topic_partition_list_t *store = NULL, *seek = NULL;
-    for (size_t i = 0; i < n; i++) {
-        pending_t *e = pending_at(k, i);
-        size_t j = 0;
-        while (j < np && !(ps[j].partition == e->partition && ps[j].input == e->input))
-            j++;
-        if (j == np) {
-            if (np == cap) {
-                part_state_t *grown = malloc(2 * cap * sizeof(*grown));
-                if (grown == NULL) {
-                    snprintf(errbuf, errlen, "out of memory settling offsets");
-                    rc = PG_KAFKA_EFATAL;
-                    goto out;
-                }
-                memcpy(grown, ps, np * sizeof(*grown));
-                if (ps != local)
-                    free(ps);
-                ps = grown;
-                cap *= 2;
-            }
-            ps[np++] = (part_state_t){e->input, e->partition, -1, -1, false};
-        }
-        e->part = (uint32_t)j;
-        e->before_failure = ps[j].rewind < 0;
-        if (ps[j].rewind >= 0)
-            continue;
-        if (e->state == PG_DELIVERY_OK)
-            ps[j].next = e->offset + 1;
-        else
-            ps[j].rewind = e->offset;
+    if (pg_kafka_ring_plan(r, n) != 0) {
+        pg_errf(errbuf, errlen, "out of memory settling offsets");
+        rc = PG_FATAL;
+        goto out;
     }
+    size_t np = r->n_parts;
+    pg_kafka_ring_part_t *ps = r->parts;
     store = rd_kafka_topic_partition_list_new((int)np);
     seek = rd_kafka_topic_partition_list_new((int)np);
     for (size_t j = 0; j < np; j++) {
@@ -1205,8 +896,8 @@ static int settle_prefix(pg_kafka_t *k, size_t n, char *errbuf, size_t errlen)
         rd_kafka_resp_err_t err = rd_kafka_offsets_store(k->consumer, store);
         /* __STATE: the partition was revoked meanwhile; its new owner redoes it. */
         if (err && err != RD_KAFKA_RESP_ERR__STATE) {
-            snprintf(errbuf, errlen, "kafka offsets_store: %s", rd_kafka_err2str(err));
-            rc = PG_KAFKA_ERETRY;
+            pg_errf(errbuf, errlen, "kafka offsets_store: %s", rd_kafka_err2str(err));
+            rc = PG_RETRY;
         }
         /* Each partition's own answer (set whatever the overall one). */
         for (size_t j = 0, s = 0; j < np; j++)
@@ -1217,340 +908,120 @@ static int settle_prefix(pg_kafka_t *k, size_t n, char *errbuf, size_t errlen)
     }
     stores_known = true;
     if (rc == 0 && seek->cnt > 0)
-        rc = seek_to(k, seek, errbuf, errlen);
+        rc = pg_kafka_seek_to(k, seek, errbuf, errlen);
     if (rc == 0 && seek->cnt > 0)
-        rc = 1;
+        *rewound = true;
 out:
     /* Settled either way: a failed store or seek leaves the committed offset
      * behind, and the inputs come again after the next rebalance. */
-    for (size_t i = 0; k->settled_fn != NULL && i < n; i++) {
-        const pending_t *e = pending_at(k, i);
-        k->settled_fn(k->settled_ctx, stores_known && e->before_failure &&
-                                          e->state == PG_DELIVERY_OK &&
-                                          ps[e->part].stored);
-    }
+    pg_kafka_ring_pop(r, n, stores_known, k->settled_fn, k->settled_ctx);
     if (store != NULL)
         rd_kafka_topic_partition_list_destroy(store);
     if (seek != NULL)
         rd_kafka_topic_partition_list_destroy(seek);
-    if (ps != local)
-        free(ps);
-    k->pending_head = (k->pending_head + n) % k->pending_cap;
-    k->pending_len -= n;
     return rc;
 }
 
-/* What destroy could not settle (a fatal state stopped the wait for the
- * reports): nothing of it is stored, and the callback hears so. */
-static void drop_pending(pg_kafka_t *k)
+int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, bool *rewound, char *errbuf,
+                            size_t errlen)
 {
-    for (size_t i = 0; k->settled_fn != NULL && i < k->pending_len; i++)
-        k->settled_fn(k->settled_ctx, false);
-    k->pending_head = 0;
-    k->pending_len = 0;
-}
-
-int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, char *errbuf, size_t errlen)
-{
-    if (k->pending_len == 0)
+    bool ignored;
+    if (rewound == NULL)
+        rewound = &ignored;
+    *rewound = false;
+    if (k->pending.len == 0)
         return 0;
     int rc = wait ? pg_kafka_flush(k, errbuf, errlen) : 0;
     if (rc != 0)
         return rc;
     rd_kafka_poll(k->producer, 0); /* delivery reports set the states */
-    if ((rc = check_fatal(k, errbuf, errlen)) != 0)
+    if ((rc = pg_kafka_check_fatal(k, errbuf, errlen)) != 0)
         return rc;
-    size_t n = 0;
     bool failed = false;
-    while (n < k->pending_len && pending_at(k, n)->state != PG_DELIVERY_PENDING)
-        failed |= pending_at(k, n++)->state == PG_DELIVERY_FAILED;
-    if (failed && n < k->pending_len) {
+    size_t n = pg_kafka_ring_answered(&k->pending, &failed);
+    if (failed && n < k->pending.len) {
         /* Inputs after a failed one may share its partition: settle them all
          * together, once every report is in, so that none is stored past it. */
         if ((rc = pg_kafka_flush(k, errbuf, errlen)) != 0)
             return rc;
-        n = k->pending_len;
+        n = k->pending.len;
     }
-    return n > 0 ? settle_prefix(k, n, errbuf, errlen) : 0;
+    return n > 0 ? settle_prefix(k, n, rewound, errbuf, errlen) : PG_OK;
 }
 
-bool pg_kafka_transactional(const pg_kafka_t *k)
+/* ---- One batch's delivery, either mode ---------------------------------- */
+
+size_t pg_kafka_tracked_max(const pg_kafka_t *k)
 {
-    return k->transactional;
+    return k->transactional ? k->batch_cap : k->pending.cap;
 }
 
-int pg_kafka_txn_begin(pg_kafka_t *k, char *errbuf, size_t errlen)
+int pg_kafka_settle(pg_kafka_t *k, size_t room, bool *rewound, char *errbuf,
+                    size_t errlen)
 {
-    rd_kafka_error_t *e = rd_kafka_begin_transaction(k->producer);
-    if (e == NULL)
-        return 0;
-    snprintf(errbuf, errlen, "kafka begin_transaction: %s", rd_kafka_error_string(e));
-    rd_kafka_error_destroy(e);
-    return PG_KAFKA_EFATAL; /* only a fatal or a state error can fail begin */
+    *rewound = false;
+    if (k->transactional) /* every batch was settled by its commit */
+        return PG_OK;
+    if (room > 0 && pg_kafka_pending_room(k) >= room)
+        return PG_OK; /* room enough: the reports are served after the batch */
+    return pg_kafka_pending_settle(k, room > 0, rewound, errbuf, errlen);
 }
 
-/* Puts every assigned partition back at its committed offset, so that what
- * an aborted transaction consumed is consumed again. */
-static int rewind_to_committed(pg_kafka_t *k, char *errbuf, size_t errlen)
-{
-    rd_kafka_topic_partition_list_t *parts = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_assignment(k->consumer, &parts);
-    int rc = 0;
-    if (err) {
-        snprintf(errbuf, errlen, "kafka assignment: %s", rd_kafka_err2str(err));
-        rc = PG_KAFKA_EFATAL;
-    } else if (parts->cnt > 0) {
-        err = rd_kafka_committed(k->consumer, parts, 30000);
-        if (err) {
-            snprintf(errbuf, errlen, "kafka committed: %s", rd_kafka_err2str(err));
-            rc = PG_KAFKA_EFATAL; /* cannot know where to resume: restart */
-        } else {
-            for (int i = 0; i < parts->cnt; i++)
-                if (parts->elems[i].offset < 0)
-                    parts->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
-            if (seek_to(k, parts, errbuf, errlen) != 0)
-                rc = PG_KAFKA_EFATAL;
-        }
-    }
-    if (parts != NULL)
-        rd_kafka_topic_partition_list_destroy(parts);
-    return rc;
-}
-
-int pg_kafka_txn_abort(pg_kafka_t *k, char *errbuf, size_t errlen)
-{
-    for (;;) {
-        rd_kafka_error_t *e = rd_kafka_abort_transaction(k->producer, 60000);
-        if (e == NULL)
-            break;
-        bool retry = rd_kafka_error_is_retriable(e);
-        snprintf(errbuf, errlen, "kafka abort_transaction: %s",
-                 rd_kafka_error_string(e));
-        rd_kafka_error_destroy(e);
-        if (!retry)
-            return PG_KAFKA_EFATAL;
-    }
-    /* Counted here, whoever asked for the abort: txn_error or the worker
-     * after an output failed. */
-    atomic_fetch_add(&k->aborts, 1);
-    int rc = rewind_to_committed(k, errbuf, errlen);
-    return rc != 0 ? rc : PG_KAFKA_ERETRY;
-}
-
-/* Classifies a transactional API error: retry the call, abort the
- * transaction, or give up on the process. */
-static int txn_error(pg_kafka_t *k, rd_kafka_error_t *e, const char *what, bool *retry,
-                     char *errbuf, size_t errlen)
-{
-    snprintf(errbuf, errlen, "kafka %s: %s", what, rd_kafka_error_string(e));
-    *retry = rd_kafka_error_is_retriable(e);
-    bool abortable = rd_kafka_error_txn_requires_abort(e);
-    bool fatal = rd_kafka_error_is_fatal(e);
-    rd_kafka_error_destroy(e);
-    if (*retry)
-        return 0;
-    if (fatal || !abortable)
-        return PG_KAFKA_EFATAL;
-    pg_log_warn("transaction_aborted", "error", errbuf, NULL);
-    char aerr[512];
-    int rc = pg_kafka_txn_abort(k, aerr, sizeof(aerr));
-    if (rc == PG_KAFKA_EFATAL)
-        snprintf(errbuf, errlen, "%s", aerr);
-    return rc;
-}
-
-int pg_kafka_txn_commit(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
-                        char *errbuf, size_t errlen)
-{
-    /* The batch's next offsets: every message in it was answered inside this
-     * transaction (a decision or a dead letter). */
-    rd_kafka_topic_partition_list_t *offsets = rd_kafka_topic_partition_list_new(16);
-    for (size_t i = 0; i < n; i++) {
-        rd_kafka_topic_partition_t *p = rd_kafka_topic_partition_list_find(
-            offsets, msgs[i].topic, msgs[i].partition);
-        if (p == NULL)
-            p = rd_kafka_topic_partition_list_add(offsets, msgs[i].topic,
-                                                  msgs[i].partition);
-        if (msgs[i].offset + 1 > p->offset)
-            p->offset = msgs[i].offset + 1;
-    }
-    int rc = 0;
-    bool retry = true;
-    while (rc == 0 && retry) {
-        rd_kafka_consumer_group_metadata_t *cgmd =
-            rd_kafka_consumer_group_metadata(k->consumer);
-        rd_kafka_error_t *e =
-            rd_kafka_send_offsets_to_transaction(k->producer, offsets, cgmd, 60000);
-        rd_kafka_consumer_group_metadata_destroy(cgmd);
-        retry = false;
-        if (e != NULL)
-            rc = txn_error(k, e, "send_offsets_to_transaction", &retry, errbuf, errlen);
-    }
-    retry = true;
-    while (rc == 0 && retry) {
-        rd_kafka_error_t *e = rd_kafka_commit_transaction(k->producer, 60000);
-        retry = false;
-        if (e != NULL)
-            rc = txn_error(k, e, "commit_transaction", &retry, errbuf, errlen);
-    }
-    rd_kafka_topic_partition_list_destroy(offsets);
-    return rc;
-}
-
-void pg_kafka_group_stats(const pg_kafka_t *k, pg_kafka_group_stats_t *out)
-{
-    out->joined = atomic_load(&k->joined);
-    out->rebalances = atomic_load(&k->rebalances);
-    out->assigned_partitions = atomic_load(&k->assigned);
-    out->transaction_aborts = atomic_load(&k->aborts);
-    out->fetch_wakeups = atomic_load(&k->fetch_wakeups);
-}
-
-pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t errlen)
-{
-    char err[512];
-    pg_kafka_t *k = calloc(1, sizeof(*k));
-    if (k == NULL) {
-        snprintf(errbuf, errlen, "out of memory");
-        return NULL;
-    }
-    k->cfg = cfg;
-    init_consumed(k);
-    k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
-    k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
-    k->in_topics[PG_IN_RESULTS] = cfg->topic_results;
-    rd_kafka_conf_t *conf = make_conf(k, true, errbuf, errlen);
-    if (conf == NULL)
-        goto fail;
-    k->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
-    if (k->consumer == NULL) {
-        rd_kafka_conf_destroy(conf);
-        snprintf(errbuf, errlen, "kafka consumer: %s", err);
-        goto fail;
-    }
-    return k;
-fail:
-    pg_kafka_destroy(k);
-    return NULL;
-}
-
-/* The partitions of the input topics, from a metadata request. */
-static int input_partitions(pg_kafka_t *k, rd_kafka_topic_partition_list_t **out,
-                            char *errbuf, size_t errlen)
-{
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(k->consumer, 1, NULL, &md, 10000);
-    if (err) {
-        snprintf(errbuf, errlen, "kafka metadata: %s", rd_kafka_err2str(err));
-        return -1;
-    }
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(32);
-    for (int t = 0; t < PG_IN_COUNT; t++)
-        for (int i = 0; i < md->topic_cnt; i++)
-            if (strcmp(md->topics[i].topic, k->in_topics[t]) == 0)
-                for (int p = 0; p < md->topics[i].partition_cnt; p++)
-                    rd_kafka_topic_partition_list_add(parts, k->in_topics[t],
-                                                      md->topics[i].partitions[p].id);
-    rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_partition_list_sort(parts, NULL, NULL);
-    *out = parts;
-    return 0;
-}
-
-/* A copy of parts with each partition's offset at `which` (END or BEGINNING). */
-static int query_offsets(pg_kafka_t *k, const rd_kafka_topic_partition_list_t *parts,
-                         int64_t which, rd_kafka_topic_partition_list_t **out,
+int pg_kafka_batch_begin(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
                          char *errbuf, size_t errlen)
 {
-    rd_kafka_topic_partition_list_t *q = rd_kafka_topic_partition_list_copy(parts);
-    for (int i = 0; i < q->cnt; i++)
-        q->elems[i].offset = which;
-    rd_kafka_resp_err_t err = rd_kafka_offsets_for_times(k->consumer, q, 10000);
-    for (int i = 0; !err && i < q->cnt; i++)
-        if (q->elems[i].err)
-            err = q->elems[i].err;
-    *out = q;
-    if (err) {
-        snprintf(errbuf, errlen, "kafka list offsets: %s", rd_kafka_err2str(err));
-        return -1;
+    if (n > k->batch_cap || (!k->transactional && pg_kafka_pending_room(k) < n)) {
+        pg_errf(errbuf, errlen, "no room to track a batch of %zu inputs", n);
+        return PG_FATAL; /* the caller made room with pg_kafka_settle */
     }
-    return 0;
+    k->batch = msgs;
+    k->batch_n = n;
+    return k->transactional ? pg_kafka_txn_begin(k, errbuf, errlen) : PG_OK;
 }
 
-int pg_kafka_lag(pg_kafka_t *k, bool all, pg_lag_row_t **rows_out, size_t *n_out,
-                 char *errbuf, size_t errlen)
+pg_delivery_state_t *pg_kafka_batch_track(pg_kafka_t *k, size_t i)
 {
-    rd_kafka_topic_partition_list_t *parts = NULL, *hi = NULL, *lo = NULL;
-    pg_lag_row_t *rows = NULL;
-    int rc = -1;
-    if (all) {
-        if (input_partitions(k, &parts, errbuf, errlen) != 0)
-            goto out;
+    if (i >= k->batch_n)
+        return NULL;
+    if (!k->transactional)
+        return pg_kafka_pending_add(k, &k->batch[i]);
+    k->txn_states[i] = PG_DELIVERY_PENDING;
+    return &k->txn_states[i];
+}
+
+/* Exactly once: every input of the batch is settled by the commit or the
+ * abort, in order. */
+static void tell_batch(pg_kafka_t *k, bool committed)
+{
+    for (size_t i = 0; k->settled_fn != NULL && i < k->batch_n; i++)
+        k->settled_fn(k->settled_ctx, committed);
+}
+
+int pg_kafka_batch_finish(pg_kafka_t *k, size_t failed, pg_kafka_batch_end_t *end,
+                          char *errbuf, size_t errlen)
+{
+    *end = PG_KAFKA_BATCH_DONE;
+    int rc;
+    if (k->transactional) {
+        rc = failed ? pg_kafka_txn_abort(k, errbuf, errlen)
+                    : pg_kafka_txn_commit(k, k->batch, k->batch_n, errbuf, errlen);
+        if (rc != PG_FATAL) {
+            /* Aborted (an output failed, or the commit could not be made):
+             * the whole batch is consumed again. */
+            if (rc != PG_OK)
+                *end = PG_KAFKA_BATCH_ABORTED;
+            tell_batch(k, rc == PG_OK);
+            rc = PG_OK;
+        }
     } else {
-        rd_kafka_resp_err_t err = rd_kafka_assignment(k->consumer, &parts);
-        if (err) {
-            snprintf(errbuf, errlen, "kafka assignment: %s", rd_kafka_err2str(err));
-            goto out;
-        }
-        rd_kafka_topic_partition_list_sort(parts, NULL, NULL);
+        /* The acknowledgements arrive while the next batch is read and
+         * decided: settle what is answered so far. */
+        bool rewound = false;
+        rc = pg_kafka_pending_settle(k, false, &rewound, errbuf, errlen);
+        if (rewound)
+            *end = PG_KAFKA_BATCH_REWOUND;
     }
-    rows = calloc(parts->cnt ? (size_t)parts->cnt : 1, sizeof(*rows));
-    if (rows == NULL) {
-        snprintf(errbuf, errlen, "out of memory");
-        goto out;
-    }
-    rd_kafka_topic_partition_list_t *pos = rd_kafka_topic_partition_list_copy(parts);
-    if (!all)
-        rd_kafka_position(k->consumer, pos); /* local: what was consumed */
-    for (int i = 0; i < parts->cnt; i++) {
-        int in = input_of(k, pos->elems[i].topic);
-        int32_t p = pos->elems[i].partition;
-        rows[i].position =
-            !all && pos->elems[i].offset >= 0 ? pos->elems[i].offset : -1;
-        rows[i].consumed =
-            in >= 0 && p >= 0 && p < TRACKED_PARTITIONS
-                ? atomic_load_explicit(&k->consumed[in][p], memory_order_relaxed)
-                : -1;
-    }
-    rd_kafka_topic_partition_list_destroy(pos);
-    if (parts->cnt > 0) {
-        /* What the group committed, as the coordinator knows it: the same
-         * figure Kafka's consumer-groups tool reads, in either delivery mode. */
-        rd_kafka_resp_err_t err = rd_kafka_committed(k->consumer, parts, 10000);
-        if (err) {
-            snprintf(errbuf, errlen, "kafka committed: %s", rd_kafka_err2str(err));
-            goto out;
-        }
-    }
-    /* End and start offsets of every partition in one ListOffsets request per
-     * broker (timestamps -1 and -2 ask for the latest and the earliest). */
-    if (parts->cnt > 0 &&
-        (query_offsets(k, parts, RD_KAFKA_OFFSET_END, &hi, errbuf, errlen) ||
-         query_offsets(k, parts, RD_KAFKA_OFFSET_BEGINNING, &lo, errbuf, errlen)))
-        goto out;
-    for (int i = 0; i < parts->cnt; i++) {
-        const rd_kafka_topic_partition_t *p = &parts->elems[i];
-        pg_lag_row_t *r = &rows[i];
-        snprintf(r->topic, sizeof(r->topic), "%s", p->topic);
-        r->partition = p->partition;
-        r->committed = p->offset >= 0 ? p->offset : -1;
-        r->low = lo->elems[i].offset;
-        r->high = hi->elems[i].offset;
-        r->lag = r->high - (r->committed >= 0 ? r->committed : r->low);
-        if (r->lag < 0)
-            r->lag = 0;
-    }
-    *rows_out = rows;
-    *n_out = (size_t)parts->cnt;
-    rows = NULL;
-    rc = 0;
-out:
-    free(rows);
-    if (parts != NULL)
-        rd_kafka_topic_partition_list_destroy(parts);
-    if (hi != NULL)
-        rd_kafka_topic_partition_list_destroy(hi);
-    if (lo != NULL)
-        rd_kafka_topic_partition_list_destroy(lo);
+    k->batch = NULL;
+    k->batch_n = 0;
     return rc;
 }

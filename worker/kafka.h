@@ -1,26 +1,25 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Everything that talks to Kafka: one consumer in the group over the three
  * input topics, one producer for the decision and dead-letter topics, and the
- * offset bookkeeping between them. Batches are built on
+ * offset bookkeeping between them, behind one batch interface for both
+ * delivery modes (begin, track each output, finish). Batches are built on
  * rd_kafka_consumer_poll (librdkafka 2.0.2's consume_batch_queue can lose
  * messages around pause/seek/rebalance). The worker never sees librdkafka
- * types.
+ * types. The module's files share kafka_internal.h.
  */
 #ifndef PG_KAFKA_H
 #define PG_KAFKA_H
 
 #include "config.h"
+#include "metrics.h"
+#include "status.h"
+#include "types.h"
 
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum {
-    PG_IN_ADVICE = 0,
-    PG_IN_REQUESTS,
-    PG_IN_RESULTS,
-    PG_IN_COUNT
-} pg_input_t;
 typedef enum {
     PG_OUT_FILTERED = 0,
     PG_OUT_DECISIONS,
@@ -29,16 +28,13 @@ typedef enum {
     PG_OUT_COUNT
 } pg_output_t;
 
-/* Failure classes. */
-enum {
-    PG_KAFKA_OK = 0,
-    PG_KAFKA_ERETRY = -1,    /* this batch must be redone; the process is healthy */
-    PG_KAFKA_EFATAL = -2,    /* the client cannot go on: exit non-zero, let the
-                                supervisor restart the process */
-    PG_KAFKA_ETOOLARGE = -3, /* pg_kafka_produce: the record is over the
-                                producer's message.max.bytes; retrying cannot
-                                help (see pg_kafka_output_max_bytes) */
-};
+/* Every function returns a pg_status_t (or a count, never negative, where
+ * said): PG_RETRY when this batch must be redone and the process is
+ * healthy; PG_FATAL when the client cannot go on (exit non-zero, let the
+ * supervisor restart the process) or memory ran out; PG_INPUT when the
+ * caller's argument is at fault for good: a setting librdkafka refuses, or
+ * for pg_kafka_produce a record over the producer's message.max.bytes (see
+ * pg_kafka_output_max_bytes). */
 
 typedef struct {
     pg_input_t input;
@@ -67,31 +63,6 @@ typedef enum {
 
 typedef struct pg_kafka pg_kafka_t;
 
-/* One partition's offsets; lag = high - committed, or high - low when the
- * group has committed nothing yet (the whole log is pending). */
-typedef struct {
-    char topic[256];
-    int32_t partition;
-    int64_t committed; /* -1: none */
-    int64_t high;
-    int64_t low;
-    int64_t lag;
-    /* The consumer's position (past any transaction markers and aborted
-     * records it skipped) and the offset of the last input it handed to the
-     * worker; -1 unknown. With every consumed input committed and the
-     * position at the high watermark, what lag remains is markers, not work. */
-    int64_t position;
-    int64_t consumed;
-} pg_lag_row_t;
-
-typedef struct {
-    bool joined; /* the first assignment arrived */
-    unsigned long long rebalances;
-    unsigned long long assigned_partitions;
-    unsigned long long transaction_aborts;
-    unsigned long long fetch_wakeups; /* see wake_fetcher in kafka.c */
-} pg_kafka_group_stats_t;
-
 /* A consumer in the configured group that neither subscribes nor produces:
  * for reading the group's offsets (`pinguard lag`). NULL with errbuf filled. */
 pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t errlen);
@@ -111,7 +82,7 @@ int pg_kafka_check_config(const pg_config_t *cfg, char *errbuf, size_t errlen);
  * max.message.bytes (see pg_kafka_output_max_bytes). When no broker answers
  * within 1.5 s, the client is returned all the same and that check and the
  * subscription are made by the first pg_kafka_poll_batch calls once one
- * does (they return 0 meanwhile, PG_KAFKA_EFATAL for a missing topic), so a
+ * does (they return 0 meanwhile, PG_FATAL for a missing topic), so a
  * worker started before its brokers is up and stoppable while it waits.
  * Every wait for the brokers is cut into slices of at most 500 ms with *stop
  * (may be NULL) checked between them: a stop request returns NULL within
@@ -132,12 +103,13 @@ void pg_kafka_destroy(pg_kafka_t *k);
  * payloads), waiting at most `max_wait_ms` once the first arrives and at most
  * `idle_ms` for it. Messages collected before a rebalance
  * are dropped (they will be re-fetched by their new owner). Returns the count
- * (>= 0) or PG_KAFKA_EFATAL with errbuf naming the cause once either client
+ * (>= 0) or PG_FATAL with errbuf naming the cause once either client
  * is in a state it cannot leave: a librdkafka fatal error (this consumer
  * fenced by another with the same kafka.group.instance.id, the producer
  * fenced by another with the same kafka.transactional.id, ...) or failed
- * authentication or authorisation. pg_kafka_idle, pg_kafka_flush and
- * pg_kafka_pending_settle return PG_KAFKA_EFATAL in the same states. */
+ * authentication or authorisation. pg_kafka_idle, pg_kafka_flush,
+ * pg_kafka_settle and pg_kafka_batch_finish return PG_FATAL in the same
+ * states. */
 int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,
                         size_t max_bytes, int idle_ms, int max_wait_ms, char *errbuf,
                         size_t errlen);
@@ -167,8 +139,9 @@ enum { PG_KAFKA_RECORD_MARGIN = 512 };
 
 /* Queues one output. `state` is set when the broker acknowledges or the
  * message fails for good; it must stay valid until its report is served
- * (pg_kafka_flush or pg_kafka_pending_settle). Returns 0, PG_KAFKA_ERETRY,
- * PG_KAFKA_EFATAL, or PG_KAFKA_ETOOLARGE when librdkafka refuses the record
+ * (pg_kafka_flush, pg_kafka_settle or pg_kafka_batch_finish). Returns
+ * PG_OK, PG_RETRY,
+ * PG_FATAL, or PG_INPUT when librdkafka refuses the record
  * as larger than message.max.bytes (nothing was queued; `state` stays
  * PENDING). A record within that limit but over the topic's is refused by
  * the broker instead, and reported through `state` as FAILED. */
@@ -179,37 +152,59 @@ int pg_kafka_produce(pg_kafka_t *k, pg_output_t out, const void *key, size_t key
 /* Waits until every queued output has its delivery report. */
 int pg_kafka_flush(pg_kafka_t *k, char *errbuf, size_t errlen);
 
-/* At least once, outputs are acknowledged in the background. Each input gets
- * a tracking slot, in consumption order, whose state its one output's
- * delivery report sets (pass it to pg_kafka_produce); NULL when the
- * pg_kafka_pending_room() slots are taken. The slot belongs to the kafka
- * module. */
-size_t pg_kafka_pending_room(const pg_kafka_t *k);
-pg_delivery_state_t *pg_kafka_pending_add(pg_kafka_t *k, const pg_kafka_msg_t *m);
-/* Serves delivery reports (all of them when wait) and settles the inputs
- * answered so far: per partition, the offset after the last acknowledged
- * input is stored (auto-commit sends it), never past a failed one, and the
- * partition is rewound to the failed input so it is consumed again. Returns
- * 0, 1 when something was rewound, PG_KAFKA_ERETRY or PG_KAFKA_EFATAL. */
-int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, char *errbuf, size_t errlen);
+/* One batch's delivery, the same for both modes: pg_kafka_batch_begin
+ * opens it (a transaction, exactly once), pg_kafka_batch_track(k, i) gives
+ * the delivery state for input i's one output (pass it to pg_kafka_produce;
+ * it belongs to the kafka module; NULL past the batch), and
+ * pg_kafka_batch_finish ends it: exactly once, commits the outputs with the
+ * batch's input offsets or, when `failed` outputs failed, aborts and
+ * rewinds; at least once, stores the offsets of the inputs answered so far
+ * (per partition, never past a failed input, which is rewound to). Every
+ * tracked input is told to the settled
+ * callback exactly once, in order, whichever the mode: at the commit or
+ * abort, or when its offset is stored or given up. *end says whether inputs
+ * will be consumed again: REWOUND (a partition, at least once) or ABORTED
+ * (the whole batch). begin: PG_OK, or PG_FATAL (no room: call
+ * pg_kafka_settle first; or the producer cannot go on); finish: PG_OK,
+ * PG_RETRY (a store failed: the inputs come again after a rebalance) or
+ * PG_FATAL. msgs must stay valid until finish returns. */
+typedef enum {
+    PG_KAFKA_BATCH_DONE = 0,
+    PG_KAFKA_BATCH_REWOUND,
+    PG_KAFKA_BATCH_ABORTED
+} pg_kafka_batch_end_t;
+int pg_kafka_batch_begin(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
+                         char *errbuf, size_t errlen);
+pg_delivery_state_t *pg_kafka_batch_track(pg_kafka_t *k, size_t i);
+int pg_kafka_batch_finish(pg_kafka_t *k, size_t failed, pg_kafka_batch_end_t *end,
+                          char *errbuf, size_t errlen);
+/* At least once (nothing to do exactly once): with room 0, serves the
+ * delivery reports and settles what they answered; with room > 0, makes
+ * room to track that many inputs, waiting for every report when fewer
+ * could be tracked now (so that a settle between reading and producing a
+ * batch cannot rewind a partition under it). *rewound: a partition was
+ * rewound to a failed input, which will be consumed again. */
+int pg_kafka_settle(pg_kafka_t *k, size_t room, bool *rewound, char *errbuf,
+                    size_t errlen);
+/* The most inputs tracked at once: the length of the settled callback's
+ * backlog. */
+size_t pg_kafka_tracked_max(const pg_kafka_t *k);
 
-/* At least once: told of every input tracked with pg_kafka_pending_add
- * exactly once, in the order they were added, when it is settled: by
- * pg_kafka_pending_settle, by the revoke of its partition (inside
- * pg_kafka_poll_batch or pg_kafka_idle, which serve the rebalance) or by
- * pg_kafka_destroy (so ctx must stay valid until destroy returns).
- * committed is true when the input's offset was stored for commit: its
- * output was acknowledged (PG_DELIVERY_OK), no input of its partition at or
- * before it failed (which rewinds the partition there, so it and what
- * follows are consumed again) and the store was accepted (it is not when the
- * partition was revoked meanwhile: its new owner does it again). Inputs
- * still unanswered when destroy gives up (a fatal state) are told false. The
- * callback must not call back into the kafka module. One callback; NULL
- * clears it. */
+/* Told of every tracked input exactly once, in the order they were tracked,
+ * when it is settled: exactly once, by pg_kafka_batch_finish (committed: the
+ * transaction committed); at least once, when its offset is stored, by the
+ * revoke of its partition (inside pg_kafka_poll_batch or pg_kafka_idle,
+ * which serve the rebalance) or by pg_kafka_destroy (so ctx must stay valid
+ * until destroy returns). At least once, committed is true when the input's
+ * offset was stored for commit: its output was acknowledged
+ * (PG_DELIVERY_OK), no input of its partition at or before it failed (which
+ * rewinds the partition there, so it and what follows are consumed again)
+ * and the store was accepted (it is not when the partition was revoked
+ * meanwhile: its new owner does it again). Inputs still unanswered when
+ * destroy gives up (a fatal state) are told false. The callback must not
+ * call back into the kafka module. One callback; NULL clears it. */
 typedef void (*pg_kafka_settled_fn)(void *ctx, bool committed);
 void pg_kafka_set_settled_cb(pg_kafka_t *k, pg_kafka_settled_fn fn, void *ctx);
-
-const char *pg_kafka_output_topic(const pg_kafka_t *k, pg_output_t out);
 
 /* Offsets and lag of the partitions this consumer owns (all = false), or of
  * every partition of the input topics (all = true). Safe to call from another
@@ -217,19 +212,6 @@ const char *pg_kafka_output_topic(const pg_kafka_t *k, pg_output_t out);
 int pg_kafka_lag(pg_kafka_t *k, bool all, pg_lag_row_t **rows, size_t *n, char *errbuf,
                  size_t errlen);
 /* Safe to call from any thread. */
-void pg_kafka_group_stats(const pg_kafka_t *k, pg_kafka_group_stats_t *out);
-
-/* Exactly-once mode (delivery = exactly-once). A batch's outputs are produced
- * between begin and commit; commit sends the batch's input offsets to the
- * transaction and commits both atomically. An abortable failure aborts the
- * transaction, rewinds the consumer to the committed offsets and returns
- * PG_KAFKA_ERETRY; a fatal one returns PG_KAFKA_EFATAL. Every transaction
- * aborted, by commit's failure or by pg_kafka_txn_abort, counts once in
- * pg_kafka_group_stats' transaction_aborts. */
-bool pg_kafka_transactional(const pg_kafka_t *k);
-int pg_kafka_txn_begin(pg_kafka_t *k, char *errbuf, size_t errlen);
-int pg_kafka_txn_commit(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
-                        char *errbuf, size_t errlen);
-int pg_kafka_txn_abort(pg_kafka_t *k, char *errbuf, size_t errlen);
+void pg_kafka_group_stats(const pg_kafka_t *k, pg_metrics_group_t *out);
 
 #endif

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Structured logging. Each line is built in a local buffer and written with
  * one fwrite so that lines of concurrent processes sharing a pipe stay whole.

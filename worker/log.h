@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * One line per event on stderr, logfmt or JSON lines, with a level. Callers
  * pass key/value pairs terminated by NULL; a key starting with '#' takes a
@@ -7,7 +8,15 @@
 #ifndef PG_LOG_H
 #define PG_LOG_H
 
-#include "config.h"
+#include <stdbool.h>
+
+typedef enum {
+    PG_LOG_ERROR = 0,
+    PG_LOG_WARN,
+    PG_LOG_INFO,
+    PG_LOG_DEBUG
+} pg_log_level_t;
+typedef enum { PG_LOG_LOGFMT = 0, PG_LOG_JSON } pg_log_format_t;
 
 void pg_log_setup(pg_log_level_t level, pg_log_format_t format);
 bool pg_log_enabled(pg_log_level_t level);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Process entry: installs the signal handlers (they only set a flag), hands
  * the command line to the CLI, and is the one place that exits. SIGINT,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Bump arena and growable buffer. The arena keeps a list of chunks; a reset
  * frees all but the first so a steady batch size settles on one allocation.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Memory helpers: a bump arena for everything that lives as long as one
  * consumed batch (decoded records, cache replies, decisions), and a growable

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The metrics registry and its HTTP face. Every counter is fixed in shape
  * (topics, streams, reasons are small enums), so the registry is a struct of
@@ -14,6 +15,7 @@
 #include "metrics.h"
 
 #include "log.h"
+#include "util.h"
 
 #include <microhttpd.h>
 #include <arpa/inet.h>
@@ -39,19 +41,12 @@ static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 
 static const char *const outcome_names[] = {"decided", "dlq", "retried"};
 static const char *const stream_names[] = {"advice", "migrate", "release"};
-static const char *const verdict_names[PG_M_STREAMS][2] = {
-    {"APPROVED", "VETOED"}, {"APPROVED", "VETOED"}, {"RELEASE", "KEEP"}};
-static const char *const veto_reasons[] = {"HOST_BOUND_DEVICE", "OPERATOR_PIN",
-                                           "UNKNOWN_VM", "UNKNOWN_DEVICE_KIND"};
-static const char *const release_reasons[] = {
-    "CONFIRMED_ON_DESTINATION", "NO_DESTINATION", "STILL_ON_SOURCE",
-    "PLACEMENT_UNCONFIRMED", "PLACEMENT_CONFLICT"};
 
 /* What the worker records. Relaxed atomics: the worker adds on its hot path
  * without a lock; a scrape may see one counter a step ahead of another. */
 typedef _Atomic unsigned long long counter_t;
 typedef struct {
-    counter_t inputs[3][PG_M_IN_OUTCOMES];
+    counter_t inputs[PG_IN_COUNT][PG_M_IN_OUTCOMES];
     counter_t decisions[PG_M_STREAMS][2][N_REASONS];
     counter_t redis_round_trips, redis_errors, unknown_kinds, batches;
     counter_t batches_redone, cache_invalid;
@@ -68,7 +63,7 @@ typedef struct {
 
 struct pg_metrics {
     pthread_mutex_t lock; /* guards the sources, the snapshots and the flags */
-    char *topics[3];
+    char *topics[PG_IN_COUNT];
     int stall_timeout_ms;
     int partition_stall_ms;
     values_t v;
@@ -97,20 +92,13 @@ struct pg_metrics {
     bool threads; /* both started */
 };
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t pack_seen(bool ok, int64_t at_ms)
 {
     return at_ms * 2 + (ok ? 1 : 0);
 }
 
-pg_metrics_t *pg_metrics_new(const char *const input_topics[3], int stall_timeout_ms,
-                             int partition_stall_ms)
+pg_metrics_t *pg_metrics_new(const char *const input_topics[PG_IN_COUNT],
+                             int stall_timeout_ms, int partition_stall_ms)
 {
     pg_metrics_t *m = calloc(1, sizeof(*m));
     if (m == NULL)
@@ -125,7 +113,7 @@ pg_metrics_t *pg_metrics_new(const char *const input_topics[3], int stall_timeou
     pthread_condattr_destroy(&ca);
     m->lag_ok_ms = INT64_MIN;
     m->probe = (pg_metrics_redis_obs_t){.ok = false, .at_ms = INT64_MIN};
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < PG_IN_COUNT; i++) {
         m->topics[i] = strdup(input_topics[i]);
         if (m->topics[i] == NULL) {
             pg_metrics_destroy(m);
@@ -134,10 +122,10 @@ pg_metrics_t *pg_metrics_new(const char *const input_topics[3], int stall_timeou
     }
     m->stall_timeout_ms = stall_timeout_ms;
     m->partition_stall_ms = partition_stall_ms;
-    atomic_init(&m->v.last_tick_ms, mono_ms());
+    atomic_init(&m->v.last_tick_ms, pg_now_mono_ms());
     /* Until the worker's first exchange, Redis counts as answering: the
      * worker checked it before starting. */
-    atomic_init(&m->v.redis_seen, pack_seen(true, mono_ms()));
+    atomic_init(&m->v.redis_seen, pack_seen(true, pg_now_mono_ms()));
     return m;
 }
 
@@ -171,7 +159,7 @@ void pg_metrics_destroy(pg_metrics_t *m)
     if (m->daemon != NULL)
         MHD_stop_daemon(m->daemon);
     stop_threads(m);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < PG_IN_COUNT; i++)
         free(m->topics[i]);
     free(m->lag_rows);
     pg_metrics_stall_free(&m->stall);
@@ -197,7 +185,7 @@ void pg_metrics_set_sources(pg_metrics_t *m, pg_metrics_lag_fn lag,
 void pg_metrics_input(pg_metrics_t *m, int input, pg_metrics_outcome_t outcome,
                       unsigned long long n)
 {
-    if (m == NULL || input < 0 || input > 2)
+    if (m == NULL || input < 0 || input >= PG_IN_COUNT)
         return;
     ADD(m->v.inputs[input][outcome], n);
 }
@@ -228,7 +216,7 @@ void pg_metrics_tally_decision(pg_metrics_tally_t *t, int verdict, int reason)
 
 void pg_metrics_commit(pg_metrics_t *m, const pg_metrics_tally_t *t)
 {
-    if (m == NULL || t->input > 2 || t->outcome >= PG_M_IN_OUTCOMES)
+    if (m == NULL || t->input >= PG_IN_COUNT || t->outcome >= PG_M_IN_OUTCOMES)
         return;
     ADD(m->v.inputs[t->input][t->outcome], 1);
     if (t->unknown_kinds > 0)
@@ -261,17 +249,10 @@ void pg_metrics_redis_exchange(pg_metrics_t *m, double seconds, bool ok)
     ADD(m->v.redis_round_trips, 1);
     if (!ok)
         ADD(m->v.redis_errors, 1);
-    atomic_store_explicit(&m->v.redis_seen, pack_seen(ok, mono_ms()),
+    atomic_store_explicit(&m->v.redis_seen, pack_seen(ok, pg_now_mono_ms()),
                           memory_order_relaxed);
     ADD(m->v.redis_hist[b], 1);
     ADD(m->v.redis_sum_ns, (unsigned long long)(seconds * 1e9));
-}
-
-void pg_metrics_unknown_kinds(pg_metrics_t *m, unsigned long long n)
-{
-    if (m == NULL || n == 0)
-        return;
-    ADD(m->v.unknown_kinds, n);
 }
 
 void pg_metrics_batch(pg_metrics_t *m)
@@ -285,7 +266,7 @@ void pg_metrics_tick(pg_metrics_t *m)
 {
     if (m == NULL)
         return;
-    atomic_store_explicit(&m->v.last_tick_ms, mono_ms(), memory_order_relaxed);
+    atomic_store_explicit(&m->v.last_tick_ms, pg_now_mono_ms(), memory_order_relaxed);
 }
 
 /* --- Snapshots ------------------------------------------------------------ */
@@ -323,7 +304,7 @@ int pg_metrics_stall_update(pg_metrics_stall_t *s, const pg_lag_row_t *rows, siz
 {
     pg_metrics_clock_t *parts = calloc(n > 0 ? n : 1, sizeof(*parts));
     if (parts == NULL)
-        return -1;
+        return PG_FATAL;
     size_t hint = 0;
     for (size_t i = 0; i < n; i++) {
         const pg_lag_row_t *r = &rows[i];
@@ -419,7 +400,7 @@ static void refresh_lag(pg_metrics_t *m)
     unsigned long long seq = ++m->lag_started;
     pthread_mutex_unlock(&m->lock);
 
-    int64_t start = mono_ms();
+    int64_t start = pg_now_mono_ms();
     pg_lag_row_t *rows = NULL;
     size_t n = 0;
     char err[256] = "no lag source";
@@ -460,7 +441,7 @@ static void refresh_redis(pg_metrics_t *m)
         return;
     bool ok = redis(ctx);
     /* When it answered (or gave up), like the worker's own exchanges. */
-    int64_t at = mono_ms();
+    int64_t at = pg_now_mono_ms();
     pthread_mutex_lock(&m->lock);
     m->probe = (pg_metrics_redis_obs_t){.ok = ok, .at_ms = at};
     pthread_mutex_unlock(&m->lock);
@@ -485,7 +466,7 @@ static void *lag_main(void *arg)
     pg_metrics_t *m = arg;
     for (;;) {
         refresh_lag(m);
-        int64_t next = mono_ms() + PG_METRICS_REFRESH_MS;
+        int64_t next = pg_now_mono_ms() + PG_METRICS_REFRESH_MS;
         pthread_mutex_lock(&m->lock);
         while (!m->stopping && !m->lag_wanted)
             if (wait_until_ms(&m->lag_wake, &m->lock, next) == ETIMEDOUT)
@@ -503,7 +484,7 @@ static void *redis_main(void *arg)
     pg_metrics_t *m = arg;
     for (;;) {
         refresh_redis(m);
-        int64_t next = mono_ms() + PG_METRICS_REFRESH_MS;
+        int64_t next = pg_now_mono_ms() + PG_METRICS_REFRESH_MS;
         pthread_mutex_lock(&m->lock);
         while (!m->stopping)
             if (wait_until_ms(&m->redis_wake, &m->lock, next) == ETIMEDOUT)
@@ -518,8 +499,8 @@ static void *redis_main(void *arg)
 static int start_threads(pg_metrics_t *m, char *errbuf, size_t errlen)
 {
     if (pthread_create(&m->lag_thread, NULL, lag_main, m) != 0) {
-        snprintf(errbuf, errlen, "metrics: cannot start the lag refresher thread");
-        return -1;
+        pg_errf(errbuf, errlen, "metrics: cannot start the lag refresher thread");
+        return PG_FATAL;
     }
     if (pthread_create(&m->redis_thread, NULL, redis_main, m) != 0) {
         pthread_mutex_lock(&m->lock);
@@ -527,8 +508,8 @@ static int start_threads(pg_metrics_t *m, char *errbuf, size_t errlen)
         pthread_cond_broadcast(&m->lag_wake);
         pthread_mutex_unlock(&m->lock);
         pthread_join(m->lag_thread, NULL);
-        snprintf(errbuf, errlen, "metrics: cannot start the Redis refresher thread");
-        return -1;
+        pg_errf(errbuf, errlen, "metrics: cannot start the Redis refresher thread");
+        return PG_FATAL;
     }
     pthread_mutex_lock(&m->lock);
     m->threads = true;
@@ -546,7 +527,7 @@ static void await_fresh_lag(pg_metrics_t *m)
         unsigned long long want = m->lag_started + 1;
         m->lag_wanted = true;
         pthread_cond_signal(&m->lag_wake);
-        int64_t deadline = mono_ms() + PG_METRICS_FRESH_WAIT_MS;
+        int64_t deadline = pg_now_mono_ms() + PG_METRICS_FRESH_WAIT_MS;
         while (!m->stopping && m->lag_done < want)
             if (wait_until_ms(&m->lag_fresh, &m->lock, deadline) == ETIMEDOUT)
                 break;
@@ -610,7 +591,7 @@ static void render_lag(pg_metrics_t *m, pg_buf_t *b, int64_t now)
             rows[i].topic, (int)rows[i].partition, (long long)rows[i].lag);
     head(b, "pinguard_topic_consumer_lag_messages", "gauge",
          "Sum of the consumer lag over the partitions this worker owns, per topic.");
-    for (int t = 0; t < 3; t++) {
+    for (int t = 0; t < PG_IN_COUNT; t++) {
         long long sum = 0;
         for (size_t i = 0; i < n; i++)
             if (strcmp(rows[i].topic, m->topics[t]) == 0)
@@ -634,7 +615,7 @@ static void render_lag(pg_metrics_t *m, pg_buf_t *b, int64_t now)
 int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
 {
     values_t *s = &m->v;
-    int64_t now = mono_ms();
+    int64_t now = pg_now_mono_ms();
     pthread_mutex_lock(&m->lock);
     pg_metrics_group_fn group = m->group;
     void *ctx = m->ctx;
@@ -649,7 +630,7 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
 
     head(b, "pinguard_inputs_total", "counter",
          "Input messages by topic and outcome (decided, dlq, retried).");
-    for (int t = 0; t < 3; t++)
+    for (int t = 0; t < PG_IN_COUNT; t++)
         for (int o = 0; o < PG_M_IN_OUTCOMES; o++)
             put(b, "pinguard_inputs_total{topic=\"%s\",outcome=\"%s\"} %llu\n",
                 m->topics[t], outcome_names[o], GET(s->inputs[t][o]));
@@ -657,20 +638,24 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
     head(b, "pinguard_decisions_total", "counter",
          "Decisions produced, by stream, verdict (or release action) and reason.");
     for (int st = 0; st < PG_M_STREAMS; st++) {
-        const char *const *reasons =
-            st == PG_M_STREAM_RELEASE ? release_reasons : veto_reasons;
-        int nreasons = st == PG_M_STREAM_RELEASE ? 5 : 4;
+        bool release = st == PG_M_STREAM_RELEASE;
+        int nreasons = release ? PG_RELEASE_REASONS : PG_VETO_REASONS;
         for (int v = 0; v < 2; v++) {
             for (int r = -1; r < nreasons; r++) {
                 /* Approvals carry no reason; vetoes, KEEP and RELEASE always one. */
-                bool approval = st != PG_M_STREAM_RELEASE && v == 0;
+                bool approval = !release && v == 0;
                 if (approval != (r == -1))
                     continue;
                 put(b,
                     "pinguard_decisions_total{stream=\"%s\",verdict=\"%s\",reason=\"%"
                     "s\"} "
                     "%llu\n",
-                    stream_names[st], verdict_names[st][v], r < 0 ? "none" : reasons[r],
+                    stream_names[st],
+                    release ? pg_release_action_name((pg_release_action_t)v)
+                            : pg_verdict_name((pg_verdict_t)v),
+                    r < 0     ? "none"
+                    : release ? pg_release_reason_name((pg_release_reason_t)r)
+                              : pg_veto_reason_name((pg_veto_reason_t)r),
                     GET(s->decisions[st][v][r + 1]));
             }
         }
@@ -734,7 +719,7 @@ static int health_at(pg_metrics_t *m, int64_t now, char *why, size_t whylen)
     int64_t age = now - atomic_load(&m->v.last_tick_ms);
     if (age > m->stall_timeout_ms) {
         snprintf(why, whylen, "loop stalled for %lld ms", (long long)age);
-        return -1;
+        return PG_RETRY;
     }
     snprintf(why, whylen, "ok");
     return 0;
@@ -742,18 +727,18 @@ static int health_at(pg_metrics_t *m, int64_t now, char *why, size_t whylen)
 
 int pg_metrics_health(pg_metrics_t *m, char *why, size_t whylen)
 {
-    return health_at(m, mono_ms(), why, whylen);
+    return health_at(m, pg_now_mono_ms(), why, whylen);
 }
 
 int pg_metrics_ready(pg_metrics_t *m, char *why, size_t whylen)
 {
-    return pg_metrics_ready_at(m, mono_ms(), why, whylen);
+    return pg_metrics_ready_at(m, pg_now_mono_ms(), why, whylen);
 }
 
 int pg_metrics_ready_at(pg_metrics_t *m, int64_t now, char *why, size_t whylen)
 {
     if (health_at(m, now, why, whylen) != 0)
-        return -1;
+        return PG_RETRY;
     pthread_mutex_lock(&m->lock);
     pg_metrics_group_fn group = m->group;
     void *ctx = m->ctx;
@@ -768,7 +753,7 @@ int pg_metrics_ready_at(pg_metrics_t *m, int64_t now, char *why, size_t whylen)
         group(ctx, &g);
     if (!g.joined) {
         snprintf(why, whylen, "consumer group not joined");
-        return -1;
+        return PG_RETRY;
     }
     int64_t age;
     if (!redis_answers(m, now, &age)) {
@@ -777,7 +762,7 @@ int pg_metrics_ready_at(pg_metrics_t *m, int64_t now, char *why, size_t whylen)
                      (long long)age);
         else
             snprintf(why, whylen, "redis does not answer");
-        return -1;
+        return PG_RETRY;
     }
     if (stalled > 0) {
         snprintf(why, whylen,
@@ -785,7 +770,7 @@ int pg_metrics_ready_at(pg_metrics_t *m, int64_t now, char *why, size_t whylen)
                  "with lag %lld (%zu stalled)",
                  worst.topic, (int)worst.partition, (long long)worst.committed,
                  (long long)(now - worst.since_ms), (long long)worst.lag, stalled);
-        return -1;
+        return PG_RETRY;
     }
     snprintf(why, whylen, "ok");
     return 0;
@@ -844,8 +829,8 @@ int pg_metrics_serve(pg_metrics_t *m, const char *listen, char *errbuf, size_t e
     char host[256];
     const char *colon = strrchr(listen, ':');
     if (colon == NULL || (size_t)(colon - listen) >= sizeof(host)) {
-        snprintf(errbuf, errlen, "metrics.listen '%s': expected host:port", listen);
-        return -1;
+        pg_errf(errbuf, errlen, "metrics.listen '%s': expected host:port", listen);
+        return PG_INPUT;
     }
     memcpy(host, listen, (size_t)(colon - listen));
     host[colon - listen] = '\0';
@@ -854,12 +839,12 @@ int pg_metrics_serve(pg_metrics_t *m, const char *listen, char *errbuf, size_t e
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (*end != '\0' || port < 0 || port > 65535 ||
         inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
-        snprintf(errbuf, errlen,
-                 "metrics.listen '%s': expected an IPv4 address and a port", listen);
-        return -1;
+        pg_errf(errbuf, errlen,
+                "metrics.listen '%s': expected an IPv4 address and a port", listen);
+        return PG_INPUT;
     }
     if (start_threads(m, errbuf, errlen) != 0)
-        return -1;
+        return PG_FATAL;
     /* A thread per connection: a scrape waiting for its lag snapshot, or a
      * client that sends half a request, holds only its own connection. The
      * limits bound the threads a flood of connections can start. */
@@ -871,9 +856,9 @@ int pg_metrics_serve(pg_metrics_t *m, const char *listen, char *errbuf, size_t e
         (unsigned)64, MHD_OPTION_END);
     if (m->daemon == NULL) {
         stop_threads(m);
-        snprintf(errbuf, errlen, "metrics.listen %s: cannot listen (address in use?)",
-                 listen);
-        return -1;
+        pg_errf(errbuf, errlen, "metrics.listen %s: cannot listen (address in use?)",
+                listen);
+        return PG_FATAL;
     }
     return 0;
 }

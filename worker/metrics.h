@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Counters and gauges of one worker, and the HTTP endpoints that expose them:
  * /metrics (Prometheus text format), /healthz (the loop is alive) and /readyz
@@ -13,8 +14,9 @@
 #ifndef PG_METRICS_H
 #define PG_METRICS_H
 
-#include "kafka.h"
 #include "mem.h"
+#include "status.h"
+#include "types.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -33,15 +35,33 @@ typedef enum {
     PG_M_STREAMS
 } pg_metrics_stream_t;
 
+/* One partition's offsets; lag = high - committed, or high - low when the
+ * group has committed nothing yet (the whole log is pending). */
+typedef struct {
+    char topic[256];
+    int32_t partition;
+    int64_t committed; /* -1: none */
+    int64_t high;
+    int64_t low;
+    int64_t lag;
+    /* The consumer's position (past any transaction markers and aborted
+     * records it skipped) and the offset of the last input it handed to the
+     * worker; -1 unknown. With every consumed input committed and the
+     * position at the high watermark, what lag remains is markers, not work. */
+    int64_t position;
+    int64_t consumed;
+} pg_lag_row_t;
+
 /* Fills *rows (malloc'd, caller frees) with the partitions this worker owns.
- * Returns 0 or -1 with errbuf filled. Called from the lag refresher thread
+ * Returns PG_OK or PG_RETRY with errbuf filled. Called from the lag refresher thread
  * only; it may block (broker round trips). */
 typedef int (*pg_metrics_lag_fn)(void *ctx, pg_lag_row_t **rows, size_t *n,
                                  char *errbuf, size_t errlen);
-/* Whether the worker's consumer has joined its group, and its counters.
- * Called from the HTTP threads: it must not block. */
+/* Whether the worker's consumer has joined its group, and its counters
+ * (fetch_wakeups: see wake_fetcher in kafka.c). Called from the HTTP
+ * threads: it must not block. */
 typedef struct {
-    bool joined;
+    bool joined; /* the first assignment arrived */
     unsigned long long rebalances;
     unsigned long long assigned_partitions;
     unsigned long long transaction_aborts;
@@ -73,8 +93,8 @@ typedef struct pg_metrics pg_metrics_t;
  * stall_timeout_ms: /healthz fails when the loop has not ticked for this
  * long; partition_stall_ms: /readyz fails when an assigned partition with
  * lag has not moved its committed offset for this long. */
-pg_metrics_t *pg_metrics_new(const char *const input_topics[3], int stall_timeout_ms,
-                             int partition_stall_ms);
+pg_metrics_t *pg_metrics_new(const char *const input_topics[PG_IN_COUNT],
+                             int stall_timeout_ms, int partition_stall_ms);
 /* NULL-safe. In this order: stops the HTTP server (waiting for the requests
  * under way), then joins the refresher threads, which may take as long as
  * the callback they are in (a lag read against an unreachable broker: up to
@@ -118,14 +138,14 @@ void pg_metrics_batch_redone(pg_metrics_t *m);
 /* VMs whose cache entry could not be read as the SPEC's layout says. */
 void pg_metrics_cache_invalid(pg_metrics_t *m, unsigned long long n);
 void pg_metrics_redis_exchange(pg_metrics_t *m, double seconds, bool ok);
-void pg_metrics_unknown_kinds(pg_metrics_t *m, unsigned long long n);
 void pg_metrics_tick(pg_metrics_t *m);  /* the loop is alive */
 void pg_metrics_batch(pg_metrics_t *m); /* one consumed batch was processed */
 
 /* Renders the Prometheus text into out (appended), from the snapshots: it
  * never calls the lag or Redis callbacks. */
 int pg_metrics_render(pg_metrics_t *m, pg_buf_t *out);
-/* 0 when live/ready; -1 with a one-line reason otherwise. Neither calls the
+/* PG_OK when live/ready; PG_RETRY (not now) with a one-line reason
+ * otherwise. Neither calls the
  * network: they read atomics and the snapshots under the lock. */
 int pg_metrics_health(pg_metrics_t *m, char *why, size_t whylen);
 int pg_metrics_ready(pg_metrics_t *m, char *why, size_t whylen);
@@ -141,8 +161,9 @@ void pg_metrics_refresh(pg_metrics_t *m);
 /* Starts the refresher threads (one for the lag, one for Redis, so that an
  * unreachable broker cannot make Redis look down), then serves /metrics,
  * /healthz and /readyz on "host:port" with a thread per connection, so that
- * a slow client or a waiting scrape holds no probe. Returns 0, or -1 with
- * errbuf filled (e.g. the address is taken). */
+ * a slow client or a waiting scrape holds no probe. Returns PG_OK, PG_INPUT
+ * (a malformed address) or PG_FATAL (e.g. the address is taken) with
+ * errbuf filled. */
 int pg_metrics_serve(pg_metrics_t *m, const char *listen, char *errbuf, size_t errlen);
 /* The port actually bound (useful with port 0), or -1 when not serving. */
 int pg_metrics_port(const pg_metrics_t *m);
@@ -166,7 +187,7 @@ typedef struct {
 
 /* Replaces s's clocks by those of the snapshot rows[0..n) taken at now_ms:
  * a partition absent from rows is dropped (revoked), a new one starts its
- * clock. Returns 0, or -1 when out of memory (s unchanged). */
+ * clock. Returns PG_OK, or PG_FATAL when out of memory (s unchanged). */
 int pg_metrics_stall_update(pg_metrics_stall_t *s, const pg_lag_row_t *rows, size_t n,
                             int64_t now_ms);
 /* The number of partitions stalled at now_ms; *worst (when not NULL) is set to

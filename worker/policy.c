@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Host-bound rule, veto precedence and release rule of the SPEC. Kept free of
  * I/O so that every branch is covered by unit tests; a wrong answer here frees

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The decision rules of the SPEC, and nothing else: pure functions over values
  * the caller has already read. No I/O, no allocation, no clock. Only this

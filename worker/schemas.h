@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The .avsc files of schemas/, compiled in by cmake/embed_schemas.cmake. Each
  * file is named after the full name of the one type it defines and refers to

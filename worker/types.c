@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Symbol names of the SPEC's enums, index-aligned with the Avro schemas.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The domain model shared by codec, policy and worker: the SPEC's records as
  * plain C structs. Enum values equal the Avro symbol index, so the codec maps
@@ -12,12 +13,29 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The longest string pinguard accepts anywhere: an id or string field of an
+ * input (the ceiling of input.max.string.length and the codec's default), a
+ * VM uuid naming cache keys, a host, device uuid or kind read from the cache.
+ * One limit, so that whatever one module admits the next one takes. */
+#define PG_MAX_STRING 1024
+#define PG_MAX_STRING_TEXT "1024" /* the same, for the settings table's default */
+
+/* The SPEC's three input streams, in the order of every per-input table
+ * (topics, counters, expected record types). */
+typedef enum {
+    PG_IN_ADVICE = 0,
+    PG_IN_REQUESTS,
+    PG_IN_RESULTS,
+    PG_IN_COUNT
+} pg_input_t;
+
 typedef enum {
     PG_VETO_HOST_BOUND_DEVICE = 0,
     PG_VETO_OPERATOR_PIN = 1,
     PG_VETO_UNKNOWN_VM = 2,
     PG_VETO_UNKNOWN_DEVICE_KIND = 3,
 } pg_veto_reason_t;
+#define PG_VETO_REASONS 4 /* symbols of pg_veto_reason_t */
 
 typedef enum {
     PG_ORIGIN_DRS = 0,
@@ -40,6 +58,7 @@ typedef enum {
     PG_RELEASE_PLACEMENT_UNCONFIRMED = 3,
     PG_RELEASE_PLACEMENT_CONFLICT = 4,
 } pg_release_reason_t;
+#define PG_RELEASE_REASONS 5 /* symbols of pg_release_reason_t */
 
 typedef struct {
     const char *device_uuid;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * UTF-8 validation (see utf8.h). A NUL byte is rejected too: every string
  * pinguard handles ends up in a C string or an id compared with strcmp, where

@@ -1,6 +1,7 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
- * UTF-8 validation shared by the codec (Avro strings) and the binding cache
- * (values from Redis). Pure, no allocation.
+ * UTF-8 validation shared by the codec (Avro strings), the binding cache
+ * (values from Redis) and the CLI. Pure, no allocation.
  */
 #ifndef PG_UTF8_H
 #define PG_UTF8_H

@@ -1,11 +1,12 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The decision loop of `pinguard run`:
  *   poll a batch -> decode -> one pipelined Redis read for every distinct VM
- *   named -> policy -> produce decisions (or dead letters) -> then either
- *   exactly once: commit the outputs and the batch's input offsets in one
- *   Kafka transaction, or
- *   at least once: wait for the broker's acknowledgements and store the
- *   offsets of acknowledged inputs.
+ *   named -> policy -> produce decisions (or dead letters) -> finish, which
+ *   the kafka module does for either delivery mode (exactly once: commit the
+ *   outputs and the batch's input offsets in one transaction; at least
+ *   once: store the offsets of inputs whose outputs the broker acknowledged,
+ *   as the acknowledgements arrive).
  * Whatever an input or the cache holds, the partition moves on: undecodable
  * input, a decision too large for its topic, an input too large to copy and
  * a decision that cannot be encoded each go to the DLQ with their reason,
@@ -17,8 +18,9 @@
  * while holding drops the batch: the partitions restart from their committed
  * offsets wherever they land.
  * Decision and input counters move only for what committed: each input's
- * tally is handed to metrics when its transaction commits, or (at least
- * once) when its offset is stored.
+ * tally is handed to metrics when the kafka module reports the input
+ * settled as committed (its transaction committed, or its offset was
+ * stored).
  */
 #include "worker.h"
 
@@ -28,6 +30,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
+#include "util.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -43,7 +46,6 @@ typedef struct {
                              list of distinct VMs */
     size_t vm_count;
     size_t vm_need; /* bindings to read before this input can be decided */
-    pg_delivery_state_t state;
     pg_metrics_tally_t tally;
 } slot_t;
 
@@ -61,12 +63,13 @@ typedef struct {
     pg_buf_t out;
     pg_policy_opts_t policy;
     pg_codec_limits_t limits;
-    /* At least once: the tallies of the inputs in flight, in the order the
-     * kafka module tracks them; popped as it settles each. */
+    /* The tallies of the inputs in flight, in the order the kafka module
+     * tracks them; popped as it settles each (at its commit, exactly once). */
     pg_metrics_tally_t *tallies;
     size_t tally_cap, tally_head, tally_len;
     unsigned long long decided, dead_lettered, retried_batches, aborted_batches;
     bool batch_redone; /* the last batch (or part of it) must be consumed again */
+    bool stopped;      /* a stop request came while a batch was held */
 } worker_t;
 
 enum { HOLD_OK = 0, HOLD_DROPPED = 1, HOLD_STOPPED = 2, HOLD_FATAL = -1 };
@@ -76,25 +79,6 @@ static const pg_record_type_t expected_type[PG_IN_COUNT] = {
     [PG_IN_REQUESTS] = PG_REC_MIGRATE_REQUEST,
     [PG_IN_RESULTS] = PG_REC_MIGRATION_RESULT,
 };
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int64_t mono_ms(void)
-{
-    return mono_us() / 1000;
-}
 
 /* The batch's distinct VMs: an open-addressing set over the uuids (which the
  * decoded records own), so that a VM named by many inputs is read once. */
@@ -137,7 +121,8 @@ static size_t vmset_add(vmset_t *set, const char *vm)
 }
 
 /* Decodes every message and lists the distinct VMs whose bindings the batch
- * needs. Returns 0, or -1 when the process (not a message) is at fault. */
+ * needs. Returns PG_OK, or PG_FATAL when the process (not a message) is at
+ * fault. */
 static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nvm_out,
                         char *errbuf, size_t errlen)
 {
@@ -148,10 +133,10 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
         memset(s, 0, sizeof(*s));
         s->rc = pg_codec_decode(w->codec, m->payload, m->len, &w->limits, w->arena,
                                 &s->rec, s->detail, sizeof(s->detail));
-        if (s->rc == PG_CODEC_ENOMEM || s->rc == PG_CODEC_EINTERNAL) {
-            snprintf(errbuf, errlen, "decoding %s[%d]@%" PRId64 ": %s", m->topic,
-                     (int)m->partition, m->offset, s->detail);
-            return -1;
+        if (pg_codec_status(s->rc) == PG_FATAL) {
+            pg_errf(errbuf, errlen, "decoding %s[%d]@%" PRId64 ": %s", m->topic,
+                    (int)m->partition, m->offset, s->detail);
+            return PG_FATAL;
         }
         if (s->rc == 0 && s->rec.type != expected_type[m->input]) {
             s->rc = PG_CODEC_ETYPE;
@@ -164,8 +149,8 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
     }
     vmset_t set;
     if (vmset_init(w->arena, &set, most) != 0) {
-        snprintf(errbuf, errlen, "out of memory listing %zu VMs", most);
-        return -1;
+        pg_errf(errbuf, errlen, "out of memory listing %zu VMs", most);
+        return PG_FATAL;
     }
     for (size_t i = 0; i < n; i++) {
         slot_t *s = &w->slots[i];
@@ -190,8 +175,8 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
         size_t *idx =
             pg_arena_calloc(w->arena, s->vm_count ? s->vm_count : 1, sizeof(*idx));
         if (idx == NULL) {
-            snprintf(errbuf, errlen, "out of memory listing %zu VMs", s->vm_count);
-            return -1;
+            pg_errf(errbuf, errlen, "out of memory listing %zu VMs", s->vm_count);
+            return PG_FATAL;
         }
         for (size_t j = 0; j < s->vm_count; j++) {
             idx[j] =
@@ -203,27 +188,12 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
     }
     *vms_out = set.list;
     *nvm_out = set.n;
-    return 0;
+    return PG_OK;
 }
 
-/* At least once: stores the offsets of inputs whose outputs were
- * acknowledged (all of them when wait). Returns 0, or -1 when fatal. */
-static int settle(worker_t *w, bool wait, char *errbuf, size_t errlen)
-{
-    int rc = pg_kafka_pending_settle(w->kafka, wait, errbuf, errlen);
-    if (rc == PG_KAFKA_EFATAL)
-        return -1;
-    if (rc == 1) {
-        w->batch_redone = true; /* an output failed: its input comes again */
-        pg_metrics_batch_redone(w->metrics);
-    } else if (rc != 0)
-        pg_log_warn("settle_failed", "error", errbuf, NULL);
-    return 0;
-}
-
-/* At least once, called by the kafka module once per tracked input, in the
- * order they were tracked: the input's tally counts only if its offset was
- * stored. */
+/* Called by the kafka module once per tracked input, in the order they were
+ * tracked, in either mode: the input's tally counts only if it committed
+ * (its transaction did, or its offset was stored). */
 static void on_settled(void *ctx, bool committed)
 {
     worker_t *w = ctx;
@@ -244,12 +214,12 @@ static int next_backoff(const pg_config_t *cfg, int current)
                                                    : current * 2;
 }
 
-/* Sends the batch's lookups and reads the first VM's binding, holding the
- * batch while Redis cannot answer; the other bindings are read by
- * process_batch as it decides. *t0 is when the exchange that worked began. */
+/* Sends the batch's lookups, holding the batch while Redis cannot answer
+ * (pg_bindings_send returns once the first reply proved it does); the
+ * bindings are read by process_batch as it decides. *t0 is when the
+ * exchange that worked began. */
 static int lookup_holding(worker_t *w, size_t n, const char **vms, size_t nvm,
-                          pg_vm_binding_t *out, int64_t *t0, char *errbuf,
-                          size_t errlen)
+                          int64_t *t0, char *errbuf, size_t errlen)
 {
     uint64_t gen = pg_kafka_generation(w->kafka);
     int backoff = w->cfg->retry_backoff_min_ms;
@@ -258,44 +228,43 @@ static int lookup_holding(worker_t *w, size_t n, const char **vms, size_t nvm,
     bool paused = false;
     char err[512];
     for (;;) {
-        *t0 = mono_us();
+        *t0 = pg_now_mono_us();
         int rc = pg_bindings_send(w->bindings, vms, nvm, err, sizeof(err));
-        if (rc == 0)
-            rc = pg_bindings_next(w->bindings, vms[0], w->arena, &out[0], err,
-                                  sizeof(err));
-        if (rc == 0) {
+        if (rc == PG_OK) {
             if (attempts > 0)
                 pg_log_info("redis_recovered", "#attempts", (long long)attempts, NULL);
-            if (paused && pg_kafka_resume(w->kafka) != 0) {
+            if (paused && pg_kafka_resume(w->kafka) != PG_OK) {
+                /* Resume failed: redo the batch after a rebalance. */
                 pg_bindings_abandon(w->bindings);
-                return HOLD_DROPPED; /* resume failed: redo the batch after a rebalance
-                                      */
+                return HOLD_DROPPED;
             }
             return HOLD_OK;
         }
-        pg_metrics_redis_exchange(w->metrics, (double)(mono_us() - *t0) / 1e6, false);
-        if (rc == PG_BINDINGS_EAUTH) {
-            snprintf(errbuf, errlen, "%s (check redis.user and the password)", err);
+        pg_metrics_redis_exchange(w->metrics, (double)(pg_now_mono_us() - *t0) / 1e6,
+                                  false);
+        if (rc == PG_FATAL) { /* wrong credentials, out of memory */
+            pg_errf(errbuf, errlen, "%s", err);
             return HOLD_FATAL;
         }
         attempts++;
         w->retried_batches++;
         for (size_t i = 0; i < n; i++)
             pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_RETRIED, 1);
-        if (mono_ms() - last_log >= 10000) {
+        if (pg_now_mono_ms() - last_log >= 10000) {
             pg_log_warn("redis_unavailable", "error", err, "#attempts",
                         (long long)attempts, "#retry_in_ms", (long long)backoff, NULL);
-            last_log = mono_ms();
+            last_log = pg_now_mono_ms();
         }
-        if (!paused) {
-            pg_kafka_pause(w->kafka);
-            paused = true;
-        }
-        int64_t until = mono_ms() + backoff;
-        while (mono_ms() < until) {
-            int64_t left = until - mono_ms();
+        /* Paused, the partitions fetch nothing meanwhile. A pause that
+         * failed (logged by kafka) is tried again next round; until then
+         * pg_kafka_idle puts back what it is handed. */
+        if (!paused)
+            paused = pg_kafka_pause(w->kafka) == PG_OK;
+        int64_t until = pg_now_mono_ms() + backoff;
+        while (pg_now_mono_ms() < until) {
+            int64_t left = until - pg_now_mono_ms();
             if (pg_kafka_idle(w->kafka, left < 100 ? (int)left : 100, errbuf, errlen) ==
-                PG_KAFKA_EFATAL)
+                PG_FATAL)
                 return HOLD_FATAL;
             pg_metrics_tick(w->metrics);
             if (pg_kafka_generation(w->kafka) != gen)
@@ -321,12 +290,12 @@ static int decide_advice(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64
         pg_arena_calloc(w->arena, n ? n : 1, sizeof(*approved));
     pg_veto_t *vetoed = pg_arena_calloc(w->arena, n ? n : 1, sizeof(*vetoed));
     if (approved == NULL || vetoed == NULL)
-        return -1;
+        return PG_FATAL;
     for (size_t i = 0; i < n; i++) {
         const pg_vm_binding_t *vb = &b[s->vm_idx[i]];
         pg_device_ref_t *devs = device_scratch(w, vb->n_devices);
         if (devs == NULL)
-            return -1;
+            return PG_FATAL;
         pg_policy_verdict_t v;
         pg_policy_judge(&w->policy, vb, devs, &v);
         s->tally.unknown_kinds += (uint32_t)v.n_unknown_kinds;
@@ -355,7 +324,7 @@ static int decide_advice(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64
                                .approved = approved,
                                .n_vetoed = nv,
                                .vetoed = vetoed};
-    return 0;
+    return PG_OK;
 }
 
 static int decide_request(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64_t now,
@@ -365,7 +334,7 @@ static int decide_request(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int6
     b += s->vm_idx[0];
     pg_device_ref_t *devs = device_scratch(w, b->n_devices);
     if (devs == NULL)
-        return -1;
+        return PG_FATAL;
     pg_policy_verdict_t v;
     pg_policy_judge(&w->policy, b, devs, &v);
     bool veto = v.verdict == PG_VERDICT_VETOED;
@@ -390,7 +359,7 @@ static int decide_request(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int6
     else
         pg_log_debug("request_approved", "request", r->request_id, "vm", r->vm_uuid,
                      NULL);
-    return 0;
+    return PG_OK;
 }
 
 static int decide_result(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64_t now,
@@ -402,7 +371,7 @@ static int decide_result(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64
     size_t nd = b->malformed ? 0 : b->n_devices;
     pg_device_ref_t *devs = device_scratch(w, nd);
     if (devs == NULL)
-        return -1;
+        return PG_FATAL;
     if (nd > 0)
         memcpy(devs, b->devices, nd * sizeof(*devs));
     pg_policy_sort_devices(devs, nd);
@@ -425,7 +394,7 @@ static int decide_result(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64
                 "outcome", pg_outcome_name(r->outcome), "action",
                 pg_release_action_name(v.action), "reason",
                 pg_release_reason_name(v.reason), "#devices", (long long)nd, NULL);
-    return 0;
+    return PG_OK;
 }
 
 /* Sends input i to the DLQ with `reason` (a pinguard-error name) and detail.
@@ -477,8 +446,8 @@ static int produce_dead_letter(worker_t *w, size_t i, const char *reason,
         }
         int rc = pg_kafka_produce(w->kafka, PG_OUT_DLQ, key, key_len, value, len,
                                   headers, 4, state, errbuf, errlen);
-        if (rc != PG_KAFKA_ETOOLARGE || attempt >= 2)
-            return rc == PG_KAFKA_ETOOLARGE ? PG_KAFKA_ERETRY : rc;
+        if (rc != PG_INPUT || attempt >= 2)
+            return rc == PG_INPUT ? PG_RETRY : rc;
     }
 }
 
@@ -511,18 +480,24 @@ static int produce_decision(worker_t *w, size_t i, const pg_vm_binding_t *b,
         key = s->rec.u.migration_result.vm_uuid;
         break;
     default:
-        snprintf(errbuf, errlen, "no decision for a %s",
-                 pg_record_type_name(s->rec.type));
-        return PG_KAFKA_EFATAL;
+        pg_errf(errbuf, errlen, "no decision for a %s",
+                pg_record_type_name(s->rec.type));
+        return PG_FATAL;
     }
     if (rc != 0) {
-        snprintf(errbuf, errlen, "out of memory deciding a %s",
-                 pg_record_type_name(s->rec.type));
-        return PG_KAFKA_EFATAL;
+        pg_errf(errbuf, errlen, "out of memory deciding a %s",
+                pg_record_type_name(s->rec.type));
+        return PG_FATAL;
     }
     char why[512];
     pg_buf_reset(&w->out);
-    if (pg_codec_encode(w->codec, &out, &w->out, why, sizeof(why)) != 0) {
+    int erc = pg_codec_encode(w->codec, &out, &w->out, why, sizeof(why));
+    if (erc == PG_CODEC_ENOMEM) {
+        pg_errf(errbuf, errlen, "encoding a %s: %s", pg_record_type_name(out.type),
+                why);
+        return PG_FATAL;
+    }
+    if (erc != PG_CODEC_OK) {
         /* Never from data pinguard checked: a bug, but one input's, not a
          * reason to stop the partition (or to crash-loop on restart). */
         pg_log_error("decision_not_encoded", "topic", w->msgs[i].topic, "#offset",
@@ -539,7 +514,7 @@ static int produce_decision(worker_t *w, size_t i, const pg_vm_binding_t *b,
     }
     rc = pg_kafka_produce(w->kafka, topic, key, key_len, w->out.data, w->out.len, NULL,
                           0, state, errbuf, errlen);
-    if (rc == PG_KAFKA_ETOOLARGE) {
+    if (rc == PG_INPUT) {
         snprintf(why, sizeof(why), "the %s (%zu bytes) was refused: %s",
                  pg_record_type_name(out.type), w->out.len + key_len, errbuf);
         return produce_dead_letter(w, i, "OUTPUT_TOO_LARGE", why, state, errbuf,
@@ -564,122 +539,147 @@ static int read_binding(worker_t *w, const char *vm, pg_vm_binding_t *out, char 
     return rc;
 }
 
-/* The end of an exactly-once batch: commit, or abort when an output failed.
- * Counters move only on a commit. */
-static int finish_transaction(worker_t *w, size_t n, size_t failed, char *errbuf,
-                              size_t errlen)
+/* What a finished batch leaves to redo: a rewound partition (at least once)
+ * or the whole batch (an abort, exactly once) is consumed again. */
+static void note_end(worker_t *w, size_t n, pg_kafka_batch_end_t end)
 {
-    int rc = failed ? pg_kafka_txn_abort(w->kafka, errbuf, errlen)
-                    : pg_kafka_txn_commit(w->kafka, w->msgs, n, errbuf, errlen);
-    if (rc == PG_KAFKA_EFATAL)
-        return -1;
-    if (rc != 0) {
-        w->aborted_batches++;
-        w->batch_redone = true;
-        pg_metrics_batch_redone(w->metrics);
-        for (size_t i = 0; i < n; i++)
-            pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_RETRIED, 1);
-        return 0;
-    }
+    if (end == PG_KAFKA_BATCH_DONE)
+        return;
+    w->batch_redone = true;
+    pg_metrics_batch_redone(w->metrics);
+    if (end != PG_KAFKA_BATCH_ABORTED)
+        return;
+    w->aborted_batches++;
     for (size_t i = 0; i < n; i++)
-        pg_metrics_commit(w->metrics, &w->slots[i].tally);
-    return 0;
+        pg_metrics_input(w->metrics, (int)w->msgs[i].input, PG_M_IN_RETRIED, 1);
 }
 
-/* One batch, start to finish. Returns 0, 1 to stop (signal while holding), or
- * -1 on a fatal error. */
+/* Serves the delivery reports, settling what they answered; waits for them
+ * all when fewer than `room` inputs could be tracked. PG_OK or PG_FATAL. */
+static int settle(worker_t *w, size_t room, char *errbuf, size_t errlen)
+{
+    bool rewound = false;
+    int rc = pg_kafka_settle(w->kafka, room, &rewound, errbuf, errlen);
+    if (rc == PG_FATAL)
+        return PG_FATAL;
+    if (rc != PG_OK)
+        pg_log_warn("settle_failed", "error", errbuf, NULL);
+    note_end(w, 0, rewound ? PG_KAFKA_BATCH_REWOUND : PG_KAFKA_BATCH_DONE);
+    return PG_OK;
+}
+
+/* Tracks input i and the tally that will count it once it is settled (the
+ * settled callback pops them in the same order). NULL when out of room. */
+static pg_delivery_state_t *track(worker_t *w, size_t i, pg_metrics_tally_t **tally)
+{
+    pg_delivery_state_t *state = pg_kafka_batch_track(w->kafka, i);
+    if (state == NULL || w->tally_len == w->tally_cap)
+        return NULL;
+    *tally = &w->tallies[(w->tally_head + w->tally_len++) % w->tally_cap];
+    return state;
+}
+
+/* The VMs of a batch, and how far their bindings have been read. */
+typedef struct {
+    const char **vms;
+    pg_vm_binding_t *bindings;
+    size_t n, have;
+    bool failed; /* Redis failed mid-batch: the rest is undecided */
+    int64_t t0;  /* when the exchange began */
+} lookup_t;
+
+/* Reads the bindings input i needs, as Redis sends them. A failure leaves
+ * it and the rest of the batch undecided, to be redone. PG_OK or PG_FATAL. */
+static int read_needed(worker_t *w, size_t i, size_t n, lookup_t *l, char *errbuf,
+                       size_t errlen)
+{
+    const slot_t *s = &w->slots[i];
+    while (s->rc == 0 && !l->failed && l->have < s->vm_need) {
+        int rc =
+            read_binding(w, l->vms[l->have], &l->bindings[l->have], errbuf, errlen);
+        if (rc == PG_FATAL)
+            return PG_FATAL;
+        if (rc != PG_OK) {
+            l->failed = true;
+            pg_log_warn("redis_failed_mid_batch", "error", errbuf, "#undecided",
+                        (long long)(n - i), NULL);
+            pg_metrics_redis_exchange(w->metrics,
+                                      (double)(pg_now_mono_us() - l->t0) / 1e6, false);
+        } else {
+            l->have++;
+        }
+    }
+    return PG_OK;
+}
+
+/* One batch, as the SPEC says it: poll (done by the caller), decode, look
+ * up, decide, produce, finish. Returns PG_OK (w->stopped set when a signal
+ * came while holding) or PG_FATAL. */
 static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
 {
-    const char **vms = NULL;
-    size_t nvm = 0;
-    if (decode_batch(w, n, &vms, &nvm, errbuf, errlen) != 0)
-        return -1;
-    pg_vm_binding_t *bindings =
-        pg_arena_calloc(w->arena, nvm ? nvm : 1, sizeof(*bindings));
-    if (bindings == NULL) {
-        snprintf(errbuf, errlen, "out of memory for %zu bindings", nvm);
-        return -1;
+    lookup_t l = {0};
+    if (decode_batch(w, n, &l.vms, &l.n, errbuf, errlen) != PG_OK)
+        return PG_FATAL;
+    l.bindings = pg_arena_calloc(w->arena, l.n ? l.n : 1, sizeof(*l.bindings));
+    if (l.bindings == NULL) {
+        pg_errf(errbuf, errlen, "out of memory for %zu bindings", l.n);
+        return PG_FATAL;
     }
-    size_t have = 0; /* bindings read so far */
-    int64_t t0 = 0;
-    if (nvm > 0) {
-        int hold = lookup_holding(w, n, vms, nvm, bindings, &t0, errbuf, errlen);
+    if (l.n > 0) {
+        int hold = lookup_holding(w, n, l.vms, l.n, &l.t0, errbuf, errlen);
         if (hold == HOLD_FATAL)
-            return -1;
-        if (hold == HOLD_STOPPED)
-            return 1;
+            return PG_FATAL;
+        if (hold == HOLD_STOPPED) {
+            w->stopped = true;
+            return PG_OK;
+        }
         if (hold == HOLD_DROPPED) {
             pg_log_info("batch_dropped", "why", "rebalance while waiting for redis",
                         "#messages", (long long)n, NULL);
-            return 0;
-        }
-        have = 1;
-        if (bindings[0].malformed) {
-            pg_log_warn("cache_entry_malformed", "vm", vms[0], "why",
-                        bindings[0].why_malformed, "decided_as", "UNKNOWN_VM", NULL);
-            pg_metrics_cache_invalid(w->metrics, 1);
+            return PG_OK;
         }
     }
-
-    bool txn = pg_kafka_transactional(w->kafka);
-    if (txn && pg_kafka_txn_begin(w->kafka, errbuf, errlen) != 0) {
+    if (pg_kafka_batch_begin(w->kafka, w->msgs, n, errbuf, errlen) != PG_OK) {
         pg_bindings_abandon(w->bindings);
-        return -1;
+        return PG_FATAL;
     }
-    int64_t now = wall_ms();
+    int64_t now = pg_now_wall_ms();
     size_t failed = 0;
-    bool redis_failed = false;
     char first_error[512] = "";
     for (size_t i = 0; i < n; i++) {
         slot_t *s = &w->slots[i];
-        /* At least once, the kafka module tracks each input until its output
-         * is acknowledged; in a transaction the commit answers for all. */
-        pg_delivery_state_t *state = &s->state;
-        if (!txn) {
-            state = pg_kafka_pending_add(w->kafka, &w->msgs[i]);
-            if (state == NULL || w->tally_len == w->tally_cap) {
-                /* the main loop made room for a whole batch */
-                snprintf(errbuf, errlen, "no room to track input %zu of %zu", i, n);
-                pg_bindings_abandon(w->bindings);
-                return -1;
-            }
-            w->tally_len++;
-        }
-        /* This input's bindings, read as Redis sends them. A failure here
-         * leaves it and the rest of the batch undecided, to be redone. */
-        while (s->rc == 0 && !redis_failed && have < s->vm_need) {
-            if (read_binding(w, vms[have], &bindings[have], errbuf, errlen) != 0) {
-                redis_failed = true;
-                pg_log_warn("redis_failed_mid_batch", "error", errbuf, "#undecided",
-                            (long long)(n - i), NULL);
-                pg_metrics_redis_exchange(w->metrics, (double)(mono_us() - t0) / 1e6,
-                                          false);
-            } else {
-                have++;
-            }
-        }
-        int rc;
-        if (s->rc != 0)
-            rc = produce_dead_letter(w, i, pg_codec_err_name(s->rc), s->detail, state,
-                                     errbuf, errlen);
-        else if (redis_failed)
-            rc = PG_KAFKA_ERETRY;
-        else
-            rc = produce_decision(w, i, bindings, now, state, errbuf, errlen);
-        if (!txn) /* its tally, in the slot the kafka module will settle */
-            w->tallies[(w->tally_head + w->tally_len - 1) % w->tally_cap] = s->tally;
-        if (rc == PG_KAFKA_EFATAL) {
+        pg_metrics_tally_t *tally = NULL;
+        pg_delivery_state_t *state = track(w, i, &tally);
+        if (state == NULL) {
+            /* the main loop made room for a whole batch */
+            pg_errf(errbuf, errlen, "no room to track input %zu of %zu", i, n);
             pg_bindings_abandon(w->bindings);
-            return -1;
+            return PG_FATAL;
         }
-        if (rc != 0) {
+        int rc = read_needed(w, i, n, &l, errbuf, errlen);
+        if (rc == PG_OK) {
+            if (s->rc != 0)
+                rc = produce_dead_letter(w, i, pg_codec_err_name(s->rc), s->detail,
+                                         state, errbuf, errlen);
+            else if (l.failed)
+                rc = PG_RETRY;
+            else
+                rc = produce_decision(w, i, l.bindings, now, state, errbuf, errlen);
+        }
+        *tally = s->tally;
+        if (rc == PG_FATAL) {
+            pg_bindings_abandon(w->bindings);
+            return PG_FATAL;
+        }
+        if (rc != PG_OK) {
             if (failed++ == 0)
                 snprintf(first_error, sizeof(first_error), "%s", errbuf);
             *state = PG_DELIVERY_FAILED;
         }
     }
-    if (nvm > 0 && !redis_failed)
-        pg_metrics_redis_exchange(w->metrics, (double)(mono_us() - t0) / 1e6, true);
+    if (l.n > 0 && !l.failed)
+        pg_metrics_redis_exchange(w->metrics, (double)(pg_now_mono_us() - l.t0) / 1e6,
+                                  true);
     if (failed > 0) {
         /* One line per batch, not per message: a broken producer would
          * otherwise flood the log a thousand lines at a time. */
@@ -687,10 +687,14 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
                     first_error, NULL);
         w->batch_redone = true;
     }
-    if (txn)
-        return finish_transaction(w, n, failed, errbuf, errlen);
-    /* The acknowledgements arrive while the next batch is read and decided. */
-    return settle(w, false, errbuf, errlen) != 0 ? -1 : 0;
+    pg_kafka_batch_end_t end;
+    int rc = pg_kafka_batch_finish(w->kafka, failed, &end, errbuf, errlen);
+    if (rc == PG_FATAL)
+        return PG_FATAL;
+    if (rc != PG_OK)
+        pg_log_warn("settle_failed", "error", errbuf, NULL);
+    note_end(w, n, end);
+    return PG_OK;
 }
 
 static int scrape_lag(void *ctx, pg_lag_row_t **rows, size_t *n, char *errbuf,
@@ -703,13 +707,7 @@ static int scrape_lag(void *ctx, pg_lag_row_t **rows, size_t *n, char *errbuf,
 static void scrape_group(void *ctx, pg_metrics_group_t *out)
 {
     worker_t *w = ctx;
-    pg_kafka_group_stats_t s;
-    pg_kafka_group_stats(w->kafka, &s);
-    *out = (pg_metrics_group_t){.joined = s.joined,
-                                .rebalances = s.rebalances,
-                                .assigned_partitions = s.assigned_partitions,
-                                .transaction_aborts = s.transaction_aborts,
-                                .fetch_wakeups = s.fetch_wakeups};
+    pg_kafka_group_stats(w->kafka, out);
 }
 
 /* Called from the metrics registry's Redis refresher thread only, so the
@@ -724,31 +722,31 @@ static bool scrape_redis(void *ctx)
 static int start_metrics(worker_t *w, const pg_bindings_opts_t *bopts, char *errbuf,
                          size_t errlen)
 {
-    const char *topics[3] = {w->cfg->topic_advice, w->cfg->topic_requests,
-                             w->cfg->topic_results};
+    const char *topics[PG_IN_COUNT] = {w->cfg->topic_advice, w->cfg->topic_requests,
+                                       w->cfg->topic_results};
     w->metrics = pg_metrics_new(topics, w->cfg->health_stall_timeout_ms,
                                 w->cfg->health_partition_stall_ms);
     w->probe = pg_bindings_new(bopts);
     if (w->metrics == NULL || w->probe == NULL) {
-        snprintf(errbuf, errlen, "out of memory starting the metrics");
-        return -1;
+        pg_errf(errbuf, errlen, "out of memory starting the metrics");
+        return PG_FATAL;
     }
     pg_metrics_set_sources(w->metrics, scrape_lag, scrape_group, scrape_redis, w);
     if (w->cfg->metrics_listen[0] == '\0')
-        return 0;
+        return PG_OK;
     if (pg_metrics_serve(w->metrics, w->cfg->metrics_listen, errbuf, errlen) != 0)
-        return -1;
+        return PG_FATAL;
     pg_log_info("metrics_listening", "listen", w->cfg->metrics_listen, "#port",
                 (long long)pg_metrics_port(w->metrics), NULL);
-    return 0;
+    return PG_OK;
 }
 
 /* Sleeps in slices, so that a stop request is honoured within 100 ms. */
 static void wait_ms(worker_t *w, int ms)
 {
-    int64_t until = mono_ms() + ms;
-    while (!*w->stop && mono_ms() < until) {
-        int64_t left = until - mono_ms();
+    int64_t until = pg_now_mono_ms() + ms;
+    while (!*w->stop && pg_now_mono_ms() < until) {
+        int64_t left = until - pg_now_mono_ms();
         struct timespec ts = {0, (left < 100 ? left : 100) * 1000000L};
         nanosleep(&ts, NULL);
         pg_metrics_tick(w->metrics);
@@ -776,7 +774,7 @@ static void worker_teardown(worker_t *w)
 int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *errbuf,
                   size_t errlen)
 {
-    int rc = -1;
+    int rc = PG_FATAL;
     size_t max = (size_t)cfg->batch_max_messages;
     worker_t w = {
         .cfg = cfg,
@@ -792,35 +790,33 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
     w.arena = pg_arena_new(1 << 20);
     w.bindings = pg_bindings_new(&bopts);
     if (w.msgs == NULL || w.slots == NULL || w.arena == NULL || w.bindings == NULL) {
-        snprintf(errbuf, errlen, "out of memory starting the worker");
+        pg_errf(errbuf, errlen, "out of memory starting the worker");
         goto out;
     }
     if ((w.codec = pg_codec_new(errbuf, errlen)) == NULL)
         goto out;
     /* Wrong Redis credentials are a configuration error: fail before joining. */
     char perr[512];
-    if (pg_bindings_ping(w.bindings, perr, sizeof(perr)) == PG_BINDINGS_EAUTH) {
-        snprintf(errbuf, errlen, "%s (check redis.user and the password)", perr);
+    if (pg_bindings_ping(w.bindings, perr, sizeof(perr)) == PG_FATAL) {
+        pg_errf(errbuf, errlen, "%s", perr);
         goto out;
     }
     if ((w.kafka = pg_kafka_new(cfg, stop, errbuf, errlen)) == NULL) {
         if (*stop) { /* asked to stop while starting: not a failure */
             pg_log_info("worker_stopping", "why", errbuf, NULL);
-            rc = 0;
+            rc = PG_OK;
         }
         goto out;
     }
     if (start_metrics(&w, &bopts, errbuf, errlen) != 0)
         goto out;
-    if (!pg_kafka_transactional(w.kafka)) {
-        w.tally_cap = pg_kafka_pending_room(w.kafka);
-        w.tallies = calloc(w.tally_cap ? w.tally_cap : 1, sizeof(*w.tallies));
-        if (w.tallies == NULL) {
-            snprintf(errbuf, errlen, "out of memory starting the worker");
-            goto out;
-        }
-        pg_kafka_set_settled_cb(w.kafka, on_settled, &w);
+    w.tally_cap = pg_kafka_tracked_max(w.kafka);
+    w.tallies = calloc(w.tally_cap ? w.tally_cap : 1, sizeof(*w.tallies));
+    if (w.tallies == NULL) {
+        pg_errf(errbuf, errlen, "out of memory starting the worker");
+        goto out;
     }
+    pg_kafka_set_settled_cb(w.kafka, on_settled, &w);
     pg_log_info("worker_started", "group", pg_config_kafka_get(cfg, "group.id"),
                 "brokers", pg_config_kafka_get(cfg, "bootstrap.servers"), "delivery",
                 cfg->delivery == PG_DELIVERY_EXACTLY_ONCE ? "exactly-once"
@@ -832,16 +828,14 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         pg_metrics_tick(w.metrics);
         /* Room to track a whole batch, made before it is read: a settle
          * between reading and producing could rewind a partition under it. */
-        if (!pg_kafka_transactional(w.kafka) && pg_kafka_pending_room(w.kafka) < max &&
-            settle(&w, true, errbuf, errlen) != 0)
+        if (settle(&w, max, errbuf, errlen) != PG_OK)
             goto out;
         int n = pg_kafka_poll_batch(w.kafka, w.msgs, max, (size_t)cfg->batch_max_bytes,
                                     100, cfg->batch_max_wait_ms, errbuf, errlen);
         if (n < 0)
             goto out;
         if (n == 0) {
-            if (!pg_kafka_transactional(w.kafka) &&
-                settle(&w, false, errbuf, errlen) != 0)
+            if (settle(&w, 0, errbuf, errlen) != PG_OK)
                 goto out;
             continue;
         }
@@ -850,16 +844,16 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         pg_metrics_batch(w.metrics);
         pg_kafka_batch_release(w.msgs, (size_t)n);
         pg_arena_reset(w.arena);
-        if (brc < 0)
+        if (brc != PG_OK)
             goto out;
-        if (brc > 0)
+        if (w.stopped)
             break;
         /* A batch that must be redone waits first, doubling up to the cap,
          * so a persistent produce failure cannot spin the loop. */
         redo_backoff = w.batch_redone ? next_backoff(cfg, redo_backoff) : 0;
         wait_ms(&w, redo_backoff);
     }
-    rc = 0;
+    rc = PG_OK;
     pg_log_info("worker_stopping", "#decided", (long long)w.decided, "#dead_lettered",
                 (long long)w.dead_lettered, "#aborted_batches",
                 (long long)w.aborted_batches, NULL);

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Prints the demo's decisions readably and checks each against the expected
 verdict in inputs.jsonl. Reads JSON lines (from `pinguard avro decode --framed`)
 of the three decision topics; exits 1 if a decision is missing or wrong.

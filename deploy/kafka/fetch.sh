@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # deploy/kafka/fetch.sh — owns the Apache Kafka jar cache.
 #
 # Resolves org.apache.kafka:kafka_2.13 + kafka-tools (version from pom.xml,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # deploy/local/down.sh — owns tearing down what deploy/local/up.sh started:
 # stops the local Kafka broker and Redis (SIGTERM, wait with a deadline, then
 # SIGKILL) and deletes their data under ${PGLOCAL_RUN:-<repo>/.cache/run}, so

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # deploy/local/kafka-tool.sh — owns running one Kafka Java tool class from the
 # same jars as the local broker (deploy/kafka/fetch.sh), with quiet logging
 # (WARN+ to stderr). The tool's exit status is returned. Example:
@@ -11,7 +12,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-(($# >= 1)) || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+(($# >= 1)) || { sed -n '3,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 libs="$(pg_libs)"
 # exec: signals and the exit status are the tool's own.
 exec java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # deploy/local/kafka.sh — owns stopping / starting ONLY the local Kafka broker
 # (for broker-restart tests), keeping its data: topics, committed offsets and
 # transaction state survive a stop/start. Redis is not touched. The first

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # shellcheck shell=bash disable=SC2034
 # deploy/local/lib.sh — sourced by up.sh, down.sh, redis.sh, kafka.sh and
 # kafka-tool.sh. Owns the layout of the local run dir, and the start / stop /

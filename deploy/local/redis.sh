@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # deploy/local/redis.sh — owns stopping / starting ONLY the local Redis (for
 # tests that take Redis away mid-stream); Kafka is not touched. Redis runs
 # with --save '' --appendonly no, so a restart comes back EMPTY: tests that

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # deploy/local/up.sh — owns bringing up the local services for development and
 # tests: Redis on 127.0.0.1:6379 and a single-node Apache Kafka (KRaft,
 # combined broker+controller) on 127.0.0.1:9092, plus the SPEC topics

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """pinguard benchmark driver (see run.sh). Every figure is measured in this run
 on this machine; targets are reported as ratios against ceilings measured in
 the same run, never asserted."""

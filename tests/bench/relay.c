@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The benchmark's consume+produce ceiling: the smallest loop that does the
  * Kafka work a pinguard worker must do for every input -- consume it in a

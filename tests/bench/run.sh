@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The benchmark (not a test: it prints figures and never fails on a time).
 # Sets up like tests/run.sh, then drives tests/bench/bench.py on the real Kafka
 # and Redis: 100k cached VMs, 1M MigrateVmRequests, 1M MigrationResults and
@@ -13,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 bash deploy/install-deps.sh >/dev/null
 bash deploy/setup-python.sh
-cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DPINGUARD_WERROR="${PG_WERROR:-OFF}" >/dev/null
 cmake --build build-bench >/dev/null
 bash deploy/local/up.sh
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * libFuzzer targets for the codec, one per input record: compiled three
  * times with PG_FUZZ_RECORD set to PG_REC_DRS_ADVICE, PG_REC_MIGRATE_REQUEST

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # tests/fuzz/run.sh — owns the bounded fuzzing run of CI: configures a clang
 # build with PINGUARD_FUZZ=ON (libFuzzer + ASan + UBSan), builds the decode
 # targets, fuzzes each for FUZZ_SECONDS (default 60) from its seed corpus in
@@ -15,6 +16,7 @@ build="$(realpath -m "${FUZZ_BUILD:-build-fuzz}")"
 read -r -a targets <<<"${FUZZ_TARGETS:-fuzz_drs_advice fuzz_migrate_vm_request fuzz_migration_result}"
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DPINGUARD_WERROR="${PG_WERROR:-OFF}" \
   -DPINGUARD_FUZZ=ON >/dev/null
 cmake --build "$build" --target "${targets[@]}"
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A mixed, verifiable workload for the crash, fault and group tests: a pool of
 VMs of every binding profile in the cache, inputs of all three kinds (advice
 naming several VMs, requests, results) with the decision each must get, and a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared helpers of the integration tests: Avro through fastavro (an
 implementation independent of pinguard's), real Kafka and Redis clients, and a
 handle on a `pinguard run` process. Every test gets its own topics, consumer
@@ -18,7 +19,8 @@ import uuid
 import fastavro
 import fastavro.schema
 import redis
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer,
+                             TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 # The same variables as deploy/local/*.sh, so that a private set of services
@@ -101,6 +103,18 @@ def wait_until(pred, timeout, what, interval=0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def metric(text, name, **labels):
+    """Sum of the samples of `name` in a /metrics text whose labels include
+    `labels`; None when the exposition has none."""
+    total, seen = 0.0, False
+    for m in re.finditer("^" + re.escape(name) + r"(?:\{([^}]*)\})? (\S+)$", text, re.M):
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+            seen = True
+    return total if seen else None
 
 
 class Env:
@@ -202,6 +216,65 @@ class Env:
             c.close()
         return {tp.partition: tp.offset for tp in tps}
 
+    def read_all(self, topic_key, partitions=6, timeout=60):
+        """Every message of the topic from the start to its end (read_committed),
+        undecoded: call once no worker can still write to it, and the answer is
+        complete without listening on for stragglers."""
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"reader-{uid()}",
+                      "enable.auto.commit": False, "enable.partition.eof": True,
+                      "isolation.level": "read_committed"})
+        t = self.topics[topic_key]
+        c.assign([TopicPartition(t, p, OFFSET_BEGINNING) for p in range(partitions)])
+        out, eof = [], set()
+        deadline = time.monotonic() + timeout * TIME_SCALE
+        try:
+            while len(eof) < partitions:
+                assert time.monotonic() < deadline, f"{t}: no end after {timeout}s"
+                for m in c.consume(1000, 0.5):
+                    if m.error():
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            eof.add(m.partition())
+                            continue
+                        raise KafkaException(m.error())
+                    eof.discard(m.partition())
+                    out.append(m)
+        finally:
+            c.close()
+        return out
+
+    def high_watermarks(self, topic_key, partitions=6):
+        """partition -> end offset of the topic: any record written moves it,
+        committed or not (and a transaction's commit or abort marker too)."""
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"hw-{uid()}"})
+        try:
+            return {p: c.get_watermark_offsets(TopicPartition(self.topics[topic_key], p),
+                                               timeout=10)[1]
+                    for p in range(partitions)}
+        finally:
+            c.close()
+
+    def offsets(self, partitions=6):
+        """What a worker moves when it decides anything: the group's committed
+        offsets of every input topic and the end offsets of every output topic
+        (the DLQ included)."""
+        return ({k: self.committed(k, partitions) for k in self.INPUTS},
+                {k: self.high_watermarks(k, partitions) for k in self.OUTPUTS})
+
+    def wait_retried(self, w, attempts=3, timeout=60):
+        """Until the worker has retried a held batch at least `attempts` more
+        times: each failed try adds the batch's size to
+        pinguard_inputs_total{outcome="retried"}, so every growth seen is one
+        try (or more) that decided nothing. Returns the counter's value."""
+        seen = []
+
+        def grown():
+            self.check_workers()
+            v = w.metric("pinguard_inputs_total", outcome="retried")
+            if not seen or v > seen[-1]:
+                seen.append(v)
+            return len(seen) > attempts and v
+        return wait_until(grown, timeout, f"{attempts} more retries of the held batch")
+
     def check_workers(self):
         """Fails at once, with its log, when a worker died on its own."""
         for w in self.workers:
@@ -267,6 +340,11 @@ class Worker:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+
+    def metric(self, name, **labels):
+        """One scrape of /metrics: the sum of `name`'s samples with `labels`
+        (0 when there is none)."""
+        return metric(self.http("/metrics", timeout=10)[1], name, **labels) or 0.0
 
     def wait_log(self, needle, timeout=30):
         return wait_until(lambda: needle in self.logs(), timeout, f"log line {needle!r}")

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The binding cache as upstream and operators really leave it, end to end on
 real Kafka and Redis: keys rewritten by racing transactions while the worker
 reads them, entries that do not follow the SPEC's layout (wrong types, NUL

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The operator CLI against the real Redis: cache edits, explain, import, the
 Avro tools (checked against fastavro), configuration checks, signals, usage
 errors and exit codes."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Crash test: 50,000 mixed inputs (advice naming several VMs, requests,
 results) drained by one worker identity that is stopped at random moments at
 least five times (SIGKILL, or SIGTERM for a clean stop) and restarted each

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Checks the wiring of deploy/: the Kubernetes manifests, the systemd unit, the
 Dockerfile, the Grafana dashboard and the alerting rules, against each other
 and against the worker's settings and metric names. Needs no Kafka or Redis.
@@ -89,7 +90,7 @@ INPUT_TOPIC_KEYS = ("topic.advice", "topic.requests", "topic.results")
 KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
 
 BUILD_PACKAGES = {"build-essential", "cmake", "ninja-build", "pkg-config", "librdkafka-dev",
-                  "libavro-dev", "libhiredis-dev", "libjansson-dev", "libmicrohttpd-dev", "check"}
+                  "libavro-dev", "libhiredis-dev", "libjansson-dev", "libmicrohttpd-dev"}
 RUNTIME_PACKAGES = {"librdkafka1", "libavro23", "libhiredis0.14", "libjansson4", "libmicrohttpd12"}
 
 UNIT_HARDENING = {
@@ -1314,6 +1315,103 @@ def test_systemd_analyze_verify(pristine, tmp_path):
     text = re.sub(r"^(LoadCredential=[^:]+):.*$", rf"\1:{cred}", text, flags=re.M)
     unit = tmp_path / "pinguard.service"
     unit.write_text(text)
-    r = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    # Documentation=man:pinguard(1) is checked too: the man page as installed.
+    man1 = tmp_path / "man" / "man1"
+    man1.mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "docs", "pinguard.1"), man1 / "pinguard.1")
+    env = dict(os.environ, MANPATH=str(tmp_path / "man"))
+    r = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60,
+                       env=env)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "nknown" not in out and "gnoring" not in out, out
+
+
+# --------------------------------------------------------------------------
+# `cmake --install` of the build that PINGUARD_BIN comes from.
+
+def _build_dir():
+    binary = _pinguard_bin()
+    if binary is None:
+        return None
+    d = os.path.dirname(os.path.realpath(binary))
+    return d if os.path.isfile(os.path.join(d, "CMakeCache.txt")) else None
+
+
+def _install(build, prefix, destdir=None):
+    env = dict(os.environ)
+    env.pop("DESTDIR", None)
+    if destdir is not None:
+        env["DESTDIR"] = str(destdir)
+    r = subprocess.run(["cmake", "--install", build, "--prefix", prefix],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["prefix", "destdir"])
+def test_cmake_install(staged, tmp_path):
+    """Installs the binary, every schema, the man page, the docs and the
+    systemd unit, whose ExecStart and Documentation name the install prefix
+    (with DESTDIR staging: the final prefix, files under DESTDIR)."""
+    build = _build_dir()
+    if build is None or shutil.which("cmake") is None:
+        pytest.skip("no CMake build beside PINGUARD_BIN, or no cmake")
+    if staged:
+        prefix, root = "/usr", tmp_path / "stage"
+        out = _install(build, prefix, destdir=root)
+        base = root / "usr"
+    else:
+        prefix = str(tmp_path / "prefix")
+        out = _install(build, prefix)
+        base = tmp_path / "prefix"
+    binary = base / "bin" / "pinguard"
+    assert os.access(binary, os.X_OK), out
+    r = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "usage: pinguard" in r.stdout + r.stderr
+    schemas = sorted(f for f in os.listdir(os.path.join(ROOT, "schemas")) if f.endswith(".avsc"))
+    assert schemas and sorted(os.listdir(base / "share" / "pinguard" / "schemas")) == schemas
+    for src, dst in (("docs/pinguard.1", "share/man/man1/pinguard.1"),
+                     ("docs/CONFIG.md", "share/doc/pinguard/CONFIG.md"),
+                     ("README.md", "share/doc/pinguard/README.md"),
+                     ("LICENSE", "share/doc/pinguard/LICENSE")):
+        assert (base / dst).read_text() == _read(os.path.join(ROOT, src)), f"{dst} differs from {src}"
+    unit = parse_unit((base / "lib" / "systemd" / "system" / "pinguard.service").read_text())
+    argv = shlex.split(unit_values(unit, "ExecStart")[0])
+    assert argv[0] == f"{prefix}/bin/pinguard", argv
+    assert f"file://{prefix}/share/doc/pinguard/README.md" in unit_values(unit, "Documentation", "Unit")
+    # Everything else in the unit is the checked-in file's.
+    pristine = [e for e in parse_unit(_read(UNIT)) if e[1] not in ("ExecStart", "Documentation")]
+    assert [e for e in unit if e[1] not in ("ExecStart", "Documentation")] == pristine
+
+
+def _roff_text(text):
+    """The man page's words: escapes and font changes removed."""
+    text = re.sub(r"\\f[BIRP]", "", text).replace("\\-", "-").replace("\\(aq", "'")
+    return re.sub(r'^\.[A-Z]{1,2}\b ?', "", text, flags=re.M).replace('"', "")
+
+
+def test_man_page_covers_help():
+    """docs/pinguard.1 names every command and option that `pinguard --help`
+    lists, and only exit codes the help names."""
+    binary = _pinguard_bin()
+    if binary is None:
+        pytest.skip("pinguard is not built (set PINGUARD_BIN)")
+    r = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    help_text = r.stdout + r.stderr
+    man = _roff_text(_read(os.path.join(ROOT, "docs", "pinguard.1")))
+    commands_part = help_text.split("Commands:", 1)[1].split("Options", 1)[0]
+    commands = re.findall(r"^  ([a-z]+(?: [a-z]+)?)\b", commands_part, re.M)
+    assert len(commands) > 10, f"no commands parsed from --help: {help_text[:200]}"
+    for c in commands:
+        first = c.split()[0]
+        words = c if first in ("avro", "config") else first
+        assert re.search(r"(?<![\w-])" + re.escape(words) + r"(?![\w-])", man), \
+            f"docs/pinguard.1 does not describe `{words}`"
+    options = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_text.split("Options", 1)[1]))
+    assert {"--config", "--set", "-X", "--help"} <= options, options
+    for o in options:
+        assert re.search(r"(?<![\w-])" + re.escape(o) + r"(?![\w-])", man), \
+            f"docs/pinguard.1 does not describe {o}"
+    assert re.search(r"Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error", help_text)
+    assert re.search(r"EXIT STATUS", man) and all(f"\n{n}\n" in man for n in "012")

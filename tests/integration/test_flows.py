@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The three guards end to end: inputs produced to real Kafka, bindings in real
 Redis, a `pinguard run` process, and every field of every decision read back
 and checked against the SPEC."""

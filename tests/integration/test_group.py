@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Group changes, exactly-once: three workers share the topics; one is
 SIGKILLed and one is added while inputs stream in, and every input still gets
 exactly one decision. Static membership (kafka.group.instance.id): a worker

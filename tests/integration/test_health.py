@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """/healthz and /readyz never wait on the network, and /readyz catches an
 input partition that stopped committing:
 - the Kafka broker stopped: both probes answer within 200 ms, request after

@@ -1,8 +1,13 @@
+# SPDX-License-Identifier: Apache-2.0
 """Hostile input end to end: each case is one undecodable message produced to
 an input topic, followed on the same partition (same key) by a valid one.
 The hostile message must land in the DLQ with its original key and bytes, the
 exact pinguard-error code and the source headers; the valid one after it must
-be decided; both offsets must be committed. Hostile bodies are built byte by
+be decided; both offsets must be committed. All the cases go through one
+worker per delivery mode (a module fixture produces every pair, runs the
+worker until it stopped cleanly, and reads what it wrote); each case's test
+then finds its dead letter by the source offset in its headers and its
+decision by the input's id. Hostile bodies are built byte by
 byte here (fastavro refuses to write them); the valid messages come from
 fastavro. tests/valgrind.sh and tests/sanitize.sh run these with the worker
 under valgrind and ASan (no leak, no bad access); tests/unit/test_codec_alloc.c
@@ -13,7 +18,7 @@ import struct
 
 import pytest
 
-from pgtest import FINGERPRINTS, decode, encode, now_ms, uid
+from pgtest import FINGERPRINTS, Env, decode, encode, now_ms, uid
 
 SRC, DST = uid(), uid()
 
@@ -142,6 +147,17 @@ def test_hand_built_messages_are_valid_avro():
     assert zz(-1) == b"\x01" and zz(2**31) == b"\x80\x80\x80\x80\x10"
 
 
+# --- One worker per delivery mode --------------------------------------------
+# Every case's pair is produced first, then one worker decides them all. The
+# limits two cases need hold for every case: each other case fails a check
+# that comes before them (the decoder checks a length against the bytes left
+# before it checks it against a limit), and the valid messages stay within
+# them (36-character uuids, three migrations: exactly advice.max.migrations).
+LIMITS = ("input.max.string.length=64", "advice.max.migrations=3")
+assert all(not s or set(s) <= set(LIMITS) for *_, s in REQUEST_CASES + ADVICE_CASES)
+N_CASES = len(REQUEST_CASES) + len(ADVICE_CASES)
+
+
 def produce_pair(env, topic_key, key, hostile, valid):
     """Hostile then valid on one key; returns their (partition, offset)."""
     reports = []
@@ -160,16 +176,72 @@ def produce_pair(env, topic_key, key, hostile, valid):
     return reports[0]
 
 
-def check_dead_letter(env, topic_key, key, payload, code, detail, partition, offset):
-    """The DLQ holds exactly this message, with its reason and origin."""
-    dlq = env.read("dlq", 1)
-    assert len(dlq) == 1
+class Run:
+    """The pairs of every case, produced before one worker starts, and what
+    that worker wrote, read to the end once it stopped."""
+
+    def __init__(self, env):
+        self.env = env
+        self.cases = {}  # case id -> (topic key, key, payload, good record, partition, offset)
+        for cid, _, build, _, _ in REQUEST_CASES:
+            vm = env.vm(host=SRC, devices=[("gpu-1", "dgpu")])
+            payload = build(vm)
+            good = {"requestId": uid(), "vmUuid": vm, "srcHostUuid": SRC,
+                    "dstHostUuid": DST, "origin": "DRS", "requestedAtMs": now_ms()}
+            self.cases[cid] = ("requests", vm, payload, good) + produce_pair(
+                env, "requests", vm, payload, encode("MigrateVmRequest", good))
+        for cid, _, build, _, _ in ADVICE_CASES:
+            cluster = uid()
+            payload = build(cluster)
+            bound = env.vm(host=SRC, devices=[("gpu-1", "dgpu")])
+            free = [env.vm(host=SRC), env.vm(host=SRC)]
+            # Three migrations: exactly advice.max.migrations.
+            good = {"adviceId": uid(), "clusterUuid": cluster, "generatedAtMs": now_ms(),
+                    "migrations": [{"vmUuid": vm, "srcHostUuid": SRC, "dstHostUuid": DST,
+                                    "score": None} for vm in (free[0], bound, free[1])]}
+            self.cases[cid] = ("advice", cluster, payload, (good, bound, free)) + produce_pair(
+                env, "advice", cluster, payload, encode("DrsAdvice", good))
+        self.worker = env.worker(*LIMITS)
+        # Every decision and dead letter there, then a clean stop: what the
+        # topics hold from then on is final, and read to their ends.
+        env.read("decisions", len(REQUEST_CASES), timeout=120)
+        env.read("advice.filtered", len(ADVICE_CASES), timeout=120)
+        env.read("dlq", N_CASES, timeout=120)
+        self.rc = self.worker.stop()
+        self.logs = self.worker.logs()
+        self.out = {k: env.read_all(k) for k in ("decisions", "advice.filtered", "dlq")}
+        self.committed = {k: env.committed(k) for k in ("requests", "advice")}
+
+    def dead_letters(self, topic_key, partition, offset):
+        """The DLQ records whose source headers name this input."""
+        want = (self.env.topics[topic_key], str(partition), str(offset))
+
+        def origin(m):
+            h = {k: v.decode() for k, v in m.headers() or ()}
+            return tuple(h.get("pinguard-source-" + f) for f in ("topic", "partition", "offset"))
+        return [m for m in self.out["dlq"] if origin(m) == want]
+
+
+@pytest.fixture(scope="module", params=["exactly-once", "at-least-once"])
+def run(request, services):
+    env = Env(delivery=request.param)
+    try:
+        yield Run(env)
+    finally:
+        env.close()
+
+
+def check_dead_letter(run, topic_key, key, payload, code, detail, partition, offset):
+    """The DLQ holds exactly one record from this input, with its reason and
+    origin."""
+    dlq = run.dead_letters(topic_key, partition, offset)
+    assert len(dlq) == 1, f"{len(dlq)} dead letters from {partition}/{offset}"
     m = dlq[0]
     h = {k: v.decode() for k, v in m.headers()}
     got_code, _, got_detail = h["pinguard-error"].partition(": ")
     assert got_code == code, h["pinguard-error"]
     assert detail in got_detail, h["pinguard-error"]
-    assert h["pinguard-source-topic"] == env.topics[topic_key]
+    assert h["pinguard-source-topic"] == run.env.topics[topic_key]
     assert int(h["pinguard-source-partition"]) == partition
     assert int(h["pinguard-source-offset"]) == offset
     assert m.key().decode() == key
@@ -177,53 +249,57 @@ def check_dead_letter(env, topic_key, key, payload, code, detail, partition, off
     assert m.value() == payload
 
 
-def check_done(env, w, topic_key, partition, offset):
-    """A clean stop; one dead letter and one decision (no retry, no abort);
-    both offsets committed."""
-    assert w.stop() == 0, w.logs()[-3000:]
-    assert "event=worker_stopping decided=1 dead_lettered=1 aborted_batches=0" in w.logs()
-    committed = {p: o for p, o in env.committed(topic_key).items() if o >= 0}
-    assert committed == {partition: offset + 2}
+def check_committed(run, topic_key, partition, offset):
+    """Both offsets of the pair committed (the partition's committed offset
+    is past the valid message)."""
+    assert run.committed[topic_key][partition] >= offset + 2, run.committed[topic_key]
+
+
+def test_one_worker_decided_every_case(run):
+    """A clean stop; one dead letter per hostile input and one decision per
+    valid one, nothing else (no retry, no abort); every partition committed
+    exactly to the end of the pairs it holds."""
+    assert run.rc == 0, run.logs[-3000:]
+    assert (f"event=worker_stopping decided={N_CASES} dead_lettered={N_CASES} "
+            "aborted_batches=0") in run.logs
+    assert len(run.out["dlq"]) == N_CASES
+    assert len(run.out["decisions"]) == len(REQUEST_CASES)
+    assert len(run.out["advice.filtered"]) == len(ADVICE_CASES)
+    for topic_key in ("requests", "advice"):
+        ends = {}
+        for t, _, _, _, partition, offset in run.cases.values():
+            if t == topic_key:
+                ends[partition] = max(ends.get(partition, 0), offset + 2)
+        committed = {p: o for p, o in run.committed[topic_key].items() if o >= 0}
+        assert committed == ends, topic_key
 
 
 @pytest.mark.parametrize("case", REQUEST_CASES, ids=[c[0] for c in REQUEST_CASES])
-def test_hostile_request(env, case):
-    _, code, build, detail, settings = case
-    vm = env.vm(host=SRC, devices=[("gpu-1", "dgpu")])
-    payload = build(vm)
-    good = {"requestId": uid(), "vmUuid": vm, "srcHostUuid": SRC, "dstHostUuid": DST,
-            "origin": "DRS", "requestedAtMs": now_ms()}
-    partition, offset = produce_pair(env, "requests", vm, payload,
-                                     encode("MigrateVmRequest", good))
-    w = env.worker(*settings)
-    (msg, d), = env.decisions("decisions", 1)
-    assert d["requestId"] == good["requestId"]
+def test_hostile_request(run, case):
+    cid, code, _, detail, _ = case
+    _, vm, payload, good, partition, offset = run.cases[cid]
+    got = [(m, decode(m.value())[1]) for m in run.out["decisions"]]
+    mine = [(m, d) for m, d in got if d["requestId"] == good["requestId"]]
+    assert len(mine) == 1, f"{len(mine)} decisions of the valid request"
+    (msg, d), = mine
     assert msg.key().decode() == vm
     assert (d["verdict"], d["reason"]) == ("VETOED", "HOST_BOUND_DEVICE")
     assert d["devices"] == [{"deviceUuid": "gpu-1", "kind": "dgpu"}]
-    check_dead_letter(env, "requests", vm, payload, code, detail, partition, offset)
-    check_done(env, w, "requests", partition, offset)
+    check_dead_letter(run, "requests", vm, payload, code, detail, partition, offset)
+    check_committed(run, "requests", partition, offset)
 
 
 @pytest.mark.parametrize("case", ADVICE_CASES, ids=[c[0] for c in ADVICE_CASES])
-def test_hostile_advice(env, case):
-    _, code, build, detail, settings = case
-    cluster = uid()
-    payload = build(cluster)
-    bound = env.vm(host=SRC, devices=[("gpu-1", "dgpu")])
-    free = [env.vm(host=SRC), env.vm(host=SRC)]
-    # Three migrations: exactly advice.max.migrations where that is set.
-    good = {"adviceId": uid(), "clusterUuid": cluster, "generatedAtMs": now_ms(),
-            "migrations": [{"vmUuid": vm, "srcHostUuid": SRC, "dstHostUuid": DST,
-                            "score": None} for vm in (free[0], bound, free[1])]}
-    partition, offset = produce_pair(env, "advice", cluster, payload,
-                                     encode("DrsAdvice", good))
-    w = env.worker(*settings)
-    (msg, fa), = env.decisions("advice.filtered", 1)
-    assert fa["adviceId"] == good["adviceId"]
+def test_hostile_advice(run, case):
+    cid, code, _, detail, _ = case
+    _, cluster, payload, (good, bound, free), partition, offset = run.cases[cid]
+    got = [(m, decode(m.value())[1]) for m in run.out["advice.filtered"]]
+    mine = [(m, fa) for m, fa in got if fa["adviceId"] == good["adviceId"]]
+    assert len(mine) == 1, f"{len(mine)} decisions of the valid advice"
+    (msg, fa), = mine
     assert msg.key().decode() == cluster
     assert [m["vmUuid"] for m in fa["approved"]] == free
     assert [(v["migration"]["vmUuid"], v["reason"]) for v in fa["vetoed"]] == \
         [(bound, "HOST_BOUND_DEVICE")]
-    check_dead_letter(env, "advice", cluster, payload, code, detail, partition, offset)
-    check_done(env, w, "advice", partition, offset)
+    check_dead_letter(run, "advice", cluster, payload, code, detail, partition, offset)
+    check_committed(run, "advice", partition, offset)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Kafka client states the worker cannot go on from, and what it checks before
 consuming anything: a static member fenced by a newer one with the same
 kafka.group.instance.id exits 1 while the newer one keeps deciding; a missing

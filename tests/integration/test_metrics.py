@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Operations on real Kafka and Redis: /metrics lag against Kafka's own
 consumer-groups tool partition by partition, /healthz and /readyz in both
 states, and `pinguard lag`."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Scaled consumers: three workers drain a backlog on 12-partition topics;
 every partition has one owner at a time, the lag reaches zero, the decisions
 are complete, and a stopped worker's partitions are handed over within the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Secured services: a private Redis with `requirepass` and an ACL user, and
 the broker's SASL_PLAINTEXT listener with SCRAM-SHA-256 (deploy/local/lib.sh).
 With the right secrets the worker decides as usual; with a wrong one it exits

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Unit tests of the Avro codec: CRC-64-AVRO and canonical forms against
  * fastavro, decoding fastavro's bytes and encoding byte-identical ones, round

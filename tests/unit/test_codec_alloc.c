@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Allocation proof of the codec: every avro-c allocation goes through a
  * counting allocator (avro_set_allocator, installed before avro-c allocates

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Unit tests of the settings table: SPEC defaults, precedence of the sources,
  * bounds, passthrough, secrets, and that docs/CONFIG.md is the table's own
@@ -92,23 +93,29 @@ END_TEST
 START_TEST(bounds_and_types)
 {
     pg_config_t *c = pg_config_new();
-    ck_assert_int_eq(pg_config_set(c, "redis.port", "0", 3, err, sizeof(err)), -1);
+    ck_assert_int_eq(pg_config_set(c, "redis.port", "0", 3, err, sizeof(err)),
+                     PG_INPUT);
     ck_assert_ptr_nonnull(strstr(err, "[1, 65535]"));
-    ck_assert_int_eq(pg_config_set(c, "redis.port", "65536", 3, err, sizeof(err)), -1);
-    ck_assert_int_eq(pg_config_set(c, "redis.port", "12x", 3, err, sizeof(err)), -1);
-    ck_assert_int_eq(pg_config_set(c, "redis.port", "", 3, err, sizeof(err)), -1);
+    ck_assert_int_eq(pg_config_set(c, "redis.port", "65536", 3, err, sizeof(err)),
+                     PG_INPUT);
+    ck_assert_int_eq(pg_config_set(c, "redis.port", "12x", 3, err, sizeof(err)),
+                     PG_INPUT);
+    ck_assert_int_eq(pg_config_set(c, "redis.port", "", 3, err, sizeof(err)), PG_INPUT);
     ck_assert_int_eq(c->redis_port, 6379); /* a rejected value changes nothing */
     ck_assert_int_eq(
         pg_config_set(c, "policy.allow.unknown.vm", "yes", 3, err, sizeof(err)), 0);
     ck_assert(c->allow_unknown_vm);
     ck_assert_int_eq(
-        pg_config_set(c, "policy.allow.unknown.vm", "maybe", 3, err, sizeof(err)), -1);
+        pg_config_set(c, "policy.allow.unknown.vm", "maybe", 3, err, sizeof(err)),
+        PG_INPUT);
     ck_assert_int_eq(pg_config_set(c, "log.level", "debug", 3, err, sizeof(err)), 0);
     ck_assert_int_eq(c->log_level, PG_LOG_DEBUG);
-    ck_assert_int_eq(pg_config_set(c, "log.level", "loud", 3, err, sizeof(err)), -1);
-    ck_assert_int_eq(pg_config_set(c, "no.such.key", "1", 3, err, sizeof(err)), -1);
+    ck_assert_int_eq(pg_config_set(c, "log.level", "loud", 3, err, sizeof(err)),
+                     PG_INPUT);
+    ck_assert_int_eq(pg_config_set(c, "no.such.key", "1", 3, err, sizeof(err)),
+                     PG_INPUT);
     ck_assert_ptr_nonnull(strstr(err, "no.such.key"));
-    ck_assert_int_eq(pg_config_set(c, "kafka.", "1", 3, err, sizeof(err)), -1);
+    ck_assert_int_eq(pg_config_set(c, "kafka.", "1", 3, err, sizeof(err)), PG_INPUT);
     pg_config_destroy(c);
 }
 END_TEST
@@ -117,14 +124,14 @@ START_TEST(cross_field_checks)
 {
     pg_config_t *c = pg_config_new();
     pg_config_set(c, "topic.dlq", "drs.advice", 3, err, sizeof(err));
-    ck_assert_int_eq(pg_config_finish(c, err, sizeof(err)), -1);
+    ck_assert_int_eq(pg_config_finish(c, err, sizeof(err)), PG_INPUT);
     ck_assert_ptr_nonnull(strstr(err, "drs.advice"));
     pg_config_destroy(c);
 
     c = pg_config_new();
     pg_config_set(c, "retry.backoff.min.ms", "500", 3, err, sizeof(err));
     pg_config_set(c, "retry.backoff.max.ms", "100", 3, err, sizeof(err));
-    ck_assert_int_eq(pg_config_finish(c, err, sizeof(err)), -1);
+    ck_assert_int_eq(pg_config_finish(c, err, sizeof(err)), PG_INPUT);
     pg_config_destroy(c);
 }
 END_TEST
@@ -155,8 +162,8 @@ START_TEST(metrics_listen_checked)
                                        err, sizeof(err)),
                          0);
         err[0] = '\0';
-        ck_assert_msg(pg_config_finish(c, err, sizeof(err)) == -1, "'%s' accepted",
-                      bad[i]);
+        ck_assert_msg(pg_config_finish(c, err, sizeof(err)) == PG_INPUT,
+                      "'%s' accepted", bad[i]);
         ck_assert_msg(strstr(err, "metrics.listen") != NULL && strstr(err, bad[i]),
                       "'%s': %s", bad[i], err);
         pg_config_destroy(c);
@@ -178,7 +185,7 @@ START_TEST(integers_from_every_source)
             char *before = capture(pg_config_print, c);
             ck_assert_int_eq(pg_config_set(c, keys[k], junk[j], PG_CONFIG_SRC_FLAG, err,
                                            sizeof(err)),
-                             -1);
+                             PG_INPUT);
             ck_assert_ptr_nonnull(strstr(err, keys[k]));
             char var[128], *env[] = {var, NULL};
             snprintf(var, sizeof(var), "PINGUARD_");
@@ -189,7 +196,7 @@ START_TEST(integers_from_every_source)
                 var[n + 1] = '\0';
             }
             snprintf(var + strlen(var), sizeof(var) - strlen(var), "=%s", junk[j]);
-            ck_assert_int_eq(pg_config_load_env(c, env, err, sizeof(err)), -1);
+            ck_assert_int_eq(pg_config_load_env(c, env, err, sizeof(err)), PG_INPUT);
             ck_assert_ptr_nonnull(strstr(err, keys[k]));
             char *after = capture(pg_config_print, c);
             ck_assert_str_eq(before, after);
@@ -223,7 +230,7 @@ START_TEST(secrets_hidden)
 
     c = pg_config_new();
     pg_config_set(c, "redis.password.file", "/nonexistent/pw", 3, err, sizeof(err));
-    ck_assert_int_eq(pg_config_finish(c, err, sizeof(err)), -1);
+    ck_assert_int_eq(pg_config_finish(c, err, sizeof(err)), PG_INPUT);
     ck_assert_ptr_nonnull(strstr(err, "/nonexistent/pw"));
     pg_config_destroy(c);
 }
@@ -233,10 +240,11 @@ START_TEST(bad_file)
 {
     pg_config_t *c = pg_config_new();
     const char *path = write_temp("redis.port = 1\njust words\n");
-    ck_assert_int_eq(pg_config_load_file(c, path, err, sizeof(err)), -1);
+    ck_assert_int_eq(pg_config_load_file(c, path, err, sizeof(err)), PG_INPUT);
     ck_assert_ptr_nonnull(strstr(err, ":2:"));
     unlink(path);
-    ck_assert_int_eq(pg_config_load_file(c, "/nonexistent.conf", err, sizeof(err)), -1);
+    ck_assert_int_eq(pg_config_load_file(c, "/nonexistent.conf", err, sizeof(err)),
+                     PG_INPUT);
     pg_config_destroy(c);
 }
 END_TEST

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Unit tests of the metrics registry: Prometheus text shape, counters by
  * label, the cumulative histogram, the liveness/readiness rules, the stall
@@ -145,7 +146,7 @@ START_TEST(readiness_rules)
     redis_flag = true;
     pg_metrics_refresh(m);
     ck_assert_int_eq(pg_metrics_health(m, why, sizeof(why)), 0);
-    ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), -1);
+    ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), PG_RETRY);
     ck_assert_ptr_nonnull(strstr(why, "not joined"));
     joined_flag = true;
     ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), 0);
@@ -154,7 +155,7 @@ START_TEST(readiness_rules)
     ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), 0);
     next_ms();
     pg_metrics_refresh(m);
-    ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), -1);
+    ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), PG_RETRY);
     ck_assert_ptr_nonnull(strstr(why, "redis"));
     /* The fresher word decides: the worker's successful exchange after the
      * failed probe, then its failed one after the probe answered again. */
@@ -167,7 +168,7 @@ START_TEST(readiness_rules)
     ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), 0);
     next_ms();
     pg_metrics_redis_exchange(m, 0.001, false);
-    ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), -1);
+    ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), PG_RETRY);
     ck_assert_ptr_nonnull(strstr(why, "redis"));
     pg_metrics_destroy(m);
 }
@@ -189,9 +190,9 @@ START_TEST(stalled_loop_fails_both)
         clock_gettime(CLOCK_MONOTONIC, &now);
     while (pg_metrics_health(m, why, sizeof(why)) == 0 &&
            now.tv_sec - start.tv_sec < 2);
-    ck_assert_int_eq(pg_metrics_health(m, why, sizeof(why)), -1);
+    ck_assert_int_eq(pg_metrics_health(m, why, sizeof(why)), PG_RETRY);
     ck_assert_ptr_nonnull(strstr(why, "stalled"));
-    ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), -1);
+    ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), PG_RETRY);
     pg_metrics_tick(m);
     ck_assert_int_eq(pg_metrics_health(m, why, sizeof(why)), 0);
     pg_metrics_destroy(m);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Unit tests of the decision rules: every device kind, operator pins, unknown
  * VMs, veto precedence, device lists, and every branch of the release rule,

@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * What the files of the kafka module share (kafka.c: the clients, polling
+ * and producing; kafka_conf.c: the client configurations; kafka_txn.c: the
+ * exactly-once transactions; kafka_lag.c: offsets and lag; kafka_ring.c:
+ * the at-least-once settle ring). Not for other modules.
+ */
+#ifndef PG_KAFKA_INTERNAL_H
+#define PG_KAFKA_INTERNAL_H
+
+#include "kafka.h"
+#include "kafka_ring.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdatomic.h>
+
+enum { TRACKED_PARTITIONS = 1024 };
+
+struct pg_kafka {
+    const pg_config_t *cfg;
+    volatile sig_atomic_t *stop; /* NULL: never asked to stop */
+    pg_kafka_settled_fn settled_fn;
+    void *settled_ctx;
+    size_t out_max[PG_OUT_COUNT]; /* see pg_kafka_output_max_bytes */
+    size_t msg_max, batch_max;    /* the producer's, from its configuration */
+    bool subscribed; /* the outputs were checked, see start_consuming in kafka.c */
+    pg_kafka_ring_t pending; /* at least once: the inputs in flight */
+    /* The batch between pg_kafka_batch_begin and pg_kafka_batch_finish; in
+     * exactly-once mode its outputs' delivery states (the commit answers
+     * for them all), batch_cap of them. */
+    const pg_kafka_msg_t *batch;
+    size_t batch_n, batch_cap;
+    pg_delivery_state_t *txn_states;
+    rd_kafka_t *consumer;
+    rd_kafka_t *producer;
+    rd_kafka_topic_t *out[PG_OUT_COUNT];
+    const char *in_topics[PG_IN_COUNT];
+    uint64_t generation;
+    /* Read by the metrics thread. */
+    _Atomic bool joined;
+    _Atomic unsigned long long rebalances, assigned, aborts, fetch_wakeups;
+    /* Offset of the last input handed to the worker, per input topic and
+     * partition (up to TRACKED_PARTITIONS), for the lag rows; -1 none. */
+    _Atomic int64_t consumed[PG_IN_COUNT][TRACKED_PARTITIONS];
+    int64_t next_wakeup_ms; /* earliest time of the next fetcher wake-up */
+    bool caught_up;         /* the last check saw no lag: poll without slicing */
+    bool transactional;
+    bool paused;
+    bool quiet; /* building confs for pg_kafka_check_config: no logs */
+    bool fatal;
+    char fatal_reason[768];
+};
+
+/* kafka_conf.c: one client's configuration (pinguard's defaults, the
+ * operator's passthrough properties, the settings correctness depends on,
+ * the callbacks); NULL with errbuf filled. */
+rd_kafka_conf_t *pg_kafka_conf_make(pg_kafka_t *k, bool consumer, char *errbuf,
+                                    size_t errlen);
+/* A size property of a configuration not yet handed to rd_kafka_new. */
+size_t pg_kafka_conf_size(const rd_kafka_conf_t *conf, const char *key, size_t dflt);
+
+/* kafka.c: installs the module's callbacks (log, error, rebalance or
+ * delivery report) with k as their opaque. */
+void pg_kafka_conf_callbacks(pg_kafka_t *k, rd_kafka_conf_t *conf, bool consumer);
+/* PG_FATAL with errbuf filled once either client is in a state it
+ * cannot leave, else 0. */
+int pg_kafka_check_fatal(pg_kafka_t *k, char *errbuf, size_t errlen);
+/* Whether a stop was requested. */
+bool pg_kafka_stopping(const pg_kafka_t *k);
+/* Seeks the consumer to parts' offsets. 0 or PG_RETRY. */
+int pg_kafka_seek_to(pg_kafka_t *k, rd_kafka_topic_partition_list_t *parts,
+                     char *errbuf, size_t errlen);
+/* The pg_input_t of an input topic's name, or -1. */
+int pg_kafka_input_of(const pg_kafka_t *k, const char *topic);
+/* Marks every consumed offset unknown. */
+void pg_kafka_init_consumed(pg_kafka_t *k);
+
+/* kafka.c, at least once. */
+/* Outputs are acknowledged in the background. Each input gets
+ * a tracking slot, in consumption order, whose state its one output's
+ * delivery report sets (pass it to pg_kafka_produce); NULL when the
+ * pg_kafka_pending_room() slots are taken. The slot belongs to the kafka
+ * module. */
+size_t pg_kafka_pending_room(const pg_kafka_t *k);
+pg_delivery_state_t *pg_kafka_pending_add(pg_kafka_t *k, const pg_kafka_msg_t *m);
+/* Serves delivery reports (all of them when wait) and settles the inputs
+ * answered so far: per partition, the offset after the last acknowledged
+ * input is stored (auto-commit sends it), never past a failed one, and the
+ * partition is rewound to the failed input so it is consumed again;
+ * *rewound (may be NULL) is set to whether a partition was. Returns PG_OK,
+ * PG_RETRY or PG_FATAL. */
+int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, bool *rewound, char *errbuf,
+                            size_t errlen);
+
+/* kafka_txn.c: exactly once. */
+/* Exactly-once mode (delivery = exactly-once). A batch's outputs are produced
+ * between begin and commit; commit sends the batch's input offsets to the
+ * transaction and commits both atomically. An abortable failure aborts the
+ * transaction, rewinds the consumer to the committed offsets and returns
+ * PG_RETRY; a fatal one returns PG_FATAL. Every transaction
+ * aborted, by commit's failure or by pg_kafka_txn_abort, counts once in
+ * pg_kafka_group_stats' transaction_aborts. */
+bool pg_kafka_transactional(const pg_kafka_t *k);
+int pg_kafka_txn_begin(pg_kafka_t *k, char *errbuf, size_t errlen);
+int pg_kafka_txn_commit(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
+                        char *errbuf, size_t errlen);
+int pg_kafka_txn_abort(pg_kafka_t *k, char *errbuf, size_t errlen);
+
+/* kafka_txn.c: fences older producers with the same transactional.id.
+ * PG_OK, PG_RETRY when stopped meanwhile, or PG_FATAL with errbuf filled. */
+int pg_kafka_txn_init(pg_kafka_t *k, char *errbuf, size_t errlen);
+
+#endif

@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Exactly-once delivery in the kafka module: the transactional producer's
+ * initialisation (fencing older instances), and per batch begin, commit with
+ * the batch's input offsets, or abort and rewind the consumer to the
+ * committed offsets (the flow of librdkafka's examples/transactions.c).
+ */
+#include "kafka_internal.h"
+
+#include "log.h"
+#include "util.h"
+
+#include <string.h>
+
+/* Fences any older producer with the same transactional.id and aborts what it
+ * left open. Called in short slices (the call resumes after a retriable
+ * timeout) with the producer's error callback served between them: a wrong
+ * SASL password shows up there as _AUTHENTICATION within a second, while a
+ * single call would only time out after 60 s with no word of the cause; and
+ * a stop request is seen between two slices. */
+int pg_kafka_txn_init(pg_kafka_t *k, char *errbuf, size_t errlen)
+{
+    int64_t deadline = pg_now_mono_ms() + 60000;
+    for (;;) {
+        if (pg_kafka_stopping(k)) {
+            pg_errf(errbuf, errlen, "stopped while initialising transactions");
+            return PG_RETRY;
+        }
+        int64_t left = deadline - pg_now_mono_ms();
+        int slice = left > 500 ? 500 : left > 1 ? (int)left : 1;
+        rd_kafka_error_t *e = rd_kafka_init_transactions(k->producer, slice);
+        if (e == NULL)
+            return 0;
+        bool retry = rd_kafka_error_is_retriable(e);
+        pg_errf(errbuf, errlen, "kafka init_transactions: %s",
+                rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        rd_kafka_poll(k->producer, 0); /* runs on_error, which may set k->fatal */
+        if (pg_kafka_check_fatal(k, errbuf, errlen) != 0 || !retry ||
+            pg_now_mono_ms() >= deadline)
+            return PG_FATAL;
+    }
+}
+
+bool pg_kafka_transactional(const pg_kafka_t *k)
+{
+    return k->transactional;
+}
+
+int pg_kafka_txn_begin(pg_kafka_t *k, char *errbuf, size_t errlen)
+{
+    rd_kafka_error_t *e = rd_kafka_begin_transaction(k->producer);
+    if (e == NULL)
+        return 0;
+    pg_errf(errbuf, errlen, "kafka begin_transaction: %s", rd_kafka_error_string(e));
+    rd_kafka_error_destroy(e);
+    return PG_FATAL; /* only a fatal or a state error can fail begin */
+}
+
+/* Puts every assigned partition back at its committed offset, so that what
+ * an aborted transaction consumed is consumed again. */
+static int rewind_to_committed(pg_kafka_t *k, char *errbuf, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_assignment(k->consumer, &parts);
+    int rc = 0;
+    if (err) {
+        pg_errf(errbuf, errlen, "kafka assignment: %s", rd_kafka_err2str(err));
+        rc = PG_FATAL;
+    } else if (parts->cnt > 0) {
+        err = rd_kafka_committed(k->consumer, parts, 30000);
+        if (err) {
+            pg_errf(errbuf, errlen, "kafka committed: %s", rd_kafka_err2str(err));
+            rc = PG_FATAL; /* cannot know where to resume: restart */
+        } else {
+            for (int i = 0; i < parts->cnt; i++)
+                if (parts->elems[i].offset < 0)
+                    parts->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
+            if (pg_kafka_seek_to(k, parts, errbuf, errlen) != 0)
+                rc = PG_FATAL;
+        }
+    }
+    if (parts != NULL)
+        rd_kafka_topic_partition_list_destroy(parts);
+    return rc;
+}
+
+int pg_kafka_txn_abort(pg_kafka_t *k, char *errbuf, size_t errlen)
+{
+    for (;;) {
+        rd_kafka_error_t *e = rd_kafka_abort_transaction(k->producer, 60000);
+        if (e == NULL)
+            break;
+        bool retry = rd_kafka_error_is_retriable(e);
+        pg_errf(errbuf, errlen, "kafka abort_transaction: %s",
+                rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        if (!retry)
+            return PG_FATAL;
+    }
+    /* Counted here, whoever asked for the abort: txn_error or the worker
+     * after an output failed. */
+    atomic_fetch_add(&k->aborts, 1);
+    int rc = rewind_to_committed(k, errbuf, errlen);
+    return rc != 0 ? rc : PG_RETRY;
+}
+
+/* Classifies a transactional API error: retry the call, abort the
+ * transaction, or give up on the process. */
+static int txn_error(pg_kafka_t *k, rd_kafka_error_t *e, const char *what, bool *retry,
+                     char *errbuf, size_t errlen)
+{
+    pg_errf(errbuf, errlen, "kafka %s: %s", what, rd_kafka_error_string(e));
+    *retry = rd_kafka_error_is_retriable(e);
+    bool abortable = rd_kafka_error_txn_requires_abort(e);
+    bool fatal = rd_kafka_error_is_fatal(e);
+    rd_kafka_error_destroy(e);
+    if (*retry)
+        return 0;
+    if (fatal || !abortable)
+        return PG_FATAL;
+    pg_log_warn("transaction_aborted", "error", errbuf, NULL);
+    char aerr[512];
+    int rc = pg_kafka_txn_abort(k, aerr, sizeof(aerr));
+    if (rc == PG_FATAL)
+        pg_errf(errbuf, errlen, "%s", aerr);
+    return rc;
+}
+
+int pg_kafka_txn_commit(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
+                        char *errbuf, size_t errlen)
+{
+    /* The batch's next offsets: every message in it was answered inside this
+     * transaction (a decision or a dead letter). */
+    rd_kafka_topic_partition_list_t *offsets = rd_kafka_topic_partition_list_new(16);
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_topic_partition_t *p = rd_kafka_topic_partition_list_find(
+            offsets, msgs[i].topic, msgs[i].partition);
+        if (p == NULL)
+            p = rd_kafka_topic_partition_list_add(offsets, msgs[i].topic,
+                                                  msgs[i].partition);
+        if (msgs[i].offset + 1 > p->offset)
+            p->offset = msgs[i].offset + 1;
+    }
+    int rc = 0;
+    bool retry = true;
+    while (rc == 0 && retry) {
+        rd_kafka_consumer_group_metadata_t *cgmd =
+            rd_kafka_consumer_group_metadata(k->consumer);
+        rd_kafka_error_t *e =
+            rd_kafka_send_offsets_to_transaction(k->producer, offsets, cgmd, 60000);
+        rd_kafka_consumer_group_metadata_destroy(cgmd);
+        retry = false;
+        if (e != NULL)
+            rc = txn_error(k, e, "send_offsets_to_transaction", &retry, errbuf, errlen);
+    }
+    retry = true;
+    while (rc == 0 && retry) {
+        rd_kafka_error_t *e = rd_kafka_commit_transaction(k->producer, 60000);
+        retry = false;
+        if (e != NULL)
+            rc = txn_error(k, e, "commit_transaction", &retry, errbuf, errlen);
+    }
+    rd_kafka_topic_partition_list_destroy(offsets);
+    return rc;
+}
