@@ -25,6 +25,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifndef PINGUARD_VERSION
+#define PINGUARD_VERSION "unknown"
+#endif
+
 static const char usage_text[] =
     "usage: pinguard [options] <command> [args]\n"
     "\n"
@@ -68,6 +72,7 @@ static const char usage_text[] =
     "  --json                       with explain and lag: JSON output\n"
     "  --type T, --framed           with avro: record type / framed input\n"
     "  -h, --help                   this text\n"
+    "  --version                    print the version and exit\n"
     "\n"
     "Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.\n";
 
@@ -76,7 +81,7 @@ typedef struct {
     const char *sets[64];
     char xbuf[64][512]; /* -X values, prefixed with "kafka." */
     size_t n_sets;
-    bool check_config, json, framed, help;
+    bool check_config, json, framed, help, version;
     const char *type;
     const char *pos[16];
     size_t n_pos;
@@ -124,6 +129,8 @@ static int parse_args(int argc, char **argv, args_t *a)
             a->framed = true;
         } else if (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0) {
             a->help = true;
+        } else if (strcmp(s, "--version") == 0) {
+            a->version = true;
         } else if (s[0] == '-' && s[1] != '\0') {
             return usage_error("unknown option %s", s);
         } else {
@@ -1016,6 +1023,10 @@ int pg_cli_main(int argc, char **argv, char *const *envp, volatile sig_atomic_t 
     int rc = parse_args(argc, argv, &a);
     if (rc != PG_EXIT_OK)
         return rc;
+    if (a.version) {
+        printf("pinguard %s\n", PINGUARD_VERSION);
+        return PG_EXIT_OK;
+    }
     if (a.help || a.n_pos == 0) {
         fputs(usage_text, a.help ? stdout : stderr);
         return a.help ? PG_EXIT_OK : PG_EXIT_USAGE;

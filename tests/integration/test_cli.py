@@ -6,6 +6,7 @@ errors and exit codes."""
 import json
 import os
 import pty
+import re
 import signal
 import subprocess
 
@@ -377,3 +378,11 @@ def test_explain_malformed_entry(cache_env):
     assert out["valid"] is True and out["invalidReason"] is None
     assert out["verdict"] == "APPROVED" and out["known"] is True
     assert out["devices"] == [{"deviceUuid": "dev-ok", "kind": "pci+vf", "pins": False}]
+
+
+@pytest.mark.no_services
+def test_version_is_the_build_info_version():
+    p = run_cli("--version", check=0)
+    out = p.stdout.decode().strip()
+    assert re.fullmatch(r"pinguard \S+", out), out
+    assert out != "pinguard unknown"
