@@ -134,28 +134,28 @@ size_t pg_arena_used(const pg_arena_t *a)
 int pg_buf_reserve(pg_buf_t *b, size_t extra)
 {
     if (extra > SIZE_MAX / 2 - b->len)
-        return -1;
+        return PG_FATAL;
     if (b->len + extra <= b->cap)
-        return 0;
+        return PG_OK;
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + extra)
         cap *= 2;
     uint8_t *p = realloc(b->data, cap);
     if (p == NULL)
-        return -1;
+        return PG_FATAL;
     b->data = p;
     b->cap = cap;
-    return 0;
+    return PG_OK;
 }
 
 int pg_buf_append(pg_buf_t *b, const void *p, size_t n)
 {
     if (pg_buf_reserve(b, n) != 0)
-        return -1;
+        return PG_FATAL;
     if (n > 0)
         memcpy(b->data + b->len, p, n);
     b->len += n;
-    return 0;
+    return PG_OK;
 }
 
 void pg_buf_reset(pg_buf_t *b)

@@ -8,6 +8,8 @@
 #ifndef PG_MEM_H
 #define PG_MEM_H
 
+#include "status.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,7 +37,7 @@ typedef struct {
     size_t cap;
 } pg_buf_t;
 
-/* 0, or -1 when out of memory (the buffer is left as it was). */
+/* PG_OK, or PG_FATAL when out of memory (the buffer is left as it was). */
 int pg_buf_reserve(pg_buf_t *b, size_t extra);
 int pg_buf_append(pg_buf_t *b, const void *p, size_t n);
 void pg_buf_reset(pg_buf_t *b);
