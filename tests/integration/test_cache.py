@@ -26,8 +26,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from pgmix import scaled
-from pgtest import (BOOTSTRAP, REDIS_PORT, TIME_SCALE, WRAPPER, decode, encode, now_ms,
-                    run_cli, uid, wait_until)
+from pgtest import (BOOTSTRAP, REDIS_PORT, TIME_SCALE, WRAPPER, decode, encode, metric,
+                    now_ms, run_cli, uid, wait_until)
 
 SRC, DST = uid(), uid()
 MB = 1024 * 1024
@@ -60,18 +60,6 @@ def advice(cluster, vms):
     return {"adviceId": uid(), "clusterUuid": cluster, "generatedAtMs": now_ms(),
             "migrations": [{"vmUuid": vm, "srcHostUuid": SRC, "dstHostUuid": DST,
                             "score": None} for vm in vms]}
-
-
-def metric(text, name, **labels):
-    """Sum of the samples of `name` whose labels include `labels`; None when
-    the exposition has none."""
-    total, seen = 0.0, False
-    for m in re.finditer("^" + re.escape(name) + r"(?:\{([^}]*)\})? (\S+)$", text, re.M):
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-            seen = True
-    return total if seen else None
 
 
 def scrape(w, name, **labels):

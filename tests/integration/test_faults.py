@@ -17,7 +17,6 @@ snapshot: the tests SAVE the cache before taking Redis away."""
 
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -25,18 +24,10 @@ import pytest
 import redis as redislib
 
 from pgmix import Mix, identity, log_events, ms, scaled
-from pgtest import REDIS_PORT, ROOT, Env, kafka_ctl, now_ms, redis_ctl, wait_until
+from pgtest import REDIS_PORT, ROOT, Env, kafka_ctl, now_ms, port_open, redis_ctl, wait_until
 
 RUN = os.environ.get("PGLOCAL_RUN") or os.path.join(ROOT, ".cache", "run")
 SEED = 20240611
-
-
-def port_open(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def kill_redis():

@@ -23,7 +23,8 @@ import time
 
 from confluent_kafka.admin import NewTopic
 
-from pgtest import TIME_SCALE, Env, encode, kafka_ctl, now_ms, uid, wait_until
+from pgtest import (TIME_SCALE, Env, encode, kafka_ctl, metric, now_ms, port_open, uid,
+                    wait_until)
 
 SRC, DST = uid(), uid()
 KAFKA_PORT = int(os.environ.get("PGLOCAL_KAFKA_PORT", "9092"))
@@ -43,19 +44,6 @@ def requests(env, n):
         env.produce("requests", vm, encode("MigrateVmRequest", req))
     env.flush()
     return sent
-
-
-def metric(text, name):
-    m = re.search("^" + re.escape(name) + r" (\S+)$", text, re.M)
-    return float(m.group(1)) if m else None
-
-
-def port_open(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def timed_get(w, path):
