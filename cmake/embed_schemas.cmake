@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-# Writes a C file holding every .avsc as a string, keyed by its file name
-# without extension (the schema's full name).
+# Writes a C file holding every .avsc as a string, keyed by its version (N for
+# schemas/vN/, 0 for the current schemas/) and its file name without extension
+# (the schema's full name).
 set(body "/* Generated from the .avsc files in schemas/; do not edit. */\n#include \"schemas.h\"\n\n")
 set(table "const pg_schema_file_t pg_schema_files[] = {\n")
 set(n 0)
@@ -9,12 +10,18 @@ foreach(f IN LISTS FILES)
   get_filename_component(name ${f} NAME_WE)
   get_filename_component(fname ${f} NAME)
   string(REGEX REPLACE "\\.avsc$" "" name "${fname}")
+  get_filename_component(dir ${f} DIRECTORY)
+  get_filename_component(dir ${dir} NAME)
+  set(version 0)
+  if(dir MATCHES "^v([0-9]+)$")
+    set(version ${CMAKE_MATCH_1})
+  endif()
   file(READ ${f} text)
   string(REPLACE "\\" "\\\\" text "${text}")
   string(REPLACE "\"" "\\\"" text "${text}")
   string(REPLACE "\n" "\\n\"\n    \"" text "${text}")
   string(APPEND body "static const char schema_${n}[] =\n    \"${text}\";\n")
-  string(APPEND table "    {\"${name}\", schema_${n}},\n")
+  string(APPEND table "    {${version}, \"${name}\", schema_${n}},\n")
   math(EXPR n "${n} + 1")
 endforeach()
 string(APPEND table "};\nconst size_t pg_schema_file_count = ${n};\n")

@@ -51,14 +51,18 @@ static const char usage_text[] =
     "                                \"devices\":[{\"deviceUuid\":..,\"kind\":..}]};\n"
     "                               every line is checked first: one bad line and\n"
     "                               nothing is written\n"
-    "  avro encode --type T [FILE]  JSON to single-object Avro on stdout; refuses,\n"
+    "  avro encode --type T [--schema-version N] [FILE]\n"
+    "                               JSON to single-object Avro on stdout; refuses,\n"
     "                               with the DLQ reason, what the worker would not\n"
     "                               accept (input.max.string.length and\n"
     "                               advice.max.migrations apply)\n"
-    "  avro decode [--framed] [FILE]\n"
-    "                               single-object Avro to JSON lines; --framed reads\n"
+    "  avro decode [--framed] [--schema-version N] [FILE]\n"
+    "                               single-object Avro of any known version to JSON\n"
+    "                               lines in version N's shape; --framed reads\n"
     "                               kcat -f '%R%s' frames (4-byte length + payload)\n"
-    "  avro fingerprint [--type T]  print schema fingerprints and canonical forms\n"
+    "  avro fingerprint [--type T] [--schema-version N]\n"
+    "                               print each version's fingerprints and canonical\n"
+    "                               forms\n"
     "  lag [--json]                 the group's lag per input partition\n"
     "  config reference             print the configuration reference (Markdown)\n"
     "  config show                  print the effective configuration, secrets hidden\n"
@@ -82,6 +86,7 @@ typedef struct {
     char xbuf[64][512]; /* -X values, prefixed with "kafka." */
     size_t n_sets;
     bool check_config, json, framed, help, version;
+    const char *schema_version; /* avro: --schema-version N */
     const char *type;
     const char *pos[16];
     size_t n_pos;
@@ -103,7 +108,8 @@ static int parse_args(int argc, char **argv, args_t *a)
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         bool needs_value = strcmp(s, "--config") == 0 || strcmp(s, "--set") == 0 ||
-                           strcmp(s, "-X") == 0 || strcmp(s, "--type") == 0;
+                           strcmp(s, "-X") == 0 || strcmp(s, "--type") == 0 ||
+                           strcmp(s, "--schema-version") == 0;
         if (needs_value && i + 1 >= argc)
             return usage_error("%s needs a value", s);
         if (strcmp(s, "--config") == 0) {
@@ -121,6 +127,8 @@ static int parse_args(int argc, char **argv, args_t *a)
             }
         } else if (strcmp(s, "--type") == 0) {
             a->type = argv[++i];
+        } else if (strcmp(s, "--schema-version") == 0) {
+            a->schema_version = argv[++i];
         } else if (strcmp(s, "--check-config") == 0) {
             a->check_config = true;
         } else if (strcmp(s, "--json") == 0) {
@@ -270,6 +278,16 @@ static json_t *json_bytes(bool present, pg_bytes_t v, pg_arena_t *arena)
     return t != NULL ? json_string(t) : json_null();
 }
 
+/* explain's :generation: a number when it is one, else the bytes as held
+ * (the entry is then malformed), null when absent. */
+static json_t *json_generation(const pg_vm_raw_t *raw, pg_arena_t *arena)
+{
+    int64_t g;
+    if (raw->has_generation && pg_bindings_parse_generation(raw->generation, &g))
+        return json_integer((json_int_t)g);
+    return json_bytes(raw->has_generation, raw->generation, arena);
+}
+
 static int cmd_explain(const args_t *a, const pg_config_t *c)
 {
     char err[512], why[256] = "";
@@ -307,7 +325,8 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
         goto oom;
     const pg_policy_opts_t po = {.allow_unknown_vm = c->allow_unknown_vm};
     pg_policy_verdict_t v;
-    pg_policy_judge(&po, &vb, pinning, &v);
+    /* As the worker decides advice, and a request without minGeneration. */
+    pg_policy_judge(&po, &vb, NULL, pinning, &v);
     bool bound = v.verdict == PG_VERDICT_VETOED;
 
     if (a->json) {
@@ -332,13 +351,15 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
                                                   pinning[i].device_uuid, "kind",
                                                   pinning[i].kind));
         json_t *o = json_pack(
-            "{s:s, s:b, s:o, s:{s:s, s:s, s:s}, s:b, s:o, s:o, s:b, s:s, s:o, s:o, "
-            "s:I, s:o}",
+            "{s:s, s:b, s:o, s:{s:s, s:s, s:s, s:s}, s:b, s:o, s:o, s:o, s:b, s:s, s:o, "
+            "s:o, s:I, s:o}",
             "vmUuid", vm, "valid", valid, "invalidReason",
             valid ? json_null() : json_string(why), "keyTypes", "host", raw.host_type,
-            "pin", raw.pin_type, "devices", raw.devices_type, "known", vb.known, "host",
+            "pin", raw.pin_type, "devices", raw.devices_type, "generation",
+            raw.generation_type, "known", vb.known, "host",
             json_bytes(raw.has_host, raw.host, arena), "pin",
-            json_bytes(raw.has_pin, raw.pin, arena), "hostBound", bound, "verdict",
+            json_bytes(raw.has_pin, raw.pin, arena), "generation",
+            json_generation(&raw, arena), "hostBound", bound, "verdict",
             pg_verdict_name(v.verdict), "reason",
             bound ? json_string(pg_veto_reason_name(v.reason)) : json_null(),
             "pinningDevices", pins, "deviceCount", (json_int_t)raw.n_devices, "devices",
@@ -352,7 +373,9 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
     } else {
         const char *host = raw.has_host ? shown(raw.host, true, arena) : NULL;
         const char *pin = raw.has_pin ? shown(raw.pin, true, arena) : NULL;
-        if ((raw.has_host && host == NULL) || (raw.has_pin && pin == NULL))
+        const char *gen = raw.has_generation ? shown(raw.generation, true, arena) : NULL;
+        if ((raw.has_host && host == NULL) || (raw.has_pin && pin == NULL) ||
+            (raw.has_generation && gen == NULL))
             goto oom;
         printf("vm %s: %s", vm,
                bound ? "HOST-BOUND, migration is vetoed" : "migratable");
@@ -366,6 +389,11 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
                                             : "(none)");
         printf("  operator pin: %s\n",
                pin ? (pin[0] ? pin : "(no reason given)") : "none");
+        if (strcmp(raw.generation_type, "none") != 0 &&
+            strcmp(raw.generation_type, "string") != 0)
+            printf("  generation: (a %s, not a string)\n", raw.generation_type);
+        else
+            printf("  generation: %s\n", gen != NULL ? gen : "none");
         printf("  devices: %zu%s\n", raw.n_devices,
                raw.n_devices > n_shown ? " (too many to read)" : "");
         for (size_t i = 0; i < n_shown; i++) {
@@ -824,11 +852,12 @@ static pg_codec_limits_t codec_limits(const pg_config_t *c)
                                .max_items = (size_t)c->advice_max_migrations};
 }
 
-static int decode_one(pg_codec_t *codec, const pg_codec_limits_t *lim, const uint8_t *p,
+static int decode_one(const pg_codec_t *codec, int version, const pg_codec_limits_t *lim,
+                      const uint8_t *p,
                       size_t n)
 {
     char err[512], *json = NULL;
-    int rc = pg_codec_to_json(codec, p, n, lim, &json, NULL, err, sizeof(err));
+    int rc = pg_codec_to_json(codec, version, p, n, lim, &json, NULL, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "pinguard: avro decode: %s: %s\n", pg_codec_err_name(rc), err);
         return -1;
@@ -858,6 +887,14 @@ static int cmd_avro(const args_t *a, const pg_config_t *c)
         return usage_error("unknown avro command %s", sub);
     if (a->n_pos > 3)
         return usage_error("%s", "avro takes at most one FILE");
+    int version = PG_CODEC_VERSION;
+    if (a->schema_version != NULL) {
+        char *end;
+        long v = strtol(a->schema_version, &end, 10);
+        if (end == a->schema_version || *end != '\0' || v < 1 || v > PG_CODEC_VERSION)
+            return usage_error("--schema-version must be 1 to %d", PG_CODEC_VERSION);
+        version = (int)v;
+    }
 
     pg_codec_t *codec = pg_codec_new(err, sizeof(err));
     if (codec == NULL) {
@@ -865,12 +902,19 @@ static int cmd_avro(const args_t *a, const pg_config_t *c)
         return PG_EXIT_RUNTIME;
     }
     if (strcmp(sub, "fingerprint") == 0) {
-        for (int t = 0; t < PG_REC_COUNT; t++) {
-            if (a->type != NULL && (pg_record_type_t)t != type)
+        /* Every version unless one is named: consumers pin all of them. */
+        for (int v = 1; v <= PG_CODEC_VERSION; v++) {
+            if (a->schema_version != NULL && v != version)
                 continue;
-            printf("%-22s %016llx %s\n", pg_record_type_name((pg_record_type_t)t),
-                   (unsigned long long)pg_codec_fingerprint(codec, (pg_record_type_t)t),
-                   pg_codec_canonical_form(codec, (pg_record_type_t)t));
+            for (int t = 0; t < PG_REC_COUNT; t++) {
+                const char *pcf = pg_codec_canonical_form(codec, v, (pg_record_type_t)t);
+                if ((a->type != NULL && (pg_record_type_t)t != type) || pcf == NULL)
+                    continue;
+                printf("%d %-22s %016llx %s\n", v, pg_record_type_name((pg_record_type_t)t),
+                       (unsigned long long)pg_codec_fingerprint(codec, v,
+                                                                (pg_record_type_t)t),
+                       pcf);
+            }
         }
         rc = PG_EXIT_OK;
         goto out;
@@ -885,8 +929,8 @@ static int cmd_avro(const args_t *a, const pg_config_t *c)
         goto out;
     }
     if (strcmp(sub, "encode") == 0) {
-        int erc = pg_codec_from_json(codec, type, (const char *)in.data, in.len, &out,
-                                     err, sizeof(err));
+        int erc = pg_codec_from_json(codec, version, type, (const char *)in.data, in.len,
+                                     &out, err, sizeof(err));
         /* Bytes the worker would dead-letter are refused with the worker's
          * reason: read them back exactly as it does, with its limits. */
         if (erc == 0) {
@@ -912,7 +956,7 @@ static int cmd_avro(const args_t *a, const pg_config_t *c)
         goto out;
     }
     if (!a->framed) {
-        rc = decode_one(codec, &lim, in.data, in.len) == 0 ? PG_EXIT_OK
+        rc = decode_one(codec, version, &lim, in.data, in.len) == 0 ? PG_EXIT_OK
                                                            : PG_EXIT_RUNTIME;
         goto out;
     }
@@ -937,7 +981,7 @@ static int cmd_avro(const args_t *a, const pg_config_t *c)
             rc = PG_EXIT_RUNTIME;
             break;
         }
-        if (decode_one(codec, &lim, in.data + off, (size_t)n) != 0)
+        if (decode_one(codec, version, &lim, in.data + off, (size_t)n) != 0)
             rc = PG_EXIT_RUNTIME;
         off += (size_t)n;
     }

@@ -1,25 +1,26 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Avro's JSON encoding, for the `pinguard avro` tools and for tests: JSON text
- * to single-object bytes and back. Both directions walk the codec's compiled
- * schema graph next to an avro-c generic value, so they follow exactly the
- * schemas the binary codec uses.
+ * Avro's JSON encoding, for the `pinguard avro` tools and for tests. JSON is
+ * turned into the structs of types.h by walking a version's table, then
+ * written by the codec's one writer; bytes are read by its one reader, then
+ * turned into JSON in a version's shape. So the tools accept and produce
+ * exactly what the worker does.
  *
- * Input is forgiving where the intent is unambiguous: a union value may come
- * untagged when exactly one non-null branch fits, a named branch may be tagged
- * by its short name, and a missing field takes its schema default. Output is
- * strict Avro JSON (branches tagged by full name, as fastavro and Java expect;
- * avro-c's own avro_value_to_json tags them by short name, which both reject).
+ * Input is forgiving where the intent is unambiguous: an optional value may
+ * come untagged, a named branch may be tagged by its short name, and a
+ * missing field takes its schema default. Output is strict Avro JSON
+ * (branches tagged by full name, as fastavro and Java expect).
  */
 #include "codec_internal.h"
 
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <string.h>
-
-#define MAX_DEPTH PG_MAX_DEPTH
+#include <stdlib.h>
 
 typedef struct {
+    int version; /* of the table walked */
+    pg_arena_t *arena;
     char *errbuf;
     size_t errlen;
     char path[160]; /* where in the document we are, for the detail */
@@ -64,167 +65,196 @@ static void path_pop(jctx_t *x, size_t mark)
     x->path[mark] = '\0';
 }
 
-/* The name a union branch is tagged with in Avro JSON. */
-static const char *type_name(const pg_codec_node_t *n)
+static int nomem(jctx_t *x)
 {
-    switch (n->type) {
-    case AVRO_NULL:
-        return "null";
-    case AVRO_BOOLEAN:
-        return "boolean";
-    case AVRO_INT32:
-        return "int";
-    case AVRO_INT64:
-        return "long";
-    case AVRO_FLOAT:
-        return "float";
-    case AVRO_DOUBLE:
-        return "double";
-    case AVRO_BYTES:
-        return "bytes";
-    case AVRO_STRING:
+    jfail(x, "out of memory");
+    return PG_CODEC_ENOMEM;
+}
+
+/* The tag of an optional field's value branch in Avro JSON. */
+static const char *branch_tag(const pg_codec_field_t *f)
+{
+    switch (f->slot->kind) {
+    case PG_K_OPT_STR:
         return "string";
-    case AVRO_ARRAY:
-        return "array";
-    case AVRO_MAP:
-        return "map";
+    case PG_K_OPT_LONG:
+        return "long";
+    case PG_K_OPT_DOUBLE:
+        return "double";
+    case PG_K_OPT_ENUM:
+        return f->en->name;
     default:
-        return n->name != NULL ? n->name : "?";
+        return NULL;
     }
 }
 
-static bool tag_matches(const pg_codec_node_t *n, const char *tag)
+static bool tag_matches(const char *full, const char *tag)
 {
-    const char *full = type_name(n);
     if (strcmp(full, tag) == 0)
         return true;
-    if (n->name == NULL)
-        return false;
-    const char *dot = strrchr(n->name, '.');
+    const char *dot = strrchr(full, '.');
     return dot != NULL && strcmp(dot + 1, tag) == 0;
 }
 
-static int symbol_index(const pg_codec_node_t *n, const char *sym)
+static int symbol_index(const pg_codec_enum_t *en, const char *sym)
 {
-    for (size_t i = 0; i < n->n; i++)
-        if (strcmp(n->names[i], sym) == 0)
+    for (size_t i = 0; i < en->n; i++)
+        if (strcmp(en->symbols[i], sym) == 0)
             return (int)i;
     return -1;
 }
 
-/* Could j be a value of n, judged by its JSON shape alone? */
-static bool fits(const pg_codec_node_t *n, json_t *j)
+/* ---- JSON to struct --------------------------------------------------------- */
+
+static int fill_rec(jctx_t *x, const pg_codec_rec_t *rec, json_t *j, void *dst,
+                    int depth);
+
+/* The value of a field (an optional's value branch, already untagged). */
+static int fill_value(jctx_t *x, const pg_codec_field_t *f, json_t *j, void *dst,
+                      int depth)
 {
-    switch (n->type) {
-    case AVRO_NULL:
-        return json_is_null(j);
-    case AVRO_BOOLEAN:
-        return json_is_boolean(j);
-    case AVRO_INT32:
-        return json_is_integer(j) && json_integer_value(j) >= INT32_MIN &&
-               json_integer_value(j) <= INT32_MAX;
-    case AVRO_INT64:
-        return json_is_integer(j);
-    case AVRO_FLOAT:
-    case AVRO_DOUBLE:
-        return json_is_number(j);
-    case AVRO_STRING:
+    const pg_codec_slot_t *slot = f->slot;
+    char *at = (char *)dst + slot->off;
+    switch (slot->kind) {
+    case PG_K_STR:
+    case PG_K_OPT_STR:
+        if (!json_is_string(j))
+            return jfail(x, "expected a string");
+        /* jansson has checked the UTF-8 and refused \u0000; the string lives
+         * as long as the document. */
+        pg_codec_put_ptr(dst, slot->off, json_string_value(j));
+        return 0;
+    case PG_K_LONG:
+    case PG_K_OPT_LONG: {
+        if (!json_is_integer(j))
+            return jfail(x, "expected a long");
+        int64_t v = json_integer_value(j);
+        if (slot->kind == PG_K_LONG) {
+            memcpy(at, &v, sizeof(v));
+        } else {
+            pg_opt_long_t o = {true, v};
+            memcpy(at, &o, sizeof(o));
+        }
+        return 0;
+    }
+    case PG_K_ENUM:
+    case PG_K_OPT_ENUM: {
+        if (!json_is_string(j))
+            return jfail(x, "expected a symbol of %s", f->en->name);
+        int i = symbol_index(f->en, json_string_value(j));
+        if (i < 0)
+            return jfail(x, "%s is not a symbol of %s", json_string_value(j),
+                         f->en->name);
+        int e = f->en->to_c[i];
+        memcpy(at, &e, sizeof(e));
+        return 0;
+    }
+    case PG_K_OPT_DOUBLE: {
+        if (!json_is_number(j))
+            return jfail(x, "expected a double");
+        double v = json_number_value(j);
+        memcpy(at, &v, sizeof(v));
+        return 0;
+    }
+    case PG_K_ARRAY: {
+        if (!json_is_array(j))
+            return jfail(x, "expected an array");
+        size_t n = json_array_size(j), i;
+        size_t size = f->sub->layout->size;
+        char *items = n > 0 ? pg_arena_calloc(x->arena, n, size) : NULL;
+        json_t *item;
+        if (n > 0 && items == NULL)
+            return nomem(x);
+        json_array_foreach(j, i, item)
+        {
+            size_t mark = path_push(x, "[%zu]", i);
+            int rc = fill_rec(x, f->sub, item, items + i * size, depth + 1);
+            if (rc != 0)
+                return rc;
+            path_pop(x, mark);
+        }
+        pg_codec_put_ptr(dst, slot->off, items);
+        memcpy((char *)dst + slot->aux, &n, sizeof(n));
+        return 0;
+    }
+    case PG_K_RECORD:
+        return fill_rec(x, f->sub, j, at, depth + 1);
+    }
+    return jfail(x, "unsupported field");
+}
+
+/* Could j be the value of f's value branch, judged by its JSON shape? */
+static bool fits(const pg_codec_field_t *f, json_t *j)
+{
+    switch (f->slot->kind) {
+    case PG_K_OPT_STR:
         return json_is_string(j);
-    case AVRO_ENUM:
-        return json_is_string(j) && symbol_index(n, json_string_value(j)) >= 0;
-    case AVRO_ARRAY:
-        return json_is_array(j);
-    case AVRO_MAP:
-    case AVRO_RECORD:
-        return json_is_object(j);
+    case PG_K_OPT_LONG:
+        return json_is_integer(j);
+    case PG_K_OPT_DOUBLE:
+        return json_is_number(j);
+    case PG_K_OPT_ENUM:
+        return json_is_string(j) && symbol_index(f->en, json_string_value(j)) >= 0;
     default:
         return false;
     }
 }
 
-static int fill(jctx_t *x, const pg_codec_node_t *n, json_t *j, avro_value_t *v,
-                int depth);
-
-static int internal(jctx_t *x)
-{
-    jfail(x, "avro-c: %s", avro_strerror());
-    return PG_CODEC_EINTERNAL;
-}
-
-static int fill_branch(jctx_t *x, const pg_codec_node_t *n, int branch, json_t *j,
-                       avro_value_t *v, int depth)
-{
-    avro_value_t bv;
-    if (avro_value_set_branch(v, branch, &bv) != 0)
-        return internal(x);
-    return fill(x, n->kids[branch], j, &bv, depth + 1);
-}
-
-static int fill_union(jctx_t *x, const pg_codec_node_t *n, json_t *j, avro_value_t *v,
+static int fill_field(jctx_t *x, const pg_codec_field_t *f, json_t *j, void *dst,
                       int depth)
 {
-    if (json_is_null(j)) {
-        if (n->null_branch < 0)
-            return jfail(x, "null is not one of the union's branches");
-        return fill_branch(x, n, n->null_branch, j, v, depth);
-    }
-    if (json_is_object(j) && json_object_size(j) == 1) {
+    const pg_codec_slot_t *slot = f->slot;
+    const char *tag = branch_tag(f);
+    if (tag == NULL)
+        return fill_value(x, f, j, dst, depth);
+    if (json_is_null(j))
+        return 0; /* the struct is zero: null */
+    bool tagged = false;
+    if (json_object_size(j) == 1) {
         void *it = json_object_iter(j);
-        const char *tag = json_object_iter_key(it);
-        for (size_t i = 0; i < n->n; i++)
-            if (tag_matches(n->kids[i], tag))
-                return fill_branch(x, n, (int)i, json_object_iter_value(it), v, depth);
+        if ((tagged = tag_matches(tag, json_object_iter_key(it))))
+            j = json_object_iter_value(it);
     }
-    int found = -1, count = 0;
-    for (size_t i = 0; i < n->n; i++) {
-        if ((int)i != n->null_branch && fits(n->kids[i], j)) {
-            found = (int)i;
-            count++;
-        }
-    }
-    if (count == 0)
+    /* A tagged value is that branch's, and its errors say why; an untagged
+     * one must fit the branch. */
+    if (!tagged && !fits(f, j))
         return jfail(x, "the value fits no branch of the union");
-    if (count > 1)
-        return jfail(
-            x, "the value fits %d branches of the union; tag it, as in {\"%s\": ...}",
-            count, type_name(n->kids[found]));
-    return fill_branch(x, n, found, j, v, depth);
+    int rc = fill_value(x, f, j, dst, depth);
+    if (rc == 0 && (slot->kind == PG_K_OPT_ENUM || slot->kind == PG_K_OPT_DOUBLE)) {
+        bool present = true;
+        memcpy((char *)dst + slot->aux, &present, sizeof(present));
+    }
+    return rc;
 }
 
-static int fill_record(jctx_t *x, const pg_codec_node_t *n, json_t *j, avro_value_t *v,
-                       int depth)
+static int fill_rec(jctx_t *x, const pg_codec_rec_t *rec, json_t *j, void *dst,
+                    int depth)
 {
     const char *key;
     json_t *val;
+    if (depth > PG_MAX_DEPTH)
+        return jfail(x, "nested deeper than %d", PG_MAX_DEPTH);
     if (!json_is_object(j))
-        return jfail(x, "expected an object for %s", n->name);
+        return jfail(x, "expected an object for %s", rec->name);
     /* A misspelt optional field would otherwise vanish into its default. */
     json_object_foreach(j, key, val)
     {
         size_t i = 0;
-        while (i < n->n && strcmp(n->names[i], key) != 0)
+        while (i < rec->n && strcmp(rec->fields[i].name, key) != 0)
             i++;
-        if (i == n->n)
-            return jfail(x, "%s has no field %s", n->name, key);
+        if (i == rec->n)
+            return jfail(x, "%s has no field %s", rec->name, key);
     }
-    for (size_t i = 0; i < n->n; i++) {
-        avro_value_t fv;
-        json_t *fj = json_object_get(j, n->names[i]);
-        size_t mark = path_push(x, "%s%s", x->path_len ? "." : "", n->names[i]);
-        int rc;
-        if (avro_value_get_by_index(v, i, &fv, NULL) != 0)
-            return internal(x);
-        if (fj != NULL) {
-            rc = fill(x, n->kids[i], fj, &fv, depth + 1);
-        } else if (n->defaults[i] != NULL) {
-            /* A union's default is a value of its first branch, untagged. */
-            if (n->kids[i]->type == AVRO_UNION)
-                rc = fill_branch(x, n->kids[i], 0, n->defaults[i], &fv, depth + 1);
-            else
-                rc = fill(x, n->kids[i], n->defaults[i], &fv, depth + 1);
-        } else {
+    for (size_t i = 0; i < rec->n; i++) {
+        const pg_codec_field_t *f = &rec->fields[i];
+        json_t *fj = json_object_get(j, f->name);
+        size_t mark = path_push(x, "%s%s", x->path_len ? "." : "", f->name);
+        int rc = 0;
+        if (fj != NULL)
+            rc = fill_field(x, f, fj, dst, depth);
+        else if (!f->null_default) {
             path_pop(x, mark);
-            return jfail(x, "missing field %s", n->names[i]);
+            return jfail(x, "missing field %s", f->name);
         }
         if (rc != 0)
             return rc;
@@ -233,279 +263,190 @@ static int fill_record(jctx_t *x, const pg_codec_node_t *n, json_t *j, avro_valu
     return 0;
 }
 
-static int fill(jctx_t *x, const pg_codec_node_t *n, json_t *j, avro_value_t *v,
-                int depth)
-{
-    int rc = 0;
-    if (depth > MAX_DEPTH)
-        return jfail(x, "nested deeper than %d", MAX_DEPTH);
-    if (n->type != AVRO_UNION && n->type != AVRO_RECORD && !fits(n, j)) {
-        if (n->type == AVRO_ENUM && json_is_string(j))
-            return jfail(x, "%s is not a symbol of %s", json_string_value(j), n->name);
-        return jfail(x, "expected %s%s", n->type == AVRO_ENUM ? "a symbol of " : "a ",
-                     type_name(n));
-    }
-    switch (n->type) {
-    case AVRO_NULL:
-        rc = avro_value_set_null(v);
-        break;
-    case AVRO_BOOLEAN:
-        rc = avro_value_set_boolean(v, json_is_true(j));
-        break;
-    case AVRO_INT32:
-        rc = avro_value_set_int(v, (int32_t)json_integer_value(j));
-        break;
-    case AVRO_INT64:
-        rc = avro_value_set_long(v, json_integer_value(j));
-        break;
-    case AVRO_FLOAT:
-        rc = avro_value_set_float(v, (float)json_number_value(j));
-        break;
-    case AVRO_DOUBLE:
-        rc = avro_value_set_double(v, json_number_value(j));
-        break;
-    case AVRO_STRING:
-        /* jansson has checked the UTF-8 and refused \u0000. The size counts
-         * the NUL, as avro-c wants. */
-        rc = avro_value_set_string_len(v, json_string_value(j),
-                                       json_string_length(j) + 1);
-        break;
-    case AVRO_ENUM:
-        rc = avro_value_set_enum(v, symbol_index(n, json_string_value(j)));
-        break;
-    case AVRO_ARRAY: {
-        size_t i;
-        json_t *item;
-        json_array_foreach(j, i, item)
-        {
-            avro_value_t iv;
-            size_t mark = path_push(x, "[%zu]", i);
-            if (avro_value_append(v, &iv, NULL) != 0)
-                return internal(x);
-            if ((rc = fill(x, n->kids[0], item, &iv, depth + 1)) != 0)
-                return rc;
-            path_pop(x, mark);
-        }
-        return 0;
-    }
-    case AVRO_MAP: {
-        const char *key;
-        json_t *item;
-        json_object_foreach(j, key, item)
-        {
-            avro_value_t iv;
-            size_t mark = path_push(x, "[\"%s\"]", key);
-            if (avro_value_add(v, key, &iv, NULL, NULL) != 0)
-                return internal(x);
-            if ((rc = fill(x, n->kids[0], item, &iv, depth + 1)) != 0)
-                return rc;
-            path_pop(x, mark);
-        }
-        return 0;
-    }
-    case AVRO_RECORD:
-        return fill_record(x, n, j, v, depth);
-    case AVRO_UNION:
-        return fill_union(x, n, j, v, depth);
-    default:
-        return jfail(x, "%s values have no JSON form here", type_name(n));
-    }
-    return rc == 0 ? 0 : internal(x);
-}
-
-int pg_codec_from_json(pg_codec_t *c, pg_record_type_t t, const char *json, size_t len,
-                       pg_buf_t *out, char *errbuf, size_t errlen)
+int pg_codec_from_json(const pg_codec_t *c, int version, pg_record_type_t t,
+                       const char *json, size_t len, pg_buf_t *out, char *errbuf,
+                       size_t errlen)
 {
     jctx_t x = {.errbuf = errbuf, .errlen = errlen};
     json_error_t jerr;
-    json_t *root = NULL;
+    pg_record_t rec;
     int rc;
 
     if ((unsigned)t >= PG_REC_COUNT)
         return pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD,
                              "record type %d is unknown", (int)t);
+    const pg_codec_schema_t *s = pg_codec_schema(c, version, t);
+    if (s == NULL)
+        return pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD,
+                             "schema version %d has no %s", version,
+                             pg_record_type_name(t));
     if (json == NULL)
         return pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD, "no JSON text");
-    root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL)
         return pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD,
                              "JSON line %d column %d: %s", jerr.line, jerr.column,
                              jerr.text);
-    pg_codec_schema_t *s = &c->rec[t];
-    rc = avro_value_reset(&s->value) == 0 ? 0 : internal(&x);
+    if ((x.arena = pg_arena_new(4096)) == NULL) {
+        json_decref(root);
+        return pg_codec_fail(errbuf, errlen, PG_CODEC_ENOMEM, "out of memory");
+    }
+    memset(&rec, 0, sizeof(rec));
+    rec.type = t;
+    rc = fill_rec(&x, s->root, root, &rec.u, 0);
     if (rc == 0)
-        rc = fill(&x, s->root, root, &s->value, 0);
-    if (rc == 0)
-        rc = pg_codec_write(c, t, out, errbuf, errlen);
-    avro_value_reset(&s->value);
+        rc = pg_codec_write(s, &rec.u, out, errbuf, errlen);
+    pg_arena_destroy(x.arena);
     json_decref(root);
     return rc;
 }
 
-/* ---- Binary to JSON ---------------------------------------------------- */
+/* ---- Struct to JSON --------------------------------------------------------- */
 
-static json_t *to_json(jctx_t *x, const pg_codec_node_t *n, avro_value_t *v, int *rc,
-                       int depth);
+static json_t *rec_json(jctx_t *x, const pg_codec_rec_t *rec, const void *src, int *rc,
+                        int depth);
 
-static json_t *nomem(jctx_t *x, int *rc)
+static json_t *value_json(jctx_t *x, const pg_codec_field_t *f, const void *src,
+                          int *rc, int depth)
 {
-    *rc = PG_CODEC_ENOMEM;
-    jfail(x, "out of memory building JSON");
-    return NULL;
-}
-
-static json_t *avro_failed(jctx_t *x, int *rc)
-{
-    *rc = internal(x);
-    return NULL;
-}
-
-static json_t *to_json_container(jctx_t *x, const pg_codec_node_t *n, avro_value_t *v,
-                                 int *rc, int depth)
-{
-    size_t count;
-    json_t *out = n->type == AVRO_ARRAY ? json_array() : json_object();
-    if (out == NULL)
-        return nomem(x, rc);
-    if (avro_value_get_size(v, &count) != 0) {
-        json_decref(out);
-        return avro_failed(x, rc);
+    const pg_codec_slot_t *slot = f->slot;
+    const char *at = (const char *)src + slot->off;
+    switch (slot->kind) {
+    case PG_K_STR:
+    case PG_K_OPT_STR: {
+        const char *s = pg_codec_get_ptr(src, slot->off);
+        return json_string(s);
     }
-    for (size_t i = 0; i < count; i++) {
-        avro_value_t cv;
-        const char *key = NULL;
-        const pg_codec_node_t *cn = n->type == AVRO_RECORD ? n->kids[i] : n->kids[0];
-        if (avro_value_get_by_index(v, i, &cv, &key) != 0) {
-            json_decref(out);
-            return avro_failed(x, rc);
-        }
-        json_t *cj = to_json(x, cn, &cv, rc, depth + 1);
-        if (cj == NULL) {
-            json_decref(out);
-            return NULL;
-        }
-        int bad = n->type == AVRO_ARRAY ? json_array_append_new(out, cj)
-                                        : json_object_set_new(out, key, cj);
-        if (bad) {
-            json_decref(out);
-            return nomem(x, rc);
-        }
+    case PG_K_LONG: {
+        int64_t v;
+        memcpy(&v, at, sizeof(v));
+        return json_integer(v);
     }
-    return out;
-}
-
-static json_t *to_json(jctx_t *x, const pg_codec_node_t *n, avro_value_t *v, int *rc,
-                       int depth)
-{
-    json_t *j = NULL;
-    if (depth > MAX_DEPTH) {
-        *rc = jfail(x, "nested deeper than %d", MAX_DEPTH);
-        return NULL;
+    case PG_K_OPT_LONG: {
+        pg_opt_long_t v;
+        memcpy(&v, at, sizeof(v));
+        return json_integer(v.value);
     }
-    switch (n->type) {
-    case AVRO_NULL:
-        j = json_null();
-        break;
-    case AVRO_BOOLEAN: {
-        int b;
-        if (avro_value_get_boolean(v, &b) != 0)
-            return avro_failed(x, rc);
-        j = json_boolean(b);
-        break;
-    }
-    case AVRO_INT32: {
-        int32_t i;
-        if (avro_value_get_int(v, &i) != 0)
-            return avro_failed(x, rc);
-        j = json_integer(i);
-        break;
-    }
-    case AVRO_INT64: {
-        int64_t l;
-        if (avro_value_get_long(v, &l) != 0)
-            return avro_failed(x, rc);
-        j = json_integer(l);
-        break;
-    }
-    case AVRO_FLOAT:
-    case AVRO_DOUBLE: {
-        float f = 0;
-        double d = 0;
-        if (n->type == AVRO_FLOAT ? avro_value_get_float(v, &f)
-                                  : avro_value_get_double(v, &d))
-            return avro_failed(x, rc);
-        if (n->type == AVRO_FLOAT)
-            d = f;
-        /* jansson has no NaN or infinity, and neither has strict JSON. */
-        if ((j = json_real(d)) == NULL) {
-            *rc = jfail(x, "%g has no JSON form", d);
-            return NULL;
-        }
-        return j;
-    }
-    case AVRO_STRING: {
-        const char *s;
-        size_t size;
-        if (avro_value_get_string(v, &s, &size) != 0)
-            return avro_failed(x, rc);
-        j = json_stringn(s, size > 0 ? size - 1 : 0);
-        break;
-    }
-    case AVRO_ENUM: {
+    case PG_K_ENUM:
+    case PG_K_OPT_ENUM: {
         int e;
-        if (avro_value_get_enum(v, &e) != 0)
-            return avro_failed(x, rc);
-        if (e < 0 || (size_t)e >= n->n) {
-            *rc = jfail(x, "enum index %d out of range", e);
+        memcpy(&e, at, sizeof(e));
+        if (e < 0 || (size_t)e >= f->en->n_c || f->en->from_c[e] < 0) {
+            *rc = jfail(x, "value %d is not a symbol of %s in version %d", e,
+                        f->en->name, x->version);
             return NULL;
         }
-        j = json_string(n->names[e]);
-        break;
+        return json_string(f->en->symbols[f->en->from_c[e]]);
     }
-    case AVRO_ARRAY:
-    case AVRO_MAP:
-    case AVRO_RECORD:
-        return to_json_container(x, n, v, rc, depth);
-    case AVRO_UNION: {
-        int disc;
-        avro_value_t bv;
-        if (avro_value_get_discriminant(v, &disc) != 0 ||
-            avro_value_get_current_branch(v, &bv) != 0 || disc < 0 ||
-            (size_t)disc >= n->n)
-            return avro_failed(x, rc);
-        const pg_codec_node_t *bn = n->kids[disc];
-        json_t *inner = to_json(x, bn, &bv, rc, depth + 1);
-        if (inner == NULL || bn->type == AVRO_NULL)
-            return inner;
-        j = json_object();
-        if (j == NULL || json_object_set_new(j, type_name(bn), inner) != 0) {
-            json_decref(j);
-            return nomem(x, rc);
-        }
+    case PG_K_OPT_DOUBLE: {
+        double v;
+        memcpy(&v, at, sizeof(v));
+        json_t *j = json_real(v);
+        /* jansson has no NaN or infinity, and neither has strict JSON. */
+        if (j == NULL)
+            *rc = jfail(x, "%g has no JSON form", v);
         return j;
     }
-    default:
-        *rc = jfail(x, "%s values have no JSON form here", type_name(n));
-        return NULL;
+    case PG_K_ARRAY: {
+        size_t n;
+        const char *items = pg_codec_get_ptr(src, slot->off);
+        memcpy(&n, (const char *)src + slot->aux, sizeof(n));
+        json_t *a = json_array();
+        if (a == NULL)
+            return NULL;
+        for (size_t i = 0; i < n; i++) {
+            json_t *item =
+                rec_json(x, f->sub, items + i * f->sub->layout->size, rc, depth + 1);
+            if (item == NULL || json_array_append_new(a, item) != 0) {
+                json_decref(a);
+                return NULL;
+            }
+        }
+        return a;
     }
-    return j != NULL ? j : nomem(x, rc);
+    case PG_K_RECORD:
+        return rec_json(x, f->sub, at, rc, depth + 1);
+    }
+    return NULL;
 }
 
-int pg_codec_to_json(pg_codec_t *c, const uint8_t *buf, size_t len,
+static bool field_present(const pg_codec_field_t *f, const void *src)
+{
+    const pg_codec_slot_t *slot = f->slot;
+    bool present = true;
+    if (slot->kind == PG_K_OPT_STR) {
+        present = pg_codec_get_ptr(src, slot->off) != NULL;
+    } else if (slot->kind == PG_K_OPT_LONG) {
+        pg_opt_long_t v;
+        memcpy(&v, (const char *)src + slot->off, sizeof(v));
+        present = v.present;
+    } else if (slot->kind == PG_K_OPT_ENUM || slot->kind == PG_K_OPT_DOUBLE) {
+        memcpy(&present, (const char *)src + slot->aux, sizeof(present));
+    }
+    return present;
+}
+
+static json_t *rec_json(jctx_t *x, const pg_codec_rec_t *rec, const void *src, int *rc,
+                        int depth)
+{
+    if (depth > PG_MAX_DEPTH) {
+        *rc = jfail(x, "nested deeper than %d", PG_MAX_DEPTH);
+        return NULL;
+    }
+    json_t *o = json_object();
+    if (o == NULL)
+        return NULL;
+    for (size_t i = 0; i < rec->n; i++) {
+        const pg_codec_field_t *f = &rec->fields[i];
+        const char *tag = branch_tag(f);
+        json_t *v;
+        if (tag != NULL && !field_present(f, src)) {
+            v = json_null();
+        } else {
+            v = value_json(x, f, src, rc, depth);
+            if (v != NULL && tag != NULL) {
+                json_t *tagged = json_object();
+                if (tagged == NULL || json_object_set_new(tagged, tag, v) != 0) {
+                    json_decref(tagged);
+                    v = NULL;
+                } else {
+                    v = tagged;
+                }
+            }
+        }
+        if (v == NULL || json_object_set_new(o, f->name, v) != 0) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+int pg_codec_to_json(const pg_codec_t *c, int version, const uint8_t *buf, size_t len,
                      const pg_codec_limits_t *lim, char **json_out,
                      pg_record_type_t *type_out, char *errbuf, size_t errlen)
 {
     jctx_t x = {.errbuf = errbuf, .errlen = errlen};
-    pg_record_type_t t;
+    pg_record_t rec;
     json_t *j = NULL;
     int rc;
 
     *json_out = NULL;
-    if ((rc = pg_codec_check(c, buf, len, lim, &t, errbuf, errlen)) != 0)
-        return rc;
-    if ((rc = pg_codec_read(c, t, buf, len, errbuf, errlen)) != 0)
-        return rc;
-    j = to_json(&x, c->rec[t].root, &c->rec[t].value, &rc, 0);
+    if ((x.arena = pg_arena_new(4096)) == NULL)
+        return pg_codec_fail(errbuf, errlen, PG_CODEC_ENOMEM, "out of memory");
+    rc = pg_codec_decode(c, buf, len, lim, x.arena, &rec, errbuf, errlen);
+    const pg_codec_schema_t *s = rc == 0 ? pg_codec_schema(c, version, rec.type) : NULL;
+    if (rc == 0 && s == NULL)
+        rc = pg_codec_fail(errbuf, errlen, PG_CODEC_EFIELD,
+                           "schema version %d has no %s", version,
+                           pg_record_type_name(rec.type));
+    if (rc == 0) {
+        x.version = s->version;
+        j = rec_json(&x, s->root, &rec.u, &rc, 0);
+        if (j == NULL && rc == 0)
+            rc = pg_codec_fail(errbuf, errlen, PG_CODEC_ENOMEM,
+                               "out of memory building JSON");
+    }
     if (j != NULL) {
         /* One line, ASCII only (\u escapes), fields in schema order. */
         *json_out = json_dumps(j, JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER);
@@ -514,8 +455,8 @@ int pg_codec_to_json(pg_codec_t *c, const uint8_t *buf, size_t len,
                                                "out of memory dumping JSON");
     }
     if (rc == 0 && type_out != NULL)
-        *type_out = t;
+        *type_out = rec.type;
     json_decref(j);
-    avro_value_reset(&c->rec[t].value);
+    pg_arena_destroy(x.arena);
     return rc;
 }

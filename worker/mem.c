@@ -126,6 +126,23 @@ char *pg_arena_strdup(pg_arena_t *a, const char *s)
     return pg_arena_strndup(a, s, strlen(s));
 }
 
+pg_arena_mark_t pg_arena_mark(const pg_arena_t *a)
+{
+    return (pg_arena_mark_t){a->head, a->head->used, a->used};
+}
+
+void pg_arena_rewind(pg_arena_t *a, pg_arena_mark_t m)
+{
+    /* Chunks are newest first: free down to the one the mark was taken in. */
+    while (a->head != m.chunk && a->head->next != NULL) {
+        pg_arena_chunk_t *next = a->head->next;
+        free(a->head);
+        a->head = next;
+    }
+    a->head->used = m.chunk_used;
+    a->used = m.used;
+}
+
 size_t pg_arena_used(const pg_arena_t *a)
 {
     return a->used;

@@ -28,6 +28,16 @@ void *pg_arena_calloc(pg_arena_t *a, size_t count, size_t size);
 /* Copies n bytes and appends a NUL. */
 char *pg_arena_strndup(pg_arena_t *a, const char *s, size_t n);
 char *pg_arena_strdup(pg_arena_t *a, const char *s);
+/* A point in an arena's life: pg_arena_rewind frees everything allocated
+ * after it (a decode that fails part-way gives back what it took). A mark is
+ * valid until the arena is reset or rewound to an earlier mark. */
+typedef struct {
+    void *chunk;
+    size_t chunk_used;
+    size_t used;
+} pg_arena_mark_t;
+pg_arena_mark_t pg_arena_mark(const pg_arena_t *a);
+void pg_arena_rewind(pg_arena_t *a, pg_arena_mark_t m);
 /* Bytes currently handed out (for tests and metrics). */
 size_t pg_arena_used(const pg_arena_t *a);
 

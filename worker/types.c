@@ -8,7 +8,8 @@
     ((size_t)(v) < sizeof(table) / sizeof(table[0]) ? table[(size_t)(v)] : "INVALID")
 
 static const char *const veto_reasons[] = {"HOST_BOUND_DEVICE", "OPERATOR_PIN",
-                                           "UNKNOWN_VM", "UNKNOWN_DEVICE_KIND"};
+                                           "UNKNOWN_VM",        "UNKNOWN_DEVICE_KIND",
+                                           "STALE_BINDINGS",    "QUARANTINED"};
 static const char *const origins[] = {"DRS", "HA", "API", "MAINTENANCE", "OTHER"};
 static const char *const verdicts[] = {"APPROVED", "VETOED"};
 static const char *const outcomes[] = {"SUCCEEDED", "FAILED"};
@@ -16,6 +17,8 @@ static const char *const actions[] = {"RELEASE", "KEEP"};
 static const char *const release_reasons[] = {
     "CONFIRMED_ON_DESTINATION", "NO_DESTINATION", "STILL_ON_SOURCE",
     "PLACEMENT_UNCONFIRMED", "PLACEMENT_CONFLICT"};
+static const char *const audit_actions[] = {
+    "BIND", "UNBIND", "PLACE", "PIN", "UNPIN", "IMPORT", "QUARANTINE", "UNQUARANTINE"};
 
 const char *pg_veto_reason_name(pg_veto_reason_t r)
 {
@@ -45,4 +48,9 @@ const char *pg_release_action_name(pg_release_action_t a)
 const char *pg_release_reason_name(pg_release_reason_t r)
 {
     return PG_NAME(release_reasons, r);
+}
+
+const char *pg_audit_action_name(pg_audit_action_t a)
+{
+    return PG_NAME(audit_actions, a);
 }

@@ -34,8 +34,10 @@ typedef enum {
     PG_VETO_OPERATOR_PIN = 1,
     PG_VETO_UNKNOWN_VM = 2,
     PG_VETO_UNKNOWN_DEVICE_KIND = 3,
+    PG_VETO_STALE_BINDINGS = 4, /* v2 */
+    PG_VETO_QUARANTINED = 5,    /* v2 */
 } pg_veto_reason_t;
-#define PG_VETO_REASONS 4 /* symbols of pg_veto_reason_t */
+#define PG_VETO_REASONS 6 /* symbols of pg_veto_reason_t */
 
 typedef enum {
     PG_ORIGIN_DRS = 0,
@@ -60,6 +62,26 @@ typedef enum {
 } pg_release_reason_t;
 #define PG_RELEASE_REASONS 5 /* symbols of pg_release_reason_t */
 
+/* v2: what an operator edit or a quarantine change was (AuditEvent). */
+typedef enum {
+    PG_AUDIT_BIND = 0,
+    PG_AUDIT_UNBIND = 1,
+    PG_AUDIT_PLACE = 2,
+    PG_AUDIT_PIN = 3,
+    PG_AUDIT_UNPIN = 4,
+    PG_AUDIT_IMPORT = 5,
+    PG_AUDIT_QUARANTINE = 6,
+    PG_AUDIT_UNQUARANTINE = 7,
+} pg_audit_action_t;
+#define PG_AUDIT_ACTIONS 8 /* symbols of pg_audit_action_t */
+
+/* A union{null,long}: present false is Avro null. The v2 binding generation
+ * (bindingsGeneration, minGeneration) travels in one of these. */
+typedef struct {
+    bool present;
+    int64_t value;
+} pg_opt_long_t;
+
 typedef struct {
     const char *device_uuid;
     const char *kind;
@@ -71,6 +93,7 @@ typedef struct {
     const char *dst_host_uuid;
     bool has_score; /* false: score is Avro null */
     double score;
+    pg_opt_long_t bindings_generation; /* v2; ignored in DrsAdvice input */
 } pg_migration_advice_t;
 
 typedef struct {
@@ -106,6 +129,7 @@ typedef struct {
     const char *dst_host_uuid; /* nullable */
     pg_origin_t origin;
     int64_t requested_at_ms;
+    pg_opt_long_t min_generation; /* v2: the dispatch fence */
 } pg_migrate_request_t;
 
 typedef struct {
@@ -120,6 +144,7 @@ typedef struct {
     size_t n_devices;
     const pg_device_ref_t *devices;
     int64_t decided_at_ms;
+    pg_opt_long_t bindings_generation; /* v2 */
 } pg_migrate_decision_t;
 
 typedef struct {
@@ -144,9 +169,30 @@ typedef struct {
     size_t n_devices;
     const pg_device_ref_t *devices;
     int64_t decided_at_ms;
+    pg_opt_long_t bindings_generation; /* v2 */
 } pg_release_decision_t;
 
-/* The six top-level message records; the order is the schema table's. */
+/* v2: the complete binding state of one VM on the feed (device.bindings). */
+typedef struct {
+    const char *vm_uuid;
+    const char *host_uuid; /* nullable */
+    size_t n_devices;
+    const pg_device_ref_t *devices;
+    int64_t generation;
+    int64_t updated_at_ms;
+} pg_vm_bindings_t;
+
+/* v2: one entry of the audit trail (pinguard.audit). */
+typedef struct {
+    const char *event_id;
+    int64_t at_ms;
+    const char *actor;
+    pg_audit_action_t action;
+    const char *vm_uuid; /* nullable */
+    const char *detail;
+} pg_audit_event_t;
+
+/* The top-level message records; the order is the schema table's. */
 typedef enum {
     PG_REC_DRS_ADVICE = 0,
     PG_REC_FILTERED_ADVICE,
@@ -154,11 +200,14 @@ typedef enum {
     PG_REC_MIGRATE_DECISION,
     PG_REC_MIGRATION_RESULT,
     PG_REC_RELEASE_DECISION,
+    PG_REC_VM_BINDINGS, /* v2 */
+    PG_REC_AUDIT_EVENT, /* v2 */
     PG_REC_COUNT
 } pg_record_type_t;
 
 typedef struct {
     pg_record_type_t type;
+    int version; /* schema version of the writer (decode sets it; encode ignores it) */
     union {
         pg_drs_advice_t drs_advice;
         pg_filtered_advice_t filtered_advice;
@@ -166,6 +215,8 @@ typedef struct {
         pg_migrate_decision_t migrate_decision;
         pg_migration_result_t migration_result;
         pg_release_decision_t release_decision;
+        pg_vm_bindings_t vm_bindings;
+        pg_audit_event_t audit_event;
     } u;
 } pg_record_t;
 
@@ -176,5 +227,6 @@ const char *pg_verdict_name(pg_verdict_t v);
 const char *pg_outcome_name(pg_outcome_t o);
 const char *pg_release_action_name(pg_release_action_t a);
 const char *pg_release_reason_name(pg_release_reason_t r);
+const char *pg_audit_action_name(pg_audit_action_t a);
 
 #endif

@@ -3,15 +3,16 @@
  * libFuzzer targets for the codec, one per input record: compiled three
  * times with PG_FUZZ_RECORD set to PG_REC_DRS_ADVICE, PG_REC_MIGRATE_REQUEST
  * or PG_REC_MIGRATION_RESULT (tests/fuzz/CMakeLists.txt). An input is a Kafka
- * payload: the single-object message as it would arrive. Each is decoded twice,
- * as is (so the marker and fingerprint checks are fuzzed too) and with the
- * target's own fingerprint written over the header (so that every mutation
- * exercises the body validator of the target's record, not just the first
- * ten bytes). Whatever decodes must survive the round trips: encode succeeds
- * and decodes to the same record, re-encoding is stable, and the JSON form
- * (pg_codec_to_json, which validates on its own) agrees with decode and turns
- * back into the same bytes. A violated property aborts, which libFuzzer
- * reports as a crash; ASan, UBSan and LeakSanitizer watch everything else.
+ * payload: the single-object message as it would arrive. Each is decoded as is
+ * (so the marker and fingerprint checks are fuzzed too) and with each known
+ * version's fingerprint of the target's record written over the header (so
+ * that every mutation exercises the reader of that record in every version,
+ * not just the first ten bytes). Whatever decodes must survive the round
+ * trips: encoded in the current version and in the writer's, it decodes to
+ * the same record; re-encoding is stable; and the JSON form (in either
+ * version's shape) agrees with decode and turns back into the same bytes. A violated
+ * property aborts, which libFuzzer reports as a crash; ASan, UBSan and LeakSanitizer
+ * watch everything else.
  */
 #include <math.h>
 #include <stdint.h>
@@ -56,12 +57,19 @@ static int str_eq(const char *a, const char *b)
     return (a == NULL || b == NULL) ? a == b : strcmp(a, b) == 0;
 }
 
+static int gen_eq(pg_opt_long_t a, pg_opt_long_t b)
+{
+    return a.present == b.present && (!a.present || a.value == b.value);
+}
+
 static int advice_eq(const pg_migration_advice_t *a, const pg_migration_advice_t *b)
 {
     /* Bits, not ==: a NaN score must come back as the same NaN. */
     return str_eq(a->vm_uuid, b->vm_uuid) &&
            str_eq(a->src_host_uuid, b->src_host_uuid) &&
-           str_eq(a->dst_host_uuid, b->dst_host_uuid) && a->has_score == b->has_score &&
+           str_eq(a->dst_host_uuid, b->dst_host_uuid) &&
+           gen_eq(a->bindings_generation, b->bindings_generation) &&
+           a->has_score == b->has_score &&
            (!a->has_score || memcmp(&a->score, &b->score, sizeof(double)) == 0);
 }
 
@@ -88,7 +96,8 @@ static int record_eq(const pg_record_t *x, const pg_record_t *y)
         return str_eq(a->request_id, b->request_id) && str_eq(a->vm_uuid, b->vm_uuid) &&
                str_eq(a->src_host_uuid, b->src_host_uuid) &&
                str_eq(a->dst_host_uuid, b->dst_host_uuid) && a->origin == b->origin &&
-               a->requested_at_ms == b->requested_at_ms;
+               a->requested_at_ms == b->requested_at_ms &&
+               gen_eq(a->min_generation, b->min_generation);
     }
     case PG_REC_MIGRATION_RESULT: {
         const pg_migration_result_t *a = &x->u.migration_result,
@@ -133,14 +142,16 @@ static void check_message(const uint8_t *data, size_t size)
 {
     pg_record_t rec, again;
     int rc = pg_codec_decode(codec, data, size, &limits, arena, &rec, err, sizeof(err));
+    REQUIRE(rc != 0 || (rec.version >= 1 && rec.version <= PG_CODEC_VERSION),
+            "decode: no version", rc);
     /* Every failure is the message's, with a reason; never the process's. */
     REQUIRE(rc <= 0 && rc > PG_CODEC_ENOMEM, "decode: unexpected code", rc);
     REQUIRE(rc == 0 || err[0] != '\0', "decode: no detail", rc);
 
     char *json = NULL;
     pg_record_type_t jtype = PG_REC_COUNT;
-    int jrc =
-        pg_codec_to_json(codec, data, size, &limits, &json, &jtype, err, sizeof(err));
+    int jrc = pg_codec_to_json(codec, 0, data, size, &limits, &json, &jtype, err,
+                               sizeof(err));
     if (rc != 0) {
         REQUIRE(jrc == rc, "to_json disagrees with decode", jrc);
         REQUIRE(json == NULL, "to_json: output on failure", jrc);
@@ -160,6 +171,30 @@ static void check_message(const uint8_t *data, size_t size)
     REQUIRE(enc1.len == enc2.len && memcmp(enc1.data, enc2.data, enc1.len) == 0,
             "re-encoding is not stable", 0);
 
+    /* In the writer's own version too: an older writer's record survives
+     * being written back in its version. */
+    enc2.len = 0;
+    erc = pg_codec_encode_version(codec, rec.version, &rec, &enc2, err, sizeof(err));
+    REQUIRE(erc == 0, "encode in the writer's version", erc);
+    erc = pg_codec_decode(codec, enc2.data, enc2.len, &limits, arena, &again, err,
+                          sizeof(err));
+    REQUIRE(erc == 0 && record_eq(&rec, &again), "writer-version round trip", erc);
+    char *json_w = NULL;
+    erc = pg_codec_to_json(codec, rec.version, enc2.data, enc2.len, &limits, &json_w,
+                           NULL, err, sizeof(err));
+    if (erc == 0) {
+        from_json.len = 0;
+        erc = pg_codec_from_json(codec, rec.version, rec.type, json_w, strlen(json_w),
+                                 &from_json, err, sizeof(err));
+        free(json_w);
+        REQUIRE(erc == 0 && from_json.len == enc2.len &&
+                    memcmp(from_json.data, enc2.data, enc2.len) == 0,
+                "writer-version JSON round trip", erc);
+    } else {
+        REQUIRE(erc == PG_CODEC_EFIELD && has_non_finite(&rec),
+                "writer-version to_json failed", erc);
+    }
+
     /* The JSON form says the same and converts back to the same bytes. */
     if (jrc != 0) {
         REQUIRE(jrc == PG_CODEC_EFIELD && has_non_finite(&rec),
@@ -168,7 +203,7 @@ static void check_message(const uint8_t *data, size_t size)
     }
     REQUIRE(jtype == rec.type, "to_json: another record type", 0);
     from_json.len = 0;
-    int frc = pg_codec_from_json(codec, jtype, json, strlen(json), &from_json, err,
+    int frc = pg_codec_from_json(codec, 0, jtype, json, strlen(json), &from_json, err,
                                  sizeof(err));
     free(json);
     REQUIRE(frc == 0, "from_json of to_json's output", frc);
@@ -200,10 +235,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (copy == NULL)
             abort();
         memcpy(copy, data, size);
-        uint64_t fp = pg_codec_fingerprint(codec, PG_FUZZ_RECORD);
-        for (int i = 0; i < 8; i++)
-            copy[2 + i] = (uint8_t)(fp >> (8 * i));
-        check_message(copy, size);
+        for (int v = 1; v <= PG_CODEC_VERSION; v++) {
+            uint64_t fp = pg_codec_fingerprint(codec, v, PG_FUZZ_RECORD);
+            for (int i = 0; i < 8; i++)
+                copy[2 + i] = (uint8_t)(fp >> (8 * i));
+            check_message(copy, size);
+        }
         free(copy);
     }
     pg_arena_reset(arena);

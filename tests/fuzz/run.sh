@@ -24,12 +24,6 @@ cmake --build "$build" --target "${targets[@]}"
 # checked per input by libFuzzer and at exit by LeakSanitizer.
 export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:abort_on_error=1:symbolize=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
-# use_unaligned: avro-c 1.11.1's avro_generic_value_new (generic.c) puts a
-# 4-byte refcount in front of each value, so every pointer inside the codec's
-# reused values sits 4 bytes off alignment. LeakSanitizer skips such pointers
-# by default and calls the buffers they hold (array items kept for reuse)
-# leaks; with this it follows them, and a block nobody points to is still one.
-export LSAN_OPTIONS="use_unaligned=1"
 
 failed=()
 summary=()

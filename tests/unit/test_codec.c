@@ -19,6 +19,7 @@
 #include "data/vectors.h"
 
 #define N_SAMPLES (sizeof(tv_samples) / sizeof(tv_samples[0]))
+#define N_V1_SAMPLES (sizeof(tv_v1_samples) / sizeof(tv_v1_samples[0]))
 #define N_PCF_CASES (sizeof(tv_pcf_cases) / sizeof(tv_pcf_cases[0]))
 
 static pg_codec_t *codec;
@@ -63,8 +64,18 @@ static void cmp_devices(size_t na, const pg_device_ref_t *a, size_t nb,
     }
 }
 
+static void cmp_gen(const char *what, pg_opt_long_t a, pg_opt_long_t b)
+{
+    ck_assert_msg(a.present == b.present, "%s: present %d vs %d", what, a.present,
+                  b.present);
+    if (a.present)
+        ck_assert_msg(a.value == b.value, "%s: %lld vs %lld", what, (long long)a.value,
+                      (long long)b.value);
+}
+
 static void cmp_advice(const pg_migration_advice_t *a, const pg_migration_advice_t *b)
 {
+    cmp_gen("bindingsGeneration", a->bindings_generation, b->bindings_generation);
     cmp_str("vmUuid", a->vm_uuid, b->vm_uuid);
     cmp_str("srcHostUuid", a->src_host_uuid, b->src_host_uuid);
     cmp_str("dstHostUuid", a->dst_host_uuid, b->dst_host_uuid);
@@ -120,6 +131,7 @@ static void cmp_record(const pg_record_t *x, const pg_record_t *y)
         cmp_str("dstHostUuid", a->dst_host_uuid, b->dst_host_uuid);
         ck_assert_int_eq(a->origin, b->origin);
         ck_assert_int_eq(a->requested_at_ms, b->requested_at_ms);
+        cmp_gen("minGeneration", a->min_generation, b->min_generation);
         break;
     }
     case PG_REC_MIGRATE_DECISION: {
@@ -136,6 +148,7 @@ static void cmp_record(const pg_record_t *x, const pg_record_t *y)
             ck_assert_int_eq(a->reason, b->reason);
         cmp_devices(a->n_devices, a->devices, b->n_devices, b->devices);
         ck_assert_int_eq(a->decided_at_ms, b->decided_at_ms);
+        cmp_gen("bindingsGeneration", a->bindings_generation, b->bindings_generation);
         break;
     }
     case PG_REC_MIGRATION_RESULT: {
@@ -163,6 +176,26 @@ static void cmp_record(const pg_record_t *x, const pg_record_t *y)
         cmp_str("dstHostUuid", a->dst_host_uuid, b->dst_host_uuid);
         cmp_devices(a->n_devices, a->devices, b->n_devices, b->devices);
         ck_assert_int_eq(a->decided_at_ms, b->decided_at_ms);
+        cmp_gen("bindingsGeneration", a->bindings_generation, b->bindings_generation);
+        break;
+    }
+    case PG_REC_VM_BINDINGS: {
+        const pg_vm_bindings_t *a = &x->u.vm_bindings, *b = &y->u.vm_bindings;
+        cmp_str("vmUuid", a->vm_uuid, b->vm_uuid);
+        cmp_str("hostUuid", a->host_uuid, b->host_uuid);
+        cmp_devices(a->n_devices, a->devices, b->n_devices, b->devices);
+        ck_assert_int_eq(a->generation, b->generation);
+        ck_assert_int_eq(a->updated_at_ms, b->updated_at_ms);
+        break;
+    }
+    case PG_REC_AUDIT_EVENT: {
+        const pg_audit_event_t *a = &x->u.audit_event, *b = &y->u.audit_event;
+        cmp_str("eventId", a->event_id, b->event_id);
+        ck_assert_int_eq(a->at_ms, b->at_ms);
+        cmp_str("actor", a->actor, b->actor);
+        ck_assert_int_eq(a->action, b->action);
+        cmp_str("vmUuid", a->vm_uuid, b->vm_uuid);
+        cmp_str("detail", a->detail, b->detail);
         break;
     }
     default:
@@ -223,14 +256,26 @@ static void m_double(msg_t *m, double d)
         m_byte(m, (uint8_t)(u >> (8 * i)));
 }
 
-static void m_header(msg_t *m, pg_record_type_t t)
+/* The hand-built bodies below are written in version 1 (the v2 reader fills
+ * the fields it added); m_header2 starts a body of the current version. */
+static void m_header_fp(msg_t *m, uint64_t fp)
 {
-    uint64_t fp = tv_schemas[t].fingerprint;
     m->n = 0;
     m_byte(m, 0xc3);
     m_byte(m, 0x01);
     for (int i = 0; i < 8; i++)
         m_byte(m, (uint8_t)(fp >> (8 * i)));
+}
+
+static void m_header(msg_t *m, pg_record_type_t t)
+{
+    ck_assert_int_lt(t, TV_V1_RECORDS);
+    m_header_fp(m, tv_schemas_v1[t].fingerprint);
+}
+
+static void m_header2(msg_t *m, pg_record_type_t t)
+{
+    m_header_fp(m, tv_schemas[t].fingerprint);
 }
 
 /* MigrateVmRequest with the given id, dst branch and origin index. */
@@ -289,7 +334,7 @@ static void expect_bytes(const uint8_t *b, size_t n, const pg_codec_limits_t *li
         ck_assert_ptr_null(strchr(err, '\n'));
     }
     char *json = (char *)"sentinel";
-    rc = pg_codec_to_json(codec, b, n, lim, &json, NULL, err, sizeof(err));
+    rc = pg_codec_to_json(codec, 0, b, n, lim, &json, NULL, err, sizeof(err));
     ck_assert_msg(rc == code, "to_json got %s (%s), want %s", pg_codec_err_name(rc),
                   err, pg_codec_err_name(code));
     if (code != 0)
@@ -324,10 +369,10 @@ END_TEST
 START_TEST(schemas_match_fastavro)
 {
     const pg_record_type_t t = (pg_record_type_t)_i;
-    const char *pcf = pg_codec_canonical_form(codec, t);
+    const char *pcf = pg_codec_canonical_form(codec, 0, t);
     ck_assert_ptr_nonnull(pcf);
     ck_assert_str_eq(pcf, tv_schemas[t].pcf);
-    ck_assert_uint_eq(pg_codec_fingerprint(codec, t), tv_schemas[t].fingerprint);
+    ck_assert_uint_eq(pg_codec_fingerprint(codec, 0, t), tv_schemas[t].fingerprint);
     ck_assert_uint_eq(pg_avro_crc64(pcf, strlen(pcf)), tv_schemas[t].fingerprint);
 }
 END_TEST
@@ -453,8 +498,8 @@ START_TEST(names)
     ck_assert_int_ne(pg_record_type_from_name("Veto", &dummy), 0);
     ck_assert_int_ne(pg_record_type_from_name("io.pinguard.v2.DrsAdvice", &dummy), 0);
     ck_assert_int_ne(pg_record_type_from_name(NULL, &dummy), 0);
-    ck_assert_uint_eq(pg_codec_fingerprint(codec, PG_REC_COUNT), 0);
-    ck_assert_ptr_null(pg_codec_canonical_form(codec, PG_REC_COUNT));
+    ck_assert_uint_eq(pg_codec_fingerprint(codec, 0, PG_REC_COUNT), 0);
+    ck_assert_ptr_null(pg_codec_canonical_form(codec, 0, PG_REC_COUNT));
 }
 END_TEST
 
@@ -562,7 +607,7 @@ START_TEST(encode_rejects_bad_structs)
          .u.migrate_request = {"r", "v", "s", NULL, (pg_origin_t)5, 0}},
         {.type = PG_REC_MIGRATE_DECISION,
          .u.migrate_decision = {"r", "v", "s", NULL, PG_ORIGIN_DRS, PG_VERDICT_VETOED,
-                                true, (pg_veto_reason_t)4, 0, NULL, 0}},
+                                true, (pg_veto_reason_t)PG_VETO_REASONS, 0, NULL, 0}},
         {.type = PG_REC_RELEASE_DECISION,
          .u.release_decision = {"r", "v", PG_OUTCOME_FAILED, PG_ACTION_KEEP,
                                 PG_RELEASE_NO_DESTINATION, "h", NULL, 2, NULL, 0}},
@@ -641,6 +686,186 @@ START_TEST(decode_negative_block_count)
     m_raw(&m, item.b, item.n);
     m_long(&m, 0);
     expect(&m, NULL, PG_CODEC_ELENGTH);
+}
+END_TEST
+
+/* Many one-item blocks: the walker grows the array geometrically, so what
+ * the arena holds stays a small multiple of the items. */
+START_TEST(decode_many_blocks)
+{
+    static msg_t m;
+    pg_record_t r;
+    advice_prefix(&m);
+    for (int i = 0; i < 200; i++) {
+        char vm[16];
+        snprintf(vm, sizeof(vm), "vm-%d", i);
+        m_long(&m, 1);
+        advice_item(&m, vm);
+    }
+    m_long(&m, 0);
+    size_t before = pg_arena_used(arena);
+    ck_assert_int_eq(decode(&m, NULL, &r), 0);
+    ck_assert_uint_eq(r.u.drs_advice.n_migrations, 200);
+    for (int i = 0; i < 200; i++) {
+        char vm[16];
+        snprintf(vm, sizeof(vm), "vm-%d", i);
+        ck_assert_str_eq(r.u.drs_advice.migrations[i].vm_uuid, vm);
+    }
+    size_t items = 200 * sizeof(pg_migration_advice_t);
+    ck_assert_uint_le(pg_arena_used(arena) - before, 3 * items + 200 * 3 * 32);
+}
+END_TEST
+
+/* ---- Versions ------------------------------------------------------------ */
+
+/* Bytes fastavro wrote with a v1 writer are read into the current structs,
+ * the fields v1 lacks at their defaults, and the writer's version is told. */
+START_TEST(decode_v1_bytes)
+{
+    const tv_v1_sample_t *s = &tv_v1_samples[_i];
+    pg_record_t r;
+    pg_buf_t b = {0};
+    ck_assert_int_eq(
+        pg_codec_decode(codec, s->bytes, s->len, NULL, arena, &r, err, sizeof(err)), 0);
+    /* A record v2 left unchanged (MigrationResult) has one fingerprint for
+     * both: it is reported as the newest version that has it. */
+    pg_record_type_t t = s->rec->type;
+    ck_assert_int_eq(r.version,
+                     tv_schemas_v1[t].fingerprint == tv_schemas[t].fingerprint ? 2 : 1);
+    cmp_record(&r, s->rec);
+    /* Written again it is a v2 record, as fastavro's v2 writer has it. */
+    ck_assert_int_eq(pg_codec_encode(codec, &r, &b, err, sizeof(err)), 0);
+    ck_assert_uint_eq(b.len, s->v2_len);
+    ck_assert(memcmp(b.data, s->v2_bytes, b.len) == 0);
+    pg_buf_free(&b);
+    /* And in JSON, in either version's shape. */
+    for (int v = 1; v <= 2; v++) {
+        char *json = NULL;
+        ck_assert_int_eq(pg_codec_to_json(codec, v, s->bytes, s->len, NULL, &json, NULL,
+                                          err, sizeof(err)),
+                         0);
+        json_t *mine = json_loads(json, 0, NULL),
+               *theirs = json_loads(v == 1 ? s->json_v1 : s->json, 0, NULL);
+        ck_assert_msg(json_equal(mine, theirs), "v%d: %s\n vs %s", v, json,
+                      v == 1 ? s->json_v1 : s->json);
+        json_decref(mine);
+        json_decref(theirs);
+        free(json);
+    }
+}
+END_TEST
+
+/* Written in version 1, the same record is byte for byte what fastavro's v1
+ * writer produced. */
+START_TEST(encode_v1_matches_fastavro)
+{
+    const tv_v1_sample_t *s = &tv_v1_samples[_i];
+    pg_buf_t b = {0};
+    ck_assert_int_eq(pg_codec_encode_version(codec, 1, s->rec, &b, err, sizeof(err)),
+                     0);
+    ck_assert_uint_eq(b.len, s->len);
+    ck_assert(memcmp(b.data, s->bytes, b.len) == 0);
+    pg_buf_free(&b);
+}
+END_TEST
+
+START_TEST(versions_and_fingerprints)
+{
+    for (int t = 0; t < PG_REC_COUNT; t++) {
+        ck_assert_uint_eq(pg_codec_fingerprint(codec, PG_CODEC_VERSION, t),
+                          tv_schemas[t].fingerprint);
+        ck_assert_uint_eq(pg_codec_fingerprint(codec, 0, t), tv_schemas[t].fingerprint);
+        if (t < TV_V1_RECORDS) {
+            ck_assert_uint_eq(pg_codec_fingerprint(codec, 1, t),
+                              tv_schemas_v1[t].fingerprint);
+            ck_assert_str_eq(pg_codec_canonical_form(codec, 1, t),
+                             tv_schemas_v1[t].pcf);
+        } else { /* VmBindings and AuditEvent are new in v2 */
+            ck_assert_uint_eq(pg_codec_fingerprint(codec, 1, t), 0);
+            ck_assert_ptr_null(pg_codec_canonical_form(codec, 1, t));
+        }
+    }
+    ck_assert_uint_eq(pg_codec_fingerprint(codec, 3, 0), 0);
+    ck_assert_uint_eq(pg_codec_fingerprint(codec, -1, 0), 0);
+}
+END_TEST
+
+/* What version 1 cannot hold is refused, never silently dropped: a reason
+ * it lacks, a record it lacks. Fields it lacks are left out. */
+START_TEST(encode_v1_refuses_v2_values)
+{
+    pg_buf_t b = {0};
+    pg_record_t stale = {.type = PG_REC_MIGRATE_DECISION,
+                         .u.migrate_decision = {.request_id = "r",
+                                                .vm_uuid = "v",
+                                                .src_host_uuid = "s",
+                                                .verdict = PG_VERDICT_VETOED,
+                                                .has_reason = true,
+                                                .reason = PG_VETO_STALE_BINDINGS,
+                                                .bindings_generation = {true, 9}}};
+    ck_assert_int_eq(pg_codec_encode_version(codec, 1, &stale, &b, err, sizeof(err)),
+                     PG_CODEC_EFIELD);
+    ck_assert_ptr_nonnull(strstr(err, "reason"));
+    ck_assert_uint_eq(b.len, 0);
+    pg_record_t vb = {.type = PG_REC_VM_BINDINGS,
+                      .u.vm_bindings = {.vm_uuid = "v", .generation = 1}};
+    ck_assert_int_eq(pg_codec_encode_version(codec, 1, &vb, &b, err, sizeof(err)),
+                     PG_CODEC_EFIELD);
+    ck_assert_uint_eq(b.len, 0);
+
+    /* A v2 decision with a generation, written as v1 and read back: the
+     * generation is gone (v1 has no field for it), the rest is there. */
+    stale.u.migrate_decision.reason = PG_VETO_HOST_BOUND_DEVICE;
+    ck_assert_int_eq(pg_codec_encode_version(codec, 1, &stale, &b, err, sizeof(err)),
+                     0);
+    pg_record_t r;
+    ck_assert_int_eq(
+        pg_codec_decode(codec, b.data, b.len, NULL, arena, &r, err, sizeof(err)), 0);
+    ck_assert_int_eq(r.version, 1);
+    ck_assert(!r.u.migrate_decision.bindings_generation.present);
+    ck_assert_int_eq(r.u.migrate_decision.reason, PG_VETO_HOST_BOUND_DEVICE);
+    pg_buf_free(&b);
+}
+END_TEST
+
+/* The fields v2 added are checked like every other: a bad branch, a body
+ * that ends inside them; and a failure gives the arena back exactly. */
+START_TEST(hostile_v2_fields)
+{
+    static msg_t m;
+    pg_record_t r;
+    m_header2(&m, PG_REC_MIGRATE_REQUEST);
+    m_str(&m, "req-1");
+    m_str(&m, "vm-1");
+    m_str(&m, "host-a");
+    m_long(&m, 0);
+    m_long(&m, 1);
+    m_long(&m, 1234);
+    size_t body = m.n;
+    m_long(&m, 1);
+    m_long(&m, 42);
+    ck_assert_int_eq(decode(&m, NULL, &r), 0);
+    ck_assert_int_eq(r.version, 2);
+    ck_assert(r.u.migrate_request.min_generation.present);
+    ck_assert_int_eq(r.u.migrate_request.min_generation.value, 42);
+
+    m.n = body;
+    m_long(&m, 2); /* no third branch */
+    size_t before = pg_arena_used(arena);
+    expect(&m, NULL, PG_CODEC_EUNION);
+    ck_assert_ptr_nonnull(strstr(err, "minGeneration"));
+    m.n = body;
+    m_long(&m, 1); /* the value is missing */
+    expect(&m, NULL, PG_CODEC_ETRUNCATED);
+    ck_assert_uint_eq(pg_arena_used(arena), before);
+    m.n = body; /* a v2 body without its v2 field is truncated, not v1 */
+    expect(&m, NULL, PG_CODEC_ETRUNCATED);
+
+    /* A v1 body under the v2 fingerprint is not mistaken for one. */
+    request_msg(&m, "req-2", 0, 1);
+    ck_assert_int_eq(decode(&m, NULL, &r), 0);
+    ck_assert_int_eq(r.version, 1);
+    ck_assert(!r.u.migrate_request.min_generation.present);
 }
 END_TEST
 
@@ -1165,7 +1390,7 @@ static int from_json(pg_record_type_t t, const char *json, pg_buf_t *out)
 {
     err[0] = '\0';
     out->len = 0;
-    return pg_codec_from_json(codec, t, json, strlen(json), out, err, sizeof(err));
+    return pg_codec_from_json(codec, 0, t, json, strlen(json), out, err, sizeof(err));
 }
 
 /* fastavro's JSON (branches tagged by full name) gives fastavro's bytes. */
@@ -1189,7 +1414,7 @@ START_TEST(json_roundtrip)
     pg_record_type_t t = PG_REC_COUNT;
     pg_buf_t b = {0};
     ck_assert_int_eq(
-        pg_codec_to_json(codec, s->bytes, s->len, NULL, &json, &t, err, sizeof(err)),
+        pg_codec_to_json(codec, 0, s->bytes, s->len, NULL, &json, &t, err, sizeof(err)),
         0);
     ck_assert_int_eq(t, s->rec->type);
     ck_assert_ptr_null(strchr(json, '\n'));
@@ -1419,6 +1644,12 @@ static Suite *codec_suite(void)
     tcase_add_test(v, encode_rejects_bad_structs);
     tcase_add_test(v, decode_reuses_values);
     tcase_add_test(v, decode_negative_block_count);
+    tcase_add_test(v, decode_many_blocks);
+    tcase_add_loop_test(v, decode_v1_bytes, 0, (int)N_V1_SAMPLES);
+    tcase_add_loop_test(v, encode_v1_matches_fastavro, 0, (int)N_V1_SAMPLES);
+    tcase_add_test(v, versions_and_fingerprints);
+    tcase_add_test(v, encode_v1_refuses_v2_values);
+    tcase_add_test(v, hostile_v2_fields);
     suite_add_tcase(s, v);
 
     TCase *h = tcase_create("hostile");

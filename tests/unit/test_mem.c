@@ -236,6 +236,33 @@ START_TEST(arena_strndup)
 }
 END_TEST
 
+/* A rewind gives back exactly what was taken after the mark, across chunks,
+ * and what was taken before it stays intact. */
+START_TEST(arena_mark_rewind)
+{
+    pg_arena_t *a = pg_arena_new(1024);
+    ck_assert_ptr_nonnull(a);
+    char *keep = pg_arena_strdup(a, "kept");
+    pg_arena_mark_t m = pg_arena_mark(a);
+    size_t used = pg_arena_used(a);
+    for (int i = 0; i < 50; i++) /* several chunks' worth */
+        ck_assert_ptr_nonnull(pg_arena_alloc(a, 200));
+    ck_assert_uint_gt(pg_arena_used(a), used + 9000);
+    pg_arena_rewind(a, m);
+    ck_assert_uint_eq(pg_arena_used(a), used);
+    ck_assert_str_eq(keep, "kept");
+    /* The next allocation continues where the mark was. */
+    char *next = pg_arena_alloc(a, 16);
+    ck_assert_ptr_nonnull(next);
+    ck_assert_uint_eq(pg_arena_used(a), used + 16);
+    /* Rewinding to a mark with nothing after it changes nothing. */
+    m = pg_arena_mark(a);
+    pg_arena_rewind(a, m);
+    ck_assert_uint_eq(pg_arena_used(a), used + 16);
+    pg_arena_destroy(a);
+}
+END_TEST
+
 START_TEST(arena_destroy_null)
 {
     pg_arena_destroy(NULL);
@@ -372,6 +399,7 @@ static Suite *mem_suite(void)
 {
     Suite *s = suite_create("mem");
     TCase *a = tcase_create("arena");
+    tcase_add_test(a, arena_mark_rewind);
     tcase_add_test(a, arena_alignment);
     tcase_add_test(a, arena_blocks_do_not_overlap);
     tcase_add_test(a, arena_reset_keeps_first_chunk);
