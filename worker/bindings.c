@@ -1,19 +1,21 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Binding cache over hiredis 0.14. Keys follow the SPEC:
- *   pinguard:vm:{<vm>}:host     string, the VM's current host (presence = known)
- *   pinguard:vm:{<vm>}:devices  hash, device uuid -> kind
- *   pinguard:vm:{<vm>}:pin      string, operator pin reason
+ *   pinguard:vm:{<vm>}:host        string, the VM's current host (presence = known)
+ *   pinguard:vm:{<vm>}:devices     hash, device uuid -> kind
+ *   pinguard:vm:{<vm>}:pin         string, operator pin reason
+ *   pinguard:vm:{<vm>}:generation  string, decimal int64: the binding generation
  * A lookup is one EVALSHA of a small Lua script (LOOKUP_LUA below) per
- * redis.lookup.chunk VMs, which reads each VM's three keys as one atomic
+ * redis.lookup.chunk VMs, which reads each VM's four keys as one atomic
  * snapshot (the whole script is atomic): an upstream transaction that
  * turns a device binding into a pin can never be seen half done, as it could
- * between two commands. The script also keeps a hostile entry from costing
- * memory or stalling the batch: a key of the wrong type is reported, not
- * raised as an error reply, and an entry with too many devices or an
+ * between two commands, and the generation a decision carries is the one of
+ * the devices it was decided on. The script also keeps a hostile entry from
+ * costing memory or stalling the batch: a key of the wrong type is reported,
+ * not raised as an error reply, and an entry with too many devices or an
  * over-long value comes back as a count and a flag instead of its bytes.
  * Every reply is then checked against the SPEC's layout (pg_bindings_check);
- * a VM whose entry fails is handed to the caller as malformed. A VM's three
+ * a VM whose entry fails is handed to the caller as malformed. A VM's four
  * keys share its hash tag, so with redis.lookup.chunk = 1 every script stays
  * within one slot, as a Redis Cluster needs. A batch's scripts go out in one
  * write; pg_bindings_send returns once the first script's reply is in (Redis
@@ -40,7 +42,7 @@
 #include <string.h>
 #include <time.h>
 
-/* "pinguard:vm:{" + a VM uuid of at most PG_BINDINGS_MAX_VM_LEN + "}:devices" */
+/* "pinguard:vm:{" + a VM uuid of at most PG_BINDINGS_MAX_VM_LEN + "}:generation" */
 #define KEY_MAX (PG_BINDINGS_MAX_VM_LEN + 32)
 
 /* What one connection has done (for debugging with a core file). */
@@ -211,31 +213,40 @@ static int simple_command(pg_bindings_t *b, int argc, const char **argv, char *e
 }
 
 /* The snapshots of up to redis.lookup.chunk VMs, each VM's atomic (the whole
- * script is). KEYS: :host, :pin and :devices of each VM in turn; ARGV: the
- * most devices and the longest value returned. Reply: per VM {flags, host,
- * pin, n, devs}: flags 1/2/4 = :host/:pin/:devices of the wrong type, 8 =
- * :host or a device value longer than ARGV[2] (then neither is returned);
- * host and pin nil when absent (the pin cut to ARGV[2] bytes: only its
- * presence decides); n the number of devices, devs their uuid/kind pairs,
- * empty when n > ARGV[1]. MGET answers nil for a key of another type, so
- * EXISTS tells a missing key from a wrong one; HGETALL by pcall, so that
- * WRONGTYPE is a flag of this VM, not an error of the batch. Each redis.call
- * costs about as much as the command itself, so the common case makes three:
- * several VMs per script share the call's fixed cost (tests/bench). */
+ * script is). KEYS: :host, :pin, :devices and :generation of each VM in turn;
+ * ARGV: the most devices and the longest value returned. Reply: per VM
+ * {flags, host, pin, n, devs, gen}: flags 1/2/4/16 = :host/:pin/:devices/
+ * :generation of the wrong type, 8 = :host or a device value longer than
+ * ARGV[2] (then neither is returned), 32 = :generation longer than
+ * PG_BINDINGS_MAX_GEN_LEN (then it is not returned); host, pin and gen nil
+ * when absent (the pin cut to ARGV[2] bytes: only its presence decides); n
+ * the number of devices, devs their uuid/kind pairs, empty when n > ARGV[1].
+ * MGET answers nil for a key of another type, so EXISTS tells a missing key
+ * from a wrong one; HGETALL by pcall, so that WRONGTYPE is a flag of this
+ * VM, not an error of the batch. Each redis.call costs about as much as the
+ * command itself, so the common case makes three: several VMs per script
+ * share the call's fixed cost (tests/bench). */
+_Static_assert(PG_BINDINGS_MAX_GEN_LEN == 20,
+               "LOOKUP_LUA bounds :generation at 20 bytes");
 static const char LOOKUP_LUA[] =
     "local max_n, max_len = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
     "local out = {}\n"
-    "for v = 0, #KEYS / 3 - 1 do\n"
-    "  local kh, kp, kd = KEYS[3 * v + 1], KEYS[3 * v + 2], KEYS[3 * v + 3]\n"
-    "  local s = redis.call('MGET', kh, kp)\n"
-    "  local host, pin, flags = s[1], s[2], 0\n"
-    "  if redis.call('EXISTS', kh, kp) ~= (host and 1 or 0) + (pin and 1 or 0) then\n"
+    "for v = 0, #KEYS / 4 - 1 do\n"
+    "  local kh, kp, kd, kg = KEYS[4 * v + 1], KEYS[4 * v + 2], KEYS[4 * v + 3], "
+    "KEYS[4 * v + 4]\n"
+    "  local s = redis.call('MGET', kh, kp, kg)\n"
+    "  local host, pin, gen, flags = s[1], s[2], s[3], 0\n"
+    "  if redis.call('EXISTS', kh, kp, kg) ~= (host and 1 or 0) + (pin and 1 or 0) + "
+    "(gen and 1 or 0) then\n"
     "    if not host and redis.call('TYPE', kh).ok ~= 'none' then flags = 1 end\n"
     "    if not pin and redis.call('TYPE', kp).ok ~= 'none' then flags = flags + 2 "
+    "end\n"
+    "    if not gen and redis.call('TYPE', kg).ok ~= 'none' then flags = flags + 16 "
     "end\n"
     "  end\n"
     "  if host and #host > max_len then host = false; flags = flags + 8 end\n"
     "  if pin and #pin > max_len then pin = string.sub(pin, 1, max_len) end\n"
+    "  if gen and #gen > 20 then gen = false; flags = flags + 32 end\n"
     "  local n, devs = 0, redis.pcall('HGETALL', kd)\n"
     "  if devs.err then\n"
     "    devs = {}; flags = flags + 4\n"
@@ -246,22 +257,25 @@ static const char LOOKUP_LUA[] =
     "      if #devs[i] > max_len then devs = {}; flags = bit.bor(flags, 8); break end\n"
     "    end\n"
     "  end\n"
-    "  out[v + 1] = {flags, host, pin, n, devs}\n"
+    "  out[v + 1] = {flags, host, pin, n, devs, gen}\n"
     "end\n"
     "return out\n";
 
-/* For operators: every key with its type, values up to ARGV[1] devices. */
+/* For operators: every key with its type, values up to ARGV[1] devices.
+ * KEYS: :host, :pin, :devices, :generation. Reply: {type of :host, of :pin,
+ * of :devices, host, pin, n, devs, type of :generation, generation}. */
 static const char INSPECT_LUA[] =
     "local t = {}\n"
-    "for i = 1, 3 do t[i] = redis.call('TYPE', KEYS[i]).ok end\n"
-    "local host, pin, n, devs = false, false, 0, {}\n"
+    "for i = 1, 4 do t[i] = redis.call('TYPE', KEYS[i]).ok end\n"
+    "local host, pin, n, devs, gen = false, false, 0, {}, false\n"
     "if t[1] == 'string' then host = redis.call('GET', KEYS[1]) end\n"
     "if t[2] == 'string' then pin = redis.call('GET', KEYS[2]) end\n"
     "if t[3] == 'hash' then\n"
     "  n = redis.call('HLEN', KEYS[3])\n"
     "  if n <= tonumber(ARGV[1]) then devs = redis.call('HGETALL', KEYS[3]) end\n"
     "end\n"
-    "return {t[1], t[2], t[3], host, pin, n, devs}\n";
+    "if t[4] == 'string' then gen = redis.call('GET', KEYS[4]) end\n"
+    "return {t[1], t[2], t[3], host, pin, n, devs, t[4], gen}\n";
 
 static int load_script(pg_bindings_t *b, char *errbuf, size_t errlen)
 {
@@ -406,7 +420,7 @@ static int append(pg_bindings_t *b, int argc, const char **argv, const size_t *l
 }
 
 /* Appends a RESP bulk string header, "$<n>\r\n" (by hand: snprintf showed up
- * in the profile at three headers per VM). */
+ * in the profile at one header per key). */
 static int resp_head(pg_buf_t *b, size_t n)
 {
     char tmp[24], *p = tmp + sizeof(tmp);
@@ -458,17 +472,18 @@ int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
     }
     for (size_t first = 0; first < n; first += chunk) {
         size_t c = n - first < chunk ? n - first : chunk;
-        /* EVALSHA sha numkeys <3 keys per VM> max_n max_len */
+        /* EVALSHA sha numkeys <4 keys per VM> max_n max_len */
         int rc = pg_buf_append(out, "*", 1);
         char count[24];
-        int cl = snprintf(count, sizeof(count), "%zu\r\n", 3 + 3 * c + 2);
+        int cl = snprintf(count, sizeof(count), "%zu\r\n", 3 + 4 * c + 2);
         rc |= pg_buf_append(out, count, (size_t)cl) || resp_bulk(out, "EVALSHA", 7) ||
-              resp_bulk(out, sha, 40) || resp_num(out, 3 * c);
+              resp_bulk(out, sha, 40) || resp_num(out, 4 * c);
         for (size_t i = first; i < first + c && rc == 0; i++) {
             size_t len = strlen(vm_uuids[i]);
             rc |= resp_vm_key(out, vm_uuids[i], len, "host") ||
                   resp_vm_key(out, vm_uuids[i], len, "pin") ||
-                  resp_vm_key(out, vm_uuids[i], len, "devices");
+                  resp_vm_key(out, vm_uuids[i], len, "devices") ||
+                  resp_vm_key(out, vm_uuids[i], len, "generation");
         }
         if (rc != 0 || pg_buf_append(out, args, args_len) != 0) {
             pg_errf(errbuf, errlen, "out of memory formatting %zu lookups", n);
@@ -582,17 +597,24 @@ int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t
                              char *errbuf, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 6 ||
         r->element[0]->type != REDIS_REPLY_INTEGER ||
         (r->element[1]->type != REDIS_REPLY_NIL && !is_bulk(r->element[1])) ||
         (r->element[2]->type != REDIS_REPLY_NIL && !is_bulk(r->element[2])) ||
         r->element[3]->type != REDIS_REPLY_INTEGER || r->element[3]->integer < 0 ||
-        r->element[4]->type != REDIS_REPLY_ARRAY) {
+        r->element[4]->type != REDIS_REPLY_ARRAY ||
+        (r->element[5]->type != REDIS_REPLY_NIL && !is_bulk(r->element[5]))) {
         pg_errf(errbuf, errlen, "unexpected lookup reply (type %d)", r->type);
         return PG_RETRY;
     }
     long long flags = r->element[0]->integer;
-    const redisReply *host = r->element[1], *pin = r->element[2];
+    const redisReply *host = r->element[1], *pin = r->element[2], *gen = r->element[5];
+    if (gen->len > PG_BINDINGS_MAX_GEN_LEN) {
+        /* The script never ships one: the reply is not its own. */
+        pg_errf(errbuf, errlen, "lookup reply holds a generation of %zu bytes",
+                (size_t)gen->len);
+        return PG_RETRY;
+    }
     set_type(out->host_type, flags & 1       ? "wrongtype"
                              : is_bulk(host) ? "string"
                                              : "none");
@@ -611,6 +633,17 @@ int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t
     if (is_bulk(pin)) {
         out->has_pin = true;
         out->pin = bytes_of(pin);
+    }
+    out->generation_oversized = (flags & 32) != 0;
+    set_type(out->generation_type, flags & 16 ? "wrongtype"
+                                   : is_bulk(gen) || out->generation_oversized
+                                       ? "string"
+                                       : "none");
+    if (is_bulk(gen)) {
+        out->has_generation = true;
+        out->generation = bytes_of(gen);
+    } else if (out->generation_oversized) {
+        out->has_generation = true; /* present, but too long to be a generation */
     }
     if (r->element[4]->elements == 0)
         return 0;
@@ -636,6 +669,53 @@ static const char *bad_value(pg_bytes_t v, size_t max_len)
     return NULL;
 }
 
+bool pg_bindings_parse_generation(pg_bytes_t v, int64_t *out)
+{
+    const char *p = v.data, *end = v.data + v.len;
+    bool neg = false;
+    if (v.len == 0 || v.len > PG_BINDINGS_MAX_GEN_LEN)
+        return false;
+    if (*p == '-') {
+        neg = true;
+        p++;
+    }
+    /* "0" alone; otherwise no leading zero (so no "-0" either). */
+    if (p == end || *p < '0' || *p > '9' || (*p == '0' && (neg || p + 1 != end)))
+        return false;
+    /* Accumulated as a negative number: INT64_MIN has no positive twin. */
+    int64_t acc = 0;
+    for (; p < end; p++) {
+        if (*p < '0' || *p > '9')
+            return false;
+        int d = *p - '0';
+        if (acc < (INT64_MIN + d) / 10)
+            return false;
+        acc = acc * 10 - d;
+    }
+    if (!neg) {
+        if (acc == INT64_MIN)
+            return false;
+        acc = -acc;
+    }
+    *out = acc;
+    return true;
+}
+
+/* Why a :generation is not acceptable, or NULL. */
+static const char *bad_generation(const pg_vm_raw_t *raw)
+{
+    int64_t g;
+    if (raw->generation_oversized || raw->generation.len > PG_BINDINGS_MAX_GEN_LEN)
+        return "is longer than 20 bytes"; /* PG_BINDINGS_MAX_GEN_LEN */
+    if (raw->generation.len == 0)
+        return "is empty";
+    if (memchr(raw->generation.data, '\0', raw->generation.len) != NULL)
+        return "holds a NUL byte";
+    if (!pg_bindings_parse_generation(raw->generation, &g))
+        return "is not a canonical decimal int64";
+    return NULL;
+}
+
 bool pg_bindings_check(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
                        char *why, size_t whylen)
 {
@@ -651,6 +731,16 @@ bool pg_bindings_check(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
     if (strcmp(raw->devices_type, "none") != 0 &&
         strcmp(raw->devices_type, "hash") != 0) {
         snprintf(why, whylen, ":devices is a %s, not a hash", raw->devices_type);
+        return false;
+    }
+    if (raw->generation_type[0] != '\0' && strcmp(raw->generation_type, "none") != 0 &&
+        strcmp(raw->generation_type, "string") != 0) {
+        snprintf(why, whylen, ":generation is a %s, not a string",
+                 raw->generation_type);
+        return false;
+    }
+    if (raw->has_generation && (bad = bad_generation(raw)) != NULL) {
+        snprintf(why, whylen, ":generation %s", bad);
         return false;
     }
     if (raw->oversized) {
@@ -707,6 +797,10 @@ int pg_bindings_to_binding(const pg_vm_raw_t *raw, const pg_bindings_limits_t *l
     if (raw->has_pin)
         oom |=
             (out->pin = pg_arena_strndup(arena, raw->pin.data, raw->pin.len)) == NULL;
+    /* Checked: a present generation parses. */
+    out->generation.present =
+        raw->has_generation &&
+        pg_bindings_parse_generation(raw->generation, &out->generation.value);
     size_t nd = raw->n_devices;
     pg_device_ref_t *d = nd ? pg_arena_calloc(arena, nd, sizeof(*d)) : NULL;
     oom |= nd > 0 && d == NULL;
@@ -956,37 +1050,42 @@ int pg_bindings_inspect(pg_bindings_t *b, const char *vm, size_t max_fetch,
                         pg_arena_t *arena, pg_vm_raw_t *out, char *errbuf,
                         size_t errlen)
 {
-    char k_host[KEY_MAX], k_pin[KEY_MAX], k_dev[KEY_MAX], nmax[24];
+    char k_host[KEY_MAX], k_pin[KEY_MAX], k_dev[KEY_MAX], k_gen[KEY_MAX], nmax[24];
     int rc = check_uuid("vm uuid", vm, PG_BINDINGS_MAX_VM_LEN, errbuf, errlen);
     if (rc != 0)
         return rc;
     vm_key(k_host, vm, "host");
     vm_key(k_pin, vm, "pin");
     vm_key(k_dev, vm, "devices");
+    vm_key(k_gen, vm, "generation");
     snprintf(nmax, sizeof(nmax), "%zu", max_fetch);
-    const char *argv[7] = {"EVAL", INSPECT_LUA, "3", k_host, k_pin, k_dev, nmax};
+    const char *argv[8] = {"EVAL", INSPECT_LUA, "4", k_host, k_pin, k_dev, k_gen, nmax};
     redisReply *r = NULL;
-    if ((rc = one_command(b, vm, 7, argv, &r, errbuf, errlen)) != 0)
+    if ((rc = one_command(b, vm, 8, argv, &r, errbuf, errlen)) != 0)
         return rc;
     memset(out, 0, sizeof(*out));
     rc = PG_RETRY;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 7 ||
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 9 ||
         r->element[5]->type != REDIS_REPLY_INTEGER ||
         r->element[6]->type != REDIS_REPLY_ARRAY) {
         pg_errf(errbuf, errlen, "redis: unexpected reply inspecting vm %s", vm);
         goto out;
     }
-    char *types[3] = {out->host_type, out->pin_type, out->devices_type};
-    for (int i = 0; i < 3; i++)
-        set_type(types[i], r->element[i]->type == REDIS_REPLY_STRING ||
-                                   r->element[i]->type == REDIS_REPLY_STATUS
-                               ? r->element[i]->str
-                               : "?");
+    char *types[4] = {out->host_type, out->pin_type, out->devices_type,
+                      out->generation_type};
+    const size_t type_at[4] = {0, 1, 2, 7};
+    for (int i = 0; i < 4; i++) {
+        const redisReply *t = r->element[type_at[i]];
+        set_type(types[i],
+                 t->type == REDIS_REPLY_STRING || t->type == REDIS_REPLY_STATUS ? t->str
+                                                                                : "?");
+    }
     /* Copy what the reply holds into the arena: the reply is freed below. */
-    pg_bytes_t *vals[2] = {&out->host, &out->pin};
-    bool *has[2] = {&out->has_host, &out->has_pin};
-    for (int i = 0; i < 2; i++) {
-        const redisReply *v = r->element[3 + i];
+    pg_bytes_t *vals[3] = {&out->host, &out->pin, &out->generation};
+    bool *has[3] = {&out->has_host, &out->has_pin, &out->has_generation};
+    const size_t val_at[3] = {3, 4, 8};
+    for (int i = 0; i < 3; i++) {
+        const redisReply *v = r->element[val_at[i]];
         if (!is_bulk(v))
             continue;
         char *copy = pg_arena_strndup(arena, v->str, (size_t)v->len);

@@ -33,11 +33,14 @@ typedef struct {
 } pg_bindings_opts_t;
 
 /* PG_BINDINGS_MAX_VM_LEN: the longest VM uuid that names cache keys (the
- * longest id input.max.string.length admits). */
+ * longest id input.max.string.length admits). PG_BINDINGS_MAX_GEN_LEN: the
+ * longest :generation there is, "-9223372036854775808"; a longer one is
+ * malformed and not fetched. */
 enum {
     PG_BINDINGS_MAX_DEVICES = 256,
     PG_BINDINGS_MAX_LEN = PG_MAX_STRING,
     PG_BINDINGS_MAX_VM_LEN = PG_MAX_STRING,
+    PG_BINDINGS_MAX_GEN_LEN = 20,
     PG_BINDINGS_CHUNK = 32
 };
 
@@ -55,13 +58,16 @@ typedef struct {
 } pg_raw_device_t;
 
 typedef struct {
-    /* Redis TYPE of each key: "none", "string", "hash", "list", ... */
-    char host_type[16], pin_type[16], devices_type[16];
-    bool has_host, has_pin; /* the key exists as a string */
-    pg_bytes_t host, pin;
-    bool oversized;           /* a value over the length limit was not fetched */
-    size_t n_devices;         /* fields in the :devices hash */
-    pg_raw_device_t *devices; /* NULL when not fetched (too many, or oversized) */
+    /* Redis TYPE of each key: "none", "string", "hash", "list", ...; an
+     * empty generation_type (an entry built in memory) reads as "none". */
+    char host_type[16], pin_type[16], devices_type[16], generation_type[16];
+    bool has_host, has_pin, has_generation; /* the key exists as a string */
+    pg_bytes_t host, pin, generation;
+    bool oversized;            /* a value over the length limit was not fetched */
+    bool generation_oversized; /* :generation over PG_BINDINGS_MAX_GEN_LEN bytes,
+                                  not fetched (generation is then empty) */
+    size_t n_devices;          /* fields in the :devices hash */
+    pg_raw_device_t *devices;  /* NULL when not fetched (too many, or oversized) */
 } pg_vm_raw_t;
 
 typedef struct {
@@ -71,10 +77,18 @@ typedef struct {
 
 /* Checks a raw entry against the SPEC's layout: every key of its type, a
  * non-empty :host, every device uuid and kind non-empty, valid UTF-8 without
- * NUL and at most max_len bytes, at most max_devices devices. Returns true
+ * NUL and at most max_len bytes, at most max_devices devices, a :generation
+ * (where present) that pg_bindings_parse_generation accepts. Returns true
  * when valid; otherwise false with a one-line reason in why. Pure. */
 bool pg_bindings_check(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
                        char *why, size_t whylen);
+
+/* Reads a :generation value: true, with *out set, when v is a canonical
+ * decimal int64 as Redis itself writes one (INCR, SET of a number): an
+ * optional '-', then "0" alone or digits without a leading zero, within
+ * int64 ("-0", '+', spaces, an empty value, overflow, NUL bytes and more
+ * than PG_BINDINGS_MAX_GEN_LEN bytes are not). Pure. */
+bool pg_bindings_parse_generation(pg_bytes_t v, int64_t *out);
 
 /* The options of the settings (redis.*, input.max.string.length): the one
  * place where they are read. The strings point into cfg. */
@@ -93,18 +107,18 @@ void pg_bindings_destroy(pg_bindings_t *b); /* NULL-safe */
 /* Connects if needed and sends PING. */
 int pg_bindings_ping(pg_bindings_t *b, char *errbuf, size_t errlen);
 
-/* Reads the bindings of n VMs in one round trip, each VM's keys as one atomic
- * snapshot, in two halves so that the caller can use the first answers while
- * Redis computes the rest: pg_bindings_send writes the lookups of n VMs and
- * returns once the first reply has come back (PG_OK: Redis answers, and the
- * reply is kept for pg_bindings_next; a caller holding its batch while Redis
- * cannot answer learns it there); each
- * pg_bindings_next then reads the next VM's binding into out, in the order
- * sent (vm_uuid names it in errors), its strings and devices in arena. A VM
- * whose entry breaks the SPEC's layout comes back with `malformed` set (an
- * error of that VM's data, not of Redis). Any failure drops the connection
- * and ends the exchange; so does pg_bindings_abandon, for a caller that stops
- * reading early. */
+/* Reads the bindings of n VMs in one round trip, each VM's keys (:host, :pin,
+ * :devices and :generation) as one atomic snapshot, in two halves so that the
+ * caller can use the first answers while Redis computes the rest:
+ * pg_bindings_send writes the lookups of n VMs and returns once the first reply
+ * has come back (PG_OK: Redis answers, and the reply is kept for
+ * pg_bindings_next; a caller holding its batch while Redis cannot answer learns
+ * it there); each pg_bindings_next then reads the next VM's binding into out,
+ * in the order sent (vm_uuid names it in errors), its strings and devices in
+ * arena. A VM whose entry breaks the SPEC's layout comes back with `malformed`
+ * set (an error of that VM's data, not of Redis). Any failure drops the
+ * connection and ends the exchange; so does pg_bindings_abandon, for a caller
+ * that stops reading early. */
 int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                      char *errbuf, size_t errlen);
 int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,

@@ -20,8 +20,9 @@ int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t
                              char *errbuf, size_t errlen);
 
 /* Appends the RESP of the lookups of n VMs, `chunk` VMs per script call
- * (EVALSHA sha <3 x VMs> <their three keys each> followed by `args`, the
- * script's ARGV already in RESP), to out. The bytes must equal what hiredis's
+ * (EVALSHA sha <4 x VMs> <their four keys each: :host, :pin, :devices,
+ * :generation> followed by `args`, the script's ARGV already in RESP), to
+ * out. The bytes must equal what hiredis's
  * redisFormatCommandArgv makes of the same arguments; formatted by hand
  * because snprintf showed in the profile at three keys per VM. */
 int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,

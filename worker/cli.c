@@ -350,20 +350,20 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
             json_array_append_new(pins, json_pack("{s:s, s:s}", "deviceUuid",
                                                   pinning[i].device_uuid, "kind",
                                                   pinning[i].kind));
-        json_t *o = json_pack(
-            "{s:s, s:b, s:o, s:{s:s, s:s, s:s, s:s}, s:b, s:o, s:o, s:o, s:b, s:s, s:o, "
-            "s:o, s:I, s:o}",
-            "vmUuid", vm, "valid", valid, "invalidReason",
-            valid ? json_null() : json_string(why), "keyTypes", "host", raw.host_type,
-            "pin", raw.pin_type, "devices", raw.devices_type, "generation",
-            raw.generation_type, "known", vb.known, "host",
-            json_bytes(raw.has_host, raw.host, arena), "pin",
-            json_bytes(raw.has_pin, raw.pin, arena), "generation",
-            json_generation(&raw, arena), "hostBound", bound, "verdict",
-            pg_verdict_name(v.verdict), "reason",
-            bound ? json_string(pg_veto_reason_name(v.reason)) : json_null(),
-            "pinningDevices", pins, "deviceCount", (json_int_t)raw.n_devices, "devices",
-            devs);
+        json_t *o =
+            json_pack("{s:s, s:b, s:o, s:{s:s, s:s, s:s, s:s}, s:b, s:o, s:o, s:o, "
+                      "s:b, s:s, s:o, s:o, s:I, s:o}",
+                      "vmUuid", vm, "valid", valid, "invalidReason",
+                      valid ? json_null() : json_string(why), "keyTypes", "host",
+                      raw.host_type, "pin", raw.pin_type, "devices", raw.devices_type,
+                      "generation", raw.generation_type, "known", vb.known, "host",
+                      json_bytes(raw.has_host, raw.host, arena), "pin",
+                      json_bytes(raw.has_pin, raw.pin, arena), "generation",
+                      json_generation(&raw, arena), "hostBound", bound, "verdict",
+                      pg_verdict_name(v.verdict), "reason",
+                      bound ? json_string(pg_veto_reason_name(v.reason)) : json_null(),
+                      "pinningDevices", pins, "deviceCount", (json_int_t)raw.n_devices,
+                      "devices", devs);
         char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         if (text == NULL)
@@ -373,7 +373,8 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
     } else {
         const char *host = raw.has_host ? shown(raw.host, true, arena) : NULL;
         const char *pin = raw.has_pin ? shown(raw.pin, true, arena) : NULL;
-        const char *gen = raw.has_generation ? shown(raw.generation, true, arena) : NULL;
+        const char *gen =
+            raw.has_generation ? shown(raw.generation, true, arena) : NULL;
         if ((raw.has_host && host == NULL) || (raw.has_pin && pin == NULL) ||
             (raw.has_generation && gen == NULL))
             goto oom;

@@ -38,6 +38,8 @@ static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                  0.05,   0.1,   0.25,   0.5,   1,    2.5};
 #define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 #define N_REASONS PG_M_REASONS
+_Static_assert(N_REASONS >= PG_VETO_REASONS + 1 && N_REASONS >= PG_RELEASE_REASONS + 1,
+               "PG_M_REASONS holds \"none\" and every veto and release reason");
 
 static const char *const outcome_names[] = {"decided", "dlq", "retried"};
 static const char *const stream_names[] = {"advice", "migrate", "release"};

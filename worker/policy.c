@@ -58,8 +58,18 @@ void pg_policy_sort_devices(pg_device_ref_t *devices, size_t n)
         qsort(devices, n, sizeof(*devices), device_cmp);
 }
 
+/* Whether the fence demands a generation the cache has not reached: absent
+ * counts as older than any. */
+static bool stale(const pg_opt_long_t *min_generation, const pg_opt_long_t *have)
+{
+    if (min_generation == NULL || !min_generation->present)
+        return false;
+    return !have->present || have->value < min_generation->value;
+}
+
 void pg_policy_judge(const pg_policy_opts_t *opts, const pg_vm_binding_t *b,
-                     pg_device_ref_t *devices_out, pg_policy_verdict_t *out)
+                     const pg_opt_long_t *min_generation, pg_device_ref_t *devices_out,
+                     pg_policy_verdict_t *out)
 {
     size_t n_pinning = 0, n_unknown = 0;
     bool known_kind_pins = false;
@@ -91,6 +101,11 @@ void pg_policy_judge(const pg_policy_opts_t *opts, const pg_vm_binding_t *b,
     } else if (!b->known && !opts->allow_unknown_vm) {
         /* The cache has never seen the VM: its devices cannot be trusted. */
         out->reason = PG_VETO_UNKNOWN_VM;
+        out->n_devices = 0;
+    } else if (stale(min_generation, &b->generation)) {
+        /* The cache has not yet seen the sender's last change of the VM:
+         * what it lists cannot be trusted. */
+        out->reason = PG_VETO_STALE_BINDINGS;
         out->n_devices = 0;
     } else if (known_kind_pins) {
         out->reason = PG_VETO_HOST_BOUND_DEVICE;

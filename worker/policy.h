@@ -27,9 +27,11 @@ pg_device_kind_t pg_policy_kind_parse(const char *kind);
 bool pg_policy_kind_pins(pg_device_kind_t kind);
 
 /* What the binding cache says of one VM. `known` is the presence of its
- * `:host` key; `pin` is the operator pin's reason or NULL. `malformed`: the
- * entry could not be read as the SPEC's layout says (bindings checked it);
- * then nothing else here may be trusted, and the VM is unknown whatever
+ * `:host` key; `pin` is the operator pin's reason or NULL; `generation` the
+ * VM's binding generation (`:generation`), not present when the cache holds
+ * none. `malformed`: the entry could not be read as the SPEC's layout says
+ * (bindings checked it); then nothing else here may be trusted (the
+ * generation is not present either), and the VM is unknown whatever
  * policy.allow.unknown.vm says. */
 typedef struct {
     bool known;
@@ -39,6 +41,7 @@ typedef struct {
     const char *pin;
     size_t n_devices;
     const pg_device_ref_t *devices;
+    pg_opt_long_t generation;
 } pg_vm_binding_t;
 
 typedef struct {
@@ -52,13 +55,19 @@ typedef struct {
     size_t n_unknown_kinds;  /* devices of an unknown kind (for a metric) */
 } pg_policy_verdict_t;
 
-/* Decides whether a VM may migrate. `devices_out` must hold b->n_devices
- * entries; on a veto it receives every pinning device (unknown kinds
- * included), sorted by device uuid; it stays empty on an approval and for
- * UNKNOWN_VM. Reason precedence: OPERATOR_PIN, UNKNOWN_VM, HOST_BOUND_DEVICE,
- * UNKNOWN_DEVICE_KIND; a malformed entry is UNKNOWN_VM before all of them. */
+/* Decides whether a VM may migrate. `min_generation` is the dispatch fence
+ * of a MigrateVmRequest (minGeneration): when it is present and the cache's
+ * generation is absent or lower, the VM's devices cannot be trusted yet
+ * (STALE_BINDINGS). NULL, or not present, is no fence (DRS advice has none).
+ * `devices_out` must hold b->n_devices entries; on a veto it receives every
+ * pinning device (unknown kinds included), sorted by device uuid; it stays
+ * empty on an approval and for UNKNOWN_VM and STALE_BINDINGS. Reason
+ * precedence (SPEC v2): OPERATOR_PIN, UNKNOWN_VM, STALE_BINDINGS,
+ * HOST_BOUND_DEVICE, UNKNOWN_DEVICE_KIND; a malformed entry is UNKNOWN_VM
+ * before all of them. */
 void pg_policy_judge(const pg_policy_opts_t *opts, const pg_vm_binding_t *b,
-                     pg_device_ref_t *devices_out, pg_policy_verdict_t *out);
+                     const pg_opt_long_t *min_generation, pg_device_ref_t *devices_out,
+                     pg_policy_verdict_t *out);
 
 typedef struct {
     pg_release_action_t action;

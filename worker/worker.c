@@ -17,6 +17,8 @@
  * backoff; nothing is produced and nothing is stored meanwhile. A rebalance
  * while holding drops the batch: the partitions restart from their committed
  * offsets wherever they land.
+ * Every decision carries the VM's :generation read with it (bindingsGeneration,
+ * null when the cache holds none), and a request's minGeneration fences it.
  * Decision and input counters move only for what committed: each input's
  * tally is handed to metrics when the kafka module reports the input
  * settled as committed (its transaction committed, or its offset was
@@ -297,16 +299,19 @@ static int decide_advice(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64
         if (devs == NULL)
             return PG_FATAL;
         pg_policy_verdict_t v;
-        pg_policy_judge(&w->policy, vb, devs, &v);
+        pg_policy_judge(&w->policy, vb, NULL, devs, &v); /* advice has no fence */
         s->tally.unknown_kinds += (uint32_t)v.n_unknown_kinds;
         pg_metrics_tally_decision(&s->tally, (int)v.verdict,
                                   v.verdict == PG_VERDICT_APPROVED ? -1
                                                                    : (int)v.reason);
+        /* The generation the item was decided on; the input's is ignored. */
+        pg_migration_advice_t m = a->migrations[i];
+        m.bindings_generation = vb->generation;
         if (v.verdict == PG_VERDICT_APPROVED) {
-            approved[na++] = a->migrations[i];
+            approved[na++] = m;
             continue;
         }
-        vetoed[nv++] = (pg_veto_t){.migration = a->migrations[i],
+        vetoed[nv++] = (pg_veto_t){.migration = m,
                                    .reason = v.reason,
                                    .n_devices = v.n_devices,
                                    .devices = devs};
@@ -336,22 +341,24 @@ static int decide_request(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int6
     if (devs == NULL)
         return PG_FATAL;
     pg_policy_verdict_t v;
-    pg_policy_judge(&w->policy, b, devs, &v);
+    pg_policy_judge(&w->policy, b, &r->min_generation, devs, &v);
     bool veto = v.verdict == PG_VERDICT_VETOED;
     s->tally.unknown_kinds += (uint32_t)v.n_unknown_kinds;
     pg_metrics_tally_decision(&s->tally, (int)v.verdict, veto ? (int)v.reason : -1);
     out->type = PG_REC_MIGRATE_DECISION;
-    out->u.migrate_decision = (pg_migrate_decision_t){.request_id = r->request_id,
-                                                      .vm_uuid = r->vm_uuid,
-                                                      .src_host_uuid = r->src_host_uuid,
-                                                      .dst_host_uuid = r->dst_host_uuid,
-                                                      .origin = r->origin,
-                                                      .verdict = v.verdict,
-                                                      .has_reason = veto,
-                                                      .reason = v.reason,
-                                                      .n_devices = v.n_devices,
-                                                      .devices = devs,
-                                                      .decided_at_ms = now};
+    out->u.migrate_decision =
+        (pg_migrate_decision_t){.request_id = r->request_id,
+                                .vm_uuid = r->vm_uuid,
+                                .src_host_uuid = r->src_host_uuid,
+                                .dst_host_uuid = r->dst_host_uuid,
+                                .origin = r->origin,
+                                .verdict = v.verdict,
+                                .has_reason = veto,
+                                .reason = v.reason,
+                                .n_devices = v.n_devices,
+                                .devices = devs,
+                                .decided_at_ms = now,
+                                .bindings_generation = b->generation};
     if (veto)
         pg_log_info("request_vetoed", "request", r->request_id, "vm", r->vm_uuid,
                     "reason", pg_veto_reason_name(v.reason), "#devices",
@@ -389,7 +396,8 @@ static int decide_result(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64
                                 .dst_host_uuid = r->dst_host_uuid,
                                 .n_devices = nd,
                                 .devices = devs,
-                                .decided_at_ms = now};
+                                .decided_at_ms = now,
+                                .bindings_generation = b->generation};
     pg_log_info("release_decided", "request", r->request_id, "vm", r->vm_uuid,
                 "outcome", pg_outcome_name(r->outcome), "action",
                 pg_release_action_name(v.action), "reason",

@@ -380,6 +380,47 @@ def test_explain_malformed_entry(cache_env):
     assert out["devices"] == [{"deviceUuid": "dev-ok", "kind": "pci+vf", "pins": False}]
 
 
+def test_explain_shows_the_generation(cache_env):
+    """explain shows :generation as Redis holds it: null / "none" when
+    absent, the number when it is one, the bytes and why the entry is
+    malformed when it is not a canonical decimal int64 or not a string."""
+    env = cache_env
+    vm = uid()
+    env.vms.add(vm)
+    key = f"pinguard:vm:{{{vm}}}:generation"
+    run_cli("place", vm, "h1", check=0)
+    run_cli("bind", vm, "n1", "pci+vf", check=0)
+    out = json.loads(run_cli("explain", vm, "--json", check=0).stdout)
+    assert out["generation"] is None and out["keyTypes"]["generation"] == "none"
+    assert out["valid"] and out["verdict"] == "APPROVED"
+    assert "  generation: none\n" in run_cli("explain", vm, check=0).stdout.decode()
+
+    for value, shown in (("42", 42), ("-9223372036854775808", -9223372036854775808)):
+        env.redis.set(key, value)
+        out = json.loads(run_cli("explain", vm, "--json", check=0).stdout)
+        assert out["generation"] == shown and out["keyTypes"]["generation"] == "string"
+        assert out["valid"] and out["verdict"] == "APPROVED", out
+        text = run_cli("explain", vm, check=0).stdout.decode()
+        assert f"  generation: {value}\n" in text, text
+
+    # Not canonical: the entry is malformed, decided as an unknown VM.
+    for value in ("-0", "+5", "007", " 1", "9223372036854775808"):
+        env.redis.set(key, value)
+        out = json.loads(run_cli("explain", vm, "--json", check=0).stdout)
+        assert out["valid"] is False and ":generation" in out["invalidReason"], out
+        assert out["generation"] == value and out["reason"] == "UNKNOWN_VM", out
+        text = run_cli("explain", vm, check=0).stdout.decode()
+        assert "MALFORMED" in text and ":generation" in text, text
+    env.redis.delete(key)
+    env.redis.rpush(key, "5")
+    out = json.loads(run_cli("explain", vm, "--json", check=0).stdout)
+    assert out["keyTypes"]["generation"] == "list" and out["generation"] is None
+    assert out["valid"] is False and ":generation is a list" in out["invalidReason"]
+    text = run_cli("explain", vm, check=0).stdout.decode()
+    assert "  generation: (a list, not a string)\n" in text, text
+    env.redis.delete(key)
+
+
 @pytest.mark.no_services
 def test_version_is_the_build_info_version():
     p = run_cli("--version", check=0)

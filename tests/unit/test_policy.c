@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Unit tests of the decision rules: every device kind, operator pins, unknown
- * VMs, veto precedence, device lists, and every branch of the release rule,
- * including the production incidents the SPEC was written after.
+ * VMs, the generation fence (STALE_BINDINGS), veto precedence, device lists,
+ * and every branch of the release rule, including the production incidents
+ * the SPEC was written after.
  */
 #include <check.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,7 +28,7 @@ static pg_policy_verdict_t judge(const pg_policy_opts_t *o, bool known, const ch
                          .devices = devs};
     pg_policy_verdict_t v;
     memset(&v, 0xAB, sizeof(v)); /* catch fields left unset */
-    pg_policy_judge(o, &b, out, &v);
+    pg_policy_judge(o, &b, NULL, out, &v);
     return v;
 }
 
@@ -217,7 +219,7 @@ START_TEST(malformed_entry_is_unknown_whatever_it_holds)
                              .devices = d};
         pg_policy_verdict_t v;
         memset(&v, 0xAB, sizeof(v));
-        pg_policy_judge(modes[m], &b, out, &v);
+        pg_policy_judge(modes[m], &b, NULL, out, &v);
         ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
         ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_VM);
         ck_assert_uint_eq(v.n_devices, 0);
@@ -226,10 +228,165 @@ START_TEST(malformed_entry_is_unknown_whatever_it_holds)
         b.known = false;
         b.host = NULL;
         b.n_devices = 0;
-        pg_policy_judge(modes[m], &b, out, &v);
+        pg_policy_judge(modes[m], &b, NULL, out, &v);
         ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
         ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_VM);
     }
+}
+END_TEST
+
+/* The dispatch fence: a request's minGeneration against the cache's
+ * :generation. */
+#define GEN(v) ((pg_opt_long_t){.present = true, .value = (v)})
+#define NO_GEN ((pg_opt_long_t){.present = false})
+
+static pg_policy_verdict_t judge_fenced(const pg_policy_opts_t *o, bool known,
+                                        const char *pin, const pg_device_ref_t *devs,
+                                        size_t n, pg_opt_long_t have,
+                                        const pg_opt_long_t *fence,
+                                        pg_device_ref_t *out)
+{
+    pg_vm_binding_t b = {.known = known,
+                         .host = known ? HOST : NULL,
+                         .pin = pin,
+                         .n_devices = n,
+                         .devices = devs,
+                         .generation = have};
+    pg_policy_verdict_t v;
+    memset(&v, 0xAB, sizeof(v));
+    pg_policy_judge(o, &b, fence, out, &v);
+    return v;
+}
+
+static const struct {
+    const char *what;
+    pg_opt_long_t have;  /* the cache's generation */
+    pg_opt_long_t fence; /* the request's minGeneration */
+    bool stale;
+} fence_cases[] = {
+    {"absent generation, fence set", NO_GEN, GEN(5), true},
+    {"absent generation, fence 0", NO_GEN, GEN(0), true},
+    {"absent generation, negative fence", NO_GEN, GEN(-3), true},
+    {"lower", GEN(4), GEN(5), true},
+    {"lower by one at the bottom", GEN(INT64_MIN), GEN(INT64_MIN + 1), true},
+    {"lower at the top", GEN(INT64_MAX - 1), GEN(INT64_MAX), true},
+    {"negative, lower", GEN(-7), GEN(-6), true},
+    {"equal", GEN(5), GEN(5), false},
+    {"equal at the top", GEN(INT64_MAX), GEN(INT64_MAX), false},
+    {"equal at the bottom", GEN(INT64_MIN), GEN(INT64_MIN), false},
+    {"higher", GEN(6), GEN(5), false},
+    {"much higher", GEN(INT64_MAX), GEN(INT64_MIN), false},
+    {"no fence, no generation", NO_GEN, NO_GEN, false},
+    {"no fence, a generation", GEN(1), NO_GEN, false},
+};
+
+START_TEST(fence_table)
+{
+    /* A deviceless known VM: the fence alone decides. The verdict is the
+     * same through a NULL fence as through an absent one. */
+    pg_device_ref_t out[1];
+    pg_policy_verdict_t v =
+        judge_fenced(&strict, true, NULL, NULL, 0, fence_cases[_i].have,
+                     &fence_cases[_i].fence, out);
+    if (fence_cases[_i].stale) {
+        ck_assert_msg(v.verdict == PG_VERDICT_VETOED, "%s", fence_cases[_i].what);
+        ck_assert_msg(v.reason == PG_VETO_STALE_BINDINGS, "%s: %s",
+                      fence_cases[_i].what, pg_veto_reason_name(v.reason));
+    } else {
+        ck_assert_msg(v.verdict == PG_VERDICT_APPROVED, "%s: %s", fence_cases[_i].what,
+                      pg_veto_reason_name(v.reason));
+    }
+    ck_assert_uint_eq(v.n_devices, 0);
+    if (!fence_cases[_i].fence.present) {
+        v = judge_fenced(&strict, true, NULL, NULL, 0, fence_cases[_i].have, NULL, out);
+        ck_assert_int_eq(v.verdict, PG_VERDICT_APPROVED);
+    }
+}
+END_TEST
+
+START_TEST(stale_lists_no_devices)
+{
+    /* The cache's devices are not to be trusted: none is listed, not even a
+     * pinning one, and the fence does not hide what the cache holds from
+     * the unknown-kind metric. */
+    pg_device_ref_t d[] = {{"g", "dgpu"}, {"x", "fpga"}, {"n", "pci+vf"}}, out[3];
+    const pg_opt_long_t fence = GEN(5);
+    pg_policy_verdict_t v =
+        judge_fenced(&strict, true, NULL, d, 3, GEN(4), &fence, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+    ck_assert_int_eq(v.reason, PG_VETO_STALE_BINDINGS);
+    ck_assert_uint_eq(v.n_devices, 0);
+    ck_assert_uint_eq(v.n_unknown_kinds, 1);
+    /* Once the cache caught up, the devices decide as before. */
+    v = judge_fenced(&strict, true, NULL, d, 3, GEN(5), &fence, out);
+    ck_assert_int_eq(v.reason, PG_VETO_HOST_BOUND_DEVICE);
+    ck_assert_uint_eq(v.n_devices, 2);
+    ck_assert_str_eq(out[0].device_uuid, "g");
+    ck_assert_str_eq(out[1].device_uuid, "x");
+}
+END_TEST
+
+START_TEST(stale_precedence)
+{
+    pg_device_ref_t gpu[] = {{"g", "dgpu"}}, odd[] = {{"x", "fpga"}}, out[2];
+    const pg_opt_long_t fence = GEN(10);
+    const pg_opt_long_t stale_gens[2] = {NO_GEN, GEN(9)};
+    for (int i = 0; i < 2; i++) {
+        /* OPERATOR_PIN first, with its devices, known VM or not. */
+        pg_policy_verdict_t v =
+            judge_fenced(&strict, true, "held", gpu, 1, stale_gens[i], &fence, out);
+        ck_assert_int_eq(v.reason, PG_VETO_OPERATOR_PIN);
+        ck_assert_uint_eq(v.n_devices, 1);
+        v = judge_fenced(&lenient, false, "held", NULL, 0, stale_gens[i], &fence, out);
+        ck_assert_int_eq(v.reason, PG_VETO_OPERATOR_PIN);
+        /* UNKNOWN_VM before STALE_BINDINGS. */
+        v = judge_fenced(&strict, false, NULL, gpu, 1, stale_gens[i], &fence, out);
+        ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_VM);
+        ck_assert_uint_eq(v.n_devices, 0);
+        /* An unknown VM allowed by the switch still meets the fence. */
+        v = judge_fenced(&lenient, false, NULL, NULL, 0, stale_gens[i], &fence, out);
+        ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+        ck_assert_int_eq(v.reason, PG_VETO_STALE_BINDINGS);
+        /* STALE_BINDINGS before HOST_BOUND_DEVICE and UNKNOWN_DEVICE_KIND. */
+        v = judge_fenced(&strict, true, NULL, gpu, 1, stale_gens[i], &fence, out);
+        ck_assert_int_eq(v.reason, PG_VETO_STALE_BINDINGS);
+        ck_assert_uint_eq(v.n_devices, 0);
+        v = judge_fenced(&strict, true, NULL, odd, 1, stale_gens[i], &fence, out);
+        ck_assert_int_eq(v.reason, PG_VETO_STALE_BINDINGS);
+        ck_assert_uint_eq(v.n_devices, 0);
+        /* A malformed entry is UNKNOWN_VM before all, fence or not (its
+         * generation, whatever it says, is not to be trusted). */
+        const pg_opt_long_t gens[3] = {stale_gens[i], GEN(10), GEN(11)};
+        for (int g = 0; g < 3; g++) {
+            pg_vm_binding_t b = {.known = true,
+                                 .malformed = true,
+                                 .why_malformed = ":generation is not a decimal int64",
+                                 .host = HOST,
+                                 .pin = "x",
+                                 .n_devices = 1,
+                                 .devices = gpu,
+                                 .generation = gens[g]};
+            memset(&v, 0xAB, sizeof(v));
+            pg_policy_judge(&lenient, &b, &fence, out, &v);
+            ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_VM);
+            ck_assert_uint_eq(v.n_devices, 0);
+        }
+    }
+    /* A fence that is met leaves every other reason as it was. */
+    const pg_opt_long_t met = GEN(10);
+    pg_policy_verdict_t v =
+        judge_fenced(&strict, true, "held", gpu, 1, met, &fence, out);
+    ck_assert_int_eq(v.reason, PG_VETO_OPERATOR_PIN);
+    v = judge_fenced(&strict, false, NULL, NULL, 0, met, &fence, out);
+    ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_VM);
+    v = judge_fenced(&strict, true, NULL, gpu, 1, met, &fence, out);
+    ck_assert_int_eq(v.reason, PG_VETO_HOST_BOUND_DEVICE);
+    v = judge_fenced(&strict, true, NULL, odd, 1, met, &fence, out);
+    ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_DEVICE_KIND);
+    ck_assert_uint_eq(v.n_devices, 1);
+    /* No fence at all (DRS advice): a missing generation never vetoes. */
+    v = judge_fenced(&strict, true, NULL, NULL, 0, NO_GEN, NULL, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_APPROVED);
 }
 END_TEST
 
@@ -331,6 +488,9 @@ START_TEST(enum_names_match_schema)
 {
     ck_assert_str_eq(pg_veto_reason_name(PG_VETO_UNKNOWN_DEVICE_KIND),
                      "UNKNOWN_DEVICE_KIND");
+    ck_assert_str_eq(pg_veto_reason_name(PG_VETO_STALE_BINDINGS), "STALE_BINDINGS");
+    ck_assert_str_eq(pg_veto_reason_name(PG_VETO_QUARANTINED), "QUARANTINED");
+    ck_assert_str_eq(pg_veto_reason_name((pg_veto_reason_t)PG_VETO_REASONS), "INVALID");
     ck_assert_str_eq(pg_origin_name(PG_ORIGIN_MAINTENANCE), "MAINTENANCE");
     ck_assert_str_eq(pg_verdict_name(PG_VERDICT_VETOED), "VETOED");
     ck_assert_str_eq(pg_outcome_name(PG_OUTCOME_FAILED), "FAILED");
@@ -362,6 +522,10 @@ static Suite *policy_suite(void)
     tcase_add_test(j, unknown_vm_vetoed_by_default);
     tcase_add_test(j, unknown_vm_allowed_by_switch);
     tcase_add_test(j, malformed_entry_is_unknown_whatever_it_holds);
+    tcase_add_loop_test(j, fence_table, 0,
+                        sizeof(fence_cases) / sizeof(fence_cases[0]));
+    tcase_add_test(j, stale_lists_no_devices);
+    tcase_add_test(j, stale_precedence);
     tcase_add_test(j, sort_devices_by_uuid);
     tcase_add_test(j, enum_names_match_schema);
     suite_add_tcase(s, j);
