@@ -59,6 +59,16 @@ static const entry_t table[] = {
         "Output: DeviceReleaseDecision records."),
     STR("topic.dlq", topic_dlq, "pinguard.dlq",
         "Output: undecodable input, with headers."),
+    STR("topic.bindings", topic_bindings, "device.bindings",
+        "The binding feed (compacted): VmBindings records, keyed by vmUuid, that "
+        "`pinguard sync` applies to the cache."),
+    STR("topic.audit", topic_audit, "pinguard.audit",
+        "Output: AuditEvent records of operator edits and quarantine changes."),
+    STR("sync.group.id", sync_group_id, "pinguard-sync",
+        "Consumer group of `pinguard sync`, shared by its replicas."),
+    STR("sync.metrics.listen", sync_metrics_listen, "127.0.0.1:9465",
+        "IPv4 address:port of `pinguard sync`'s /metrics, /healthz and /readyz "
+        "(as metrics.listen, which the worker uses)."),
     STR("redis.host", redis_host, "127.0.0.1", "Binding cache host."),
     INT("redis.port", redis_port, "6379", 1, 65535, "Binding cache port."),
     INT("redis.db", redis_db, "0", 0, 15, "Binding cache database number."),
@@ -422,7 +432,8 @@ static int read_secret_file(const char *path, char **out, char *errbuf, size_t e
  * dotted IPv4 address, a colon and a port of 0 to 65535 in decimal digits (0:
  * any free port). No names: the server never resolves one, so a name would
  * pass here and fail at start-up. */
-static int check_listen(const char *listen, char *errbuf, size_t errlen)
+static int check_listen(const char *key, const char *listen, char *errbuf,
+                        size_t errlen)
 {
     if (listen[0] == '\0')
         return 0;
@@ -440,9 +451,9 @@ static int check_listen(const char *listen, char *errbuf, size_t errlen)
     }
     if (!ok) {
         pg_errf(errbuf, errlen,
-                "metrics.listen: '%s' is not an IPv4 address:port with a port in "
+                "%s: '%s' is not an IPv4 address:port with a port in "
                 "[0, 65535] (empty turns the endpoints off)",
-                listen);
+                key, listen);
         return PG_INPUT;
     }
     return 0;
@@ -450,7 +461,8 @@ static int check_listen(const char *listen, char *errbuf, size_t errlen)
 
 int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen)
 {
-    if (check_listen(c->metrics_listen, errbuf, errlen) != 0)
+    if (check_listen("metrics.listen", c->metrics_listen, errbuf, errlen) != 0 ||
+        check_listen("sync.metrics.listen", c->sync_metrics_listen, errbuf, errlen) != 0)
         return PG_INPUT;
     if (c->redis_password_file[0] != '\0' &&
         read_secret_file(c->redis_password_file, &c->redis_password, errbuf, errlen) !=

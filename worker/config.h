@@ -35,6 +35,10 @@ typedef struct {
     char *topic_decisions;
     char *topic_release;
     char *topic_dlq;
+    char *topic_bindings; /* v2: the binding feed */
+    char *topic_audit;    /* v2: the audit trail */
+    char *sync_group_id;
+    char *sync_metrics_listen;
 
     char *redis_host;
     int redis_port;

@@ -223,6 +223,8 @@ static int check_outputs_once(pg_kafka_t *k, int timeout_ms, char *errbuf,
         size_t off = 0;
         bool again = false;
         for (int o = 0; o < PG_OUT_COUNT; o++) {
+            if (!k->out_used[o])
+                continue;
             const char *name = rd_kafka_topic_name(k->out[o]);
             rd_kafka_resp_err_t terr = RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
             for (int i = 0; i < md->topic_cnt; i++)
@@ -267,7 +269,7 @@ static int read_output_limits(pg_kafka_t *k)
     int rc = 1;
     for (int o = 0; o < PG_OUT_COUNT; o++) {
         k->out_max[o] = msg_max;
-        if (!out_seen_before(k, o))
+        if (k->out_used[o] && !out_seen_before(k, o))
             res[nres++] = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC,
                                                       rd_kafka_topic_name(k->out[o]));
     }
@@ -374,9 +376,27 @@ static int start_consuming(pg_kafka_t *k, int timeout_ms, char *errbuf, size_t e
     int rc = check_outputs_once(k, timeout_ms, errbuf, errlen);
     if (rc <= 0 || pg_kafka_stopping(k) || read_output_limits(k) == 0)
         return rc < 0 ? -1 : 0;
+    if (k->role == PG_KAFKA_REBUILD) {
+        /* Every partition from its beginning, no group: a replay. */
+        rd_kafka_topic_partition_list_t *parts = NULL;
+        if (pg_kafka_input_partitions(k, &parts, errbuf, errlen) != 0)
+            return 0;
+        for (int i = 0; i < parts->cnt; i++)
+            parts->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
+        rd_kafka_resp_err_t aerr = rd_kafka_assign(k->consumer, parts);
+        atomic_store(&k->assigned, (unsigned long long)parts->cnt);
+        rd_kafka_topic_partition_list_destroy(parts);
+        if (aerr) {
+            pg_errf(errbuf, errlen, "kafka assign: %s", rd_kafka_err2str(aerr));
+            return -1;
+        }
+        atomic_store(&k->joined, true);
+        k->subscribed = true;
+        return 1;
+    }
     rd_kafka_topic_partition_list_t *topics =
-        rd_kafka_topic_partition_list_new(PG_IN_COUNT);
-    for (int i = 0; i < PG_IN_COUNT; i++)
+        rd_kafka_topic_partition_list_new((int)k->n_in);
+    for (size_t i = 0; i < k->n_in; i++)
         rd_kafka_topic_partition_list_add(topics, k->in_topics[i],
                                           RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t serr = rd_kafka_subscribe(k->consumer, topics);
@@ -403,6 +423,12 @@ void pg_kafka_init_consumed(pg_kafka_t *k)
 pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, volatile sig_atomic_t *stop,
                          char *errbuf, size_t errlen)
 {
+    return pg_kafka_new_role(cfg, PG_KAFKA_WORKER, stop, errbuf, errlen);
+}
+
+pg_kafka_t *pg_kafka_new_role(const pg_config_t *cfg, pg_kafka_role_t role,
+                              volatile sig_atomic_t *stop, char *errbuf, size_t errlen)
+{
     char err[512];
     rd_kafka_conf_t *conf = NULL;
     pg_kafka_t *k = calloc(1, sizeof(*k));
@@ -412,11 +438,21 @@ pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, volatile sig_atomic_t *stop,
     }
     k->cfg = cfg;
     k->stop = stop;
+    k->role = role;
     pg_kafka_init_consumed(k);
-    k->transactional = cfg->delivery == PG_DELIVERY_EXACTLY_ONCE;
-    k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
-    k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
-    k->in_topics[PG_IN_RESULTS] = cfg->topic_results;
+    if (role == PG_KAFKA_WORKER) {
+        k->transactional = cfg->delivery == PG_DELIVERY_EXACTLY_ONCE;
+        k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
+        k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
+        k->in_topics[PG_IN_RESULTS] = cfg->topic_results;
+        k->n_in = PG_IN_COUNT;
+        for (int o = 0; o < PG_OUT_COUNT; o++)
+            k->out_used[o] = true;
+    } else {
+        k->in_topics[0] = cfg->topic_bindings;
+        k->n_in = 1;
+        k->out_used[PG_OUT_DLQ] = true;
+    }
     k->batch_cap = (size_t)cfg->batch_max_messages;
     if (!k->transactional) {
         /* Room for a few batches in flight; more only waits for the broker. */
@@ -555,7 +591,7 @@ void pg_kafka_batch_release(pg_kafka_msg_t *msgs, size_t n)
 
 int pg_kafka_input_of(const pg_kafka_t *k, const char *topic)
 {
-    for (int i = 0; i < PG_IN_COUNT; i++)
+    for (int i = 0; i < (int)k->n_in; i++)
         if (strcmp(topic, k->in_topics[i]) == 0)
             return i;
     return -1;

@@ -63,6 +63,20 @@ typedef enum {
 
 typedef struct pg_kafka pg_kafka_t;
 
+/* What a client is for. WORKER: the group (group.id) over the three input
+ * topics, producing decisions and dead letters, in the configured delivery
+ * mode. SYNC: `pinguard sync`, the group sync.group.id over topic.bindings,
+ * producing dead letters only, at least once (Redis is not part of a Kafka
+ * transaction; the generation makes a redone apply harmless). REBUILD:
+ * `pinguard sync --rebuild`, every partition of topic.bindings from its
+ * beginning, assigned rather than subscribed, in a throwaway group that is
+ * never committed to. In SYNC and REBUILD a message's `input` is 0. */
+typedef enum {
+    PG_KAFKA_WORKER = 0,
+    PG_KAFKA_SYNC,
+    PG_KAFKA_REBUILD
+} pg_kafka_role_t;
+
 /* A consumer in the configured group that neither subscribes nor produces:
  * for reading the group's offsets (`pinguard lag`). NULL with errbuf filled. */
 pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t errlen);
@@ -91,6 +105,10 @@ int pg_kafka_check_config(const pg_config_t *cfg, char *errbuf, size_t errlen);
  * config must outlive the client. */
 pg_kafka_t *pg_kafka_new(const pg_config_t *cfg, volatile sig_atomic_t *stop,
                          char *errbuf, size_t errlen);
+/* The same for any role; pg_kafka_new is the WORKER's. Only the outputs a
+ * role produces to are checked (SYNC and REBUILD: topic.dlq). */
+pg_kafka_t *pg_kafka_new_role(const pg_config_t *cfg, pg_kafka_role_t role,
+                              volatile sig_atomic_t *stop, char *errbuf, size_t errlen);
 /* Waits for the outputs in flight and stores their inputs' offsets, closes
  * the consumer (final offset commit, leave group), flushes the producer, then
  * destroys both, in librdkafka's documented order. A consumer in a fatal
@@ -213,5 +231,39 @@ int pg_kafka_lag(pg_kafka_t *k, bool all, pg_lag_row_t **rows, size_t *n, char *
                  size_t errlen);
 /* Safe to call from any thread. */
 void pg_kafka_group_stats(const pg_kafka_t *k, pg_metrics_group_t *out);
+
+/* The high watermark of every partition of the first input topic now, by
+ * partition id, into ends[0..max): *n is the partition count. A snapshot to
+ * tell later when the consumer has caught up with it. PG_OK or PG_RETRY. */
+int pg_kafka_end_offsets(pg_kafka_t *k, int64_t *ends, size_t max, size_t *n,
+                         char *errbuf, size_t errlen);
+/* Whether every partition of the first input topic that this consumer reads
+ * now has been consumed up to ends[p] (its position, the next offset to
+ * fetch, at or past it; transaction markers count as consumed). False
+ * before the first assignment; partitions past n count as reached. The
+ * caller has decided every message it polled. PG_OK or PG_RETRY. */
+int pg_kafka_reached(pg_kafka_t *k, const int64_t *ends, size_t n, bool *reached,
+                     char *errbuf, size_t errlen);
+
+/* A plain producer for the CLI (`pinguard publish`, the audit trail): any
+ * topic, idempotent, no consumer. */
+typedef struct pg_kafka_publisher pg_kafka_publisher_t;
+/* NULL with errbuf filled. The config must outlive the publisher. */
+pg_kafka_publisher_t *pg_kafka_publisher_new(const pg_config_t *cfg, char *errbuf,
+                                             size_t errlen);
+/* Queues one record; value NULL is a tombstone. The first record for a topic
+ * checks that the topic exists (a metadata request of at most 5 s): PG_INPUT
+ * naming it when it does not. PG_OK, PG_RETRY (no broker answered), PG_INPUT
+ * or PG_FATAL. */
+int pg_kafka_publish(pg_kafka_publisher_t *p, const char *topic, const void *key,
+                     size_t key_len, const void *value, size_t len, char *errbuf,
+                     size_t errlen);
+/* Waits at most timeout_ms for every queued record's acknowledgement.
+ * *acked and *failed (either may be NULL) count the records since the
+ * publisher was made. PG_OK when all were acknowledged, else PG_RETRY with
+ * errbuf naming the first failure (or the timeout). */
+int pg_kafka_publisher_flush(pg_kafka_publisher_t *p, int timeout_ms, size_t *acked,
+                             size_t *failed, char *errbuf, size_t errlen);
+void pg_kafka_publisher_destroy(pg_kafka_publisher_t *p); /* NULL-safe; flushes 5 s */
 
 #endif

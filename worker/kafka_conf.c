@@ -174,6 +174,19 @@ rd_kafka_conf_t *pg_kafka_conf_make(pg_kafka_t *k, bool consumer, char *errbuf,
     for (size_t i = 0; i < nforced; i++)
         if (conf_set(conf, forced[i][0], forced[i][1], errbuf, errlen) != 0)
             goto fail;
+    /* The feed's consumers have their own group: sync's replicas share
+     * sync.group.id; a rebuild reads in a group of its own that it never
+     * commits to, so it disturbs nobody's offsets. */
+    if (consumer && k->role == PG_KAFKA_SYNC &&
+        conf_set(conf, "group.id", k->cfg->sync_group_id, errbuf, errlen) != 0)
+        goto fail;
+    if (consumer && k->role == PG_KAFKA_REBUILD) {
+        char group[300];
+        pg_kafka_rebuild_group(group, sizeof(group));
+        if (conf_set(conf, "group.id", group, errbuf, errlen) != 0 ||
+            conf_set(conf, "enable.auto.commit", "false", errbuf, errlen) != 0)
+            goto fail;
+    }
     if (!consumer && k->transactional && txn_id_default(k, conf, errbuf, errlen) != 0)
         goto fail;
     pg_kafka_conf_callbacks(k, conf, consumer);
@@ -181,6 +194,13 @@ rd_kafka_conf_t *pg_kafka_conf_make(pg_kafka_t *k, bool consumer, char *errbuf,
 fail:
     rd_kafka_conf_destroy(conf);
     return NULL;
+}
+
+void pg_kafka_rebuild_group(char *buf, size_t len)
+{
+    char host[256] = "localhost";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(buf, len, "pinguard-rebuild-%s-%ld", host, (long)getpid());
 }
 
 int pg_kafka_check_config(const pg_config_t *cfg, char *errbuf, size_t errlen)

@@ -18,6 +18,9 @@ enum { TRACKED_PARTITIONS = 1024 };
 
 struct pg_kafka {
     const pg_config_t *cfg;
+    pg_kafka_role_t role;
+    size_t n_in;                  /* in_topics in use */
+    bool out_used[PG_OUT_COUNT];  /* outputs this role produces to */
     volatile sig_atomic_t *stop; /* NULL: never asked to stop */
     pg_kafka_settled_fn settled_fn;
     void *settled_ctx;
@@ -58,6 +61,12 @@ rd_kafka_conf_t *pg_kafka_conf_make(pg_kafka_t *k, bool consumer, char *errbuf,
                                     size_t errlen);
 /* A size property of a configuration not yet handed to rd_kafka_new. */
 size_t pg_kafka_conf_size(const rd_kafka_conf_t *conf, const char *key, size_t dflt);
+
+/* kafka_conf.c: the throwaway group of a rebuild (never committed to). */
+void pg_kafka_rebuild_group(char *buf, size_t len);
+/* kafka_lag.c: the partitions of the input topics, from a metadata request. */
+int pg_kafka_input_partitions(pg_kafka_t *k, rd_kafka_topic_partition_list_t **out,
+                              char *errbuf, size_t errlen);
 
 /* kafka.c: installs the module's callbacks (log, error, rebalance or
  * delivery report) with k as their opaque. */

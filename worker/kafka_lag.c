@@ -34,6 +34,7 @@ pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t 
     k->in_topics[PG_IN_ADVICE] = cfg->topic_advice;
     k->in_topics[PG_IN_REQUESTS] = cfg->topic_requests;
     k->in_topics[PG_IN_RESULTS] = cfg->topic_results;
+    k->n_in = PG_IN_COUNT;
     rd_kafka_conf_t *conf = pg_kafka_conf_make(k, true, errbuf, errlen);
     if (conf == NULL)
         goto fail;
@@ -49,9 +50,8 @@ fail:
     return NULL;
 }
 
-/* The partitions of the input topics, from a metadata request. */
-static int input_partitions(pg_kafka_t *k, rd_kafka_topic_partition_list_t **out,
-                            char *errbuf, size_t errlen)
+int pg_kafka_input_partitions(pg_kafka_t *k, rd_kafka_topic_partition_list_t **out,
+                              char *errbuf, size_t errlen)
 {
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t err = rd_kafka_metadata(k->consumer, 1, NULL, &md, 10000);
@@ -60,7 +60,7 @@ static int input_partitions(pg_kafka_t *k, rd_kafka_topic_partition_list_t **out
         return PG_RETRY;
     }
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(32);
-    for (int t = 0; t < PG_IN_COUNT; t++)
+    for (size_t t = 0; t < k->n_in; t++)
         for (int i = 0; i < md->topic_cnt; i++)
             if (strcmp(md->topics[i].topic, k->in_topics[t]) == 0)
                 for (int p = 0; p < md->topics[i].partition_cnt; p++)
@@ -99,7 +99,7 @@ int pg_kafka_lag(pg_kafka_t *k, bool all, pg_lag_row_t **rows_out, size_t *n_out
     pg_lag_row_t *rows = NULL;
     int rc = PG_RETRY;
     if (all) {
-        if (input_partitions(k, &parts, errbuf, errlen) != 0)
+        if (pg_kafka_input_partitions(k, &parts, errbuf, errlen) != 0)
             goto out;
     } else {
         rd_kafka_resp_err_t err = rd_kafka_assignment(k->consumer, &parts);
@@ -168,4 +168,65 @@ out:
     if (lo != NULL)
         rd_kafka_topic_partition_list_destroy(lo);
     return rc;
+}
+
+int pg_kafka_end_offsets(pg_kafka_t *k, int64_t *ends, size_t max, size_t *n,
+                         char *errbuf, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL, *hi = NULL, *lo = NULL;
+    int rc = pg_kafka_input_partitions(k, &parts, errbuf, errlen);
+    if (rc == 0 && parts->cnt > 0)
+        rc = query_offsets(k, parts, RD_KAFKA_OFFSET_END, &hi, errbuf, errlen);
+    if (rc == 0 && parts->cnt > 0)
+        rc = query_offsets(k, parts, RD_KAFKA_OFFSET_BEGINNING, &lo, errbuf, errlen);
+    size_t count = 0;
+    for (size_t p = 0; p < max; p++)
+        ends[p] = 0;
+    for (int i = 0; rc == 0 && i < parts->cnt; i++) {
+        int32_t p = parts->elems[i].partition;
+        if (strcmp(parts->elems[i].topic, k->in_topics[0]) != 0 || p < 0 ||
+            (size_t)p >= max)
+            continue;
+        /* A partition with nothing left to read needs no catching up. */
+        ends[p] = hi->elems[i].offset > lo->elems[i].offset ? hi->elems[i].offset : 0;
+        if ((size_t)p + 1 > count)
+            count = (size_t)p + 1;
+    }
+    if (rc == 0)
+        *n = count;
+    if (parts != NULL)
+        rd_kafka_topic_partition_list_destroy(parts);
+    if (hi != NULL)
+        rd_kafka_topic_partition_list_destroy(hi);
+    if (lo != NULL)
+        rd_kafka_topic_partition_list_destroy(lo);
+    return rc;
+}
+
+int pg_kafka_reached(pg_kafka_t *k, const int64_t *ends, size_t n, bool *reached,
+                     char *errbuf, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    *reached = false;
+    if (!atomic_load(&k->joined))
+        return 0;
+    rd_kafka_resp_err_t err = rd_kafka_assignment(k->consumer, &parts);
+    if (err) {
+        pg_errf(errbuf, errlen, "kafka assignment: %s", rd_kafka_err2str(err));
+        return PG_RETRY;
+    }
+    rd_kafka_position(k->consumer, parts); /* local: the next offset to fetch */
+    bool all = true;
+    for (int i = 0; all && i < parts->cnt; i++) {
+        int32_t p = parts->elems[i].partition;
+        if (strcmp(parts->elems[i].topic, k->in_topics[0]) != 0 || p < 0 ||
+            (size_t)p >= n || ends[p] <= 0)
+            continue;
+        /* No position yet: nothing fetched, which is caught up only for a
+         * partition that was empty. */
+        all = parts->elems[i].offset >= ends[p];
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+    *reached = all;
+    return 0;
 }
