@@ -572,6 +572,52 @@ size_t pg_kafka_output_max_bytes(const pg_kafka_t *k, pg_output_t out)
     return limit > PG_KAFKA_RECORD_MARGIN ? limit - PG_KAFKA_RECORD_MARGIN : 0;
 }
 
+int pg_kafka_dead_letter(pg_kafka_t *k, const pg_kafka_msg_t *m, const char *reason,
+                         const char *detail, pg_delivery_state_t *state, char *errbuf,
+                         size_t errlen)
+{
+    char error[400], partition[16], offset[24];
+    snprintf(partition, sizeof(partition), "%d", (int)m->partition);
+    snprintf(offset, sizeof(offset), "%lld", (long long)m->offset);
+    const pg_kafka_header_t headers[] = {
+        {"pinguard-error", error},
+        {"pinguard-source-topic", m->topic},
+        {"pinguard-source-partition", partition},
+        {"pinguard-source-offset", offset},
+    };
+    size_t head_bytes = 0;
+    snprintf(error, sizeof(error), "%s: %s", reason, detail);
+    for (size_t h = 0; h < 4; h++)
+        head_bytes += strlen(headers[h].name) + strlen(headers[h].value);
+    size_t limit = pg_kafka_output_max_bytes(k, PG_OUT_DLQ);
+    const void *key = m->key, *value = m->payload;
+    size_t key_len = m->key_len, len = m->len;
+    for (int attempt = 0;; attempt++) {
+        if (attempt > 0 || head_bytes + key_len + len > limit) {
+            /* Headers alone: the source topic, partition and offset say where
+             * the original still is. A key too large goes too. */
+            if (value != NULL || len > 0)
+                snprintf(error, sizeof(error),
+                         "INPUT_TOO_LARGE: %zu bytes, over %zu; %s: %s",
+                         m->len + m->key_len, limit, reason, detail);
+            value = NULL;
+            len = 0;
+            if (head_bytes + key_len > limit || attempt > 1) {
+                key = NULL;
+                key_len = 0;
+            }
+        }
+        if (attempt == 0)
+            pg_log_warn("input_dead_lettered", "topic", m->topic, "#partition",
+                        (long long)m->partition, "#offset", (long long)m->offset,
+                        "error", error, NULL);
+        int rc = pg_kafka_produce(k, PG_OUT_DLQ, key, key_len, value, len, headers, 4,
+                                  state, errbuf, errlen);
+        if (rc != PG_INPUT || attempt >= 2)
+            return rc == PG_INPUT ? PG_RETRY : rc;
+    }
+}
+
 int pg_kafka_check_fatal(pg_kafka_t *k, char *errbuf, size_t errlen)
 {
     read_fatal(k);

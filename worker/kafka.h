@@ -167,6 +167,16 @@ int pg_kafka_produce(pg_kafka_t *k, pg_output_t out, const void *key, size_t key
                      const void *value, size_t len, const pg_kafka_header_t *headers,
                      size_t n_headers, pg_delivery_state_t *state, char *errbuf,
                      size_t errlen);
+/* Queues input m to the DLQ (PG_OUT_DLQ) with its key and bytes and the
+ * headers pinguard-error ("REASON: detail"), pinguard-source-topic,
+ * -partition and -offset, and logs it once (input_dead_lettered). An input
+ * too large for the DLQ goes with its headers alone (INPUT_TOO_LARGE), its
+ * key too when the key alone is too large, so that no input can be refused
+ * by the DLQ and redone forever. As pg_kafka_produce, except that PG_INPUT
+ * never comes back (PG_RETRY instead). */
+int pg_kafka_dead_letter(pg_kafka_t *k, const pg_kafka_msg_t *m, const char *reason,
+                         const char *detail, pg_delivery_state_t *state, char *errbuf,
+                         size_t errlen);
 /* Waits until every queued output has its delivery report. */
 int pg_kafka_flush(pg_kafka_t *k, char *errbuf, size_t errlen);
 

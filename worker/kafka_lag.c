@@ -216,14 +216,35 @@ int pg_kafka_reached(pg_kafka_t *k, const int64_t *ends, size_t n, bool *reached
         return PG_RETRY;
     }
     rd_kafka_position(k->consumer, parts); /* local: the next offset to fetch */
+    /* A partition nothing was consumed from yet has no position: where the
+     * group committed says how far it is (a restart with nothing new). */
+    rd_kafka_topic_partition_list_t *unknown = rd_kafka_topic_partition_list_new(8);
+    for (int i = 0; i < parts->cnt; i++)
+        if (parts->elems[i].offset < 0)
+            rd_kafka_topic_partition_list_add(unknown, parts->elems[i].topic,
+                                              parts->elems[i].partition);
+    if (unknown->cnt > 0 && k->role != PG_KAFKA_REBUILD) {
+        err = rd_kafka_committed(k->consumer, unknown, 5000);
+        if (err) {
+            rd_kafka_topic_partition_list_destroy(unknown);
+            rd_kafka_topic_partition_list_destroy(parts);
+            pg_errf(errbuf, errlen, "kafka committed: %s", rd_kafka_err2str(err));
+            return PG_RETRY;
+        }
+        for (int i = 0; i < parts->cnt; i++) {
+            rd_kafka_topic_partition_t *c = rd_kafka_topic_partition_list_find(
+                unknown, parts->elems[i].topic, parts->elems[i].partition);
+            if (c != NULL && parts->elems[i].offset < 0)
+                parts->elems[i].offset = c->offset;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(unknown);
     bool all = true;
     for (int i = 0; all && i < parts->cnt; i++) {
         int32_t p = parts->elems[i].partition;
         if (strcmp(parts->elems[i].topic, k->in_topics[0]) != 0 || p < 0 ||
             (size_t)p >= n || ends[p] <= 0)
             continue;
-        /* No position yet: nothing fetched, which is caught up only for a
-         * partition that was empty. */
         all = parts->elems[i].offset >= ends[p];
     }
     rd_kafka_topic_partition_list_destroy(parts);

@@ -89,8 +89,9 @@ static int check_topic(pg_kafka_publisher_t *p, const char *topic, char *errbuf,
                 rd_kafka_err2str(err));
         return PG_RETRY;
     }
-    rd_kafka_resp_err_t terr =
-        md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+    rd_kafka_resp_err_t terr = md->topic_cnt == 1
+                                   ? md->topics[0].err
+                                   : RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
     rd_kafka_metadata_destroy(md);
     if (terr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
         pg_errf(errbuf, errlen, "kafka: topic %s does not exist", topic);
@@ -115,10 +116,10 @@ int pg_kafka_publish(pg_kafka_publisher_t *p, const char *topic, const void *key
     void *v = (void *)value, *kp = (void *)key;
     size_t vlen = value != NULL ? len : 0;
     for (;;) {
-        rd_kafka_resp_err_t err = rd_kafka_producev(
-            p->k.producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(kp, key_len),
-            RD_KAFKA_V_VALUE(v, vlen),
-            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        rd_kafka_resp_err_t err =
+            rd_kafka_producev(p->k.producer, RD_KAFKA_V_TOPIC(topic),
+                              RD_KAFKA_V_KEY(kp, key_len), RD_KAFKA_V_VALUE(v, vlen),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
         if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
             rd_kafka_poll(p->k.producer, 0);
             return PG_OK;

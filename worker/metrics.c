@@ -52,6 +52,8 @@ typedef struct {
     counter_t decisions[PG_M_STREAMS][2][N_REASONS];
     counter_t redis_round_trips, redis_errors, unknown_kinds, batches;
     counter_t batches_redone, cache_invalid;
+    counter_t feed[PG_M_FEED_RESULTS];
+    _Atomic bool caught_up;
     counter_t redis_hist[N_BUCKETS + 1];
     counter_t redis_sum_ns;
     /* The worker's last exchange with Redis: when (ms) * 2 + whether it
@@ -63,9 +65,16 @@ typedef struct {
 #define ADD(c, n) atomic_fetch_add_explicit(&(c), (n), memory_order_relaxed)
 #define GET(c) atomic_load_explicit(&(c), memory_order_relaxed)
 
+enum { FEED_DLQ_REASONS = 24 };
+
 struct pg_metrics {
     pthread_mutex_t lock; /* guards the sources, the snapshots and the flags */
     char *topics[PG_IN_COUNT];
+    int n_topics;
+    bool feed; /* `pinguard sync`'s registry */
+    /* Dead letters of the feed by reason; rare, so under the lock. */
+    const char *dlq_reasons[FEED_DLQ_REASONS];
+    unsigned long long dlq_counts[FEED_DLQ_REASONS];
     int stall_timeout_ms;
     int partition_stall_ms;
     values_t v;
@@ -99,8 +108,8 @@ static int64_t pack_seen(bool ok, int64_t at_ms)
     return at_ms * 2 + (ok ? 1 : 0);
 }
 
-pg_metrics_t *pg_metrics_new(const char *const input_topics[PG_IN_COUNT],
-                             int stall_timeout_ms, int partition_stall_ms)
+static pg_metrics_t *metrics_new(const char *const *input_topics, int n_topics,
+                                 int stall_timeout_ms, int partition_stall_ms)
 {
     pg_metrics_t *m = calloc(1, sizeof(*m));
     if (m == NULL)
@@ -115,7 +124,8 @@ pg_metrics_t *pg_metrics_new(const char *const input_topics[PG_IN_COUNT],
     pthread_condattr_destroy(&ca);
     m->lag_ok_ms = INT64_MIN;
     m->probe = (pg_metrics_redis_obs_t){.ok = false, .at_ms = INT64_MIN};
-    for (int i = 0; i < PG_IN_COUNT; i++) {
+    m->n_topics = n_topics;
+    for (int i = 0; i < n_topics; i++) {
         m->topics[i] = strdup(input_topics[i]);
         if (m->topics[i] == NULL) {
             pg_metrics_destroy(m);
@@ -129,6 +139,51 @@ pg_metrics_t *pg_metrics_new(const char *const input_topics[PG_IN_COUNT],
      * worker checked it before starting. */
     atomic_init(&m->v.redis_seen, pack_seen(true, pg_now_mono_ms()));
     return m;
+}
+
+pg_metrics_t *pg_metrics_new(const char *const input_topics[PG_IN_COUNT],
+                             int stall_timeout_ms, int partition_stall_ms)
+{
+    return metrics_new(input_topics, PG_IN_COUNT, stall_timeout_ms, partition_stall_ms);
+}
+
+pg_metrics_t *pg_metrics_new_feed(const char *feed_topic, int stall_timeout_ms,
+                                  int partition_stall_ms)
+{
+    const char *topics[1] = {feed_topic};
+    pg_metrics_t *m = metrics_new(topics, 1, stall_timeout_ms, partition_stall_ms);
+    if (m != NULL)
+        m->feed = true;
+    return m;
+}
+
+void pg_metrics_feed_records(pg_metrics_t *m, int result, unsigned long long n)
+{
+    if (m != NULL && result >= 0 && result < PG_M_FEED_RESULTS)
+        ADD(m->v.feed[result], n);
+}
+
+void pg_metrics_feed_dead_letter(pg_metrics_t *m, const char *reason)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    size_t i = 0;
+    while (i < FEED_DLQ_REASONS && m->dlq_reasons[i] != NULL &&
+           strcmp(m->dlq_reasons[i], reason) != 0)
+        i++;
+    if (i == FEED_DLQ_REASONS)
+        i--; /* more reasons than there are: counted under the last */
+    if (m->dlq_reasons[i] == NULL)
+        m->dlq_reasons[i] = reason;
+    m->dlq_counts[i]++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void pg_metrics_feed_caught_up(pg_metrics_t *m, bool caught_up)
+{
+    if (m != NULL)
+        atomic_store(&m->v.caught_up, caught_up);
 }
 
 static void stop_threads(pg_metrics_t *m)
@@ -161,7 +216,7 @@ void pg_metrics_destroy(pg_metrics_t *m)
     if (m->daemon != NULL)
         MHD_stop_daemon(m->daemon);
     stop_threads(m);
-    for (int i = 0; i < PG_IN_COUNT; i++)
+    for (int i = 0; i < m->n_topics; i++)
         free(m->topics[i]);
     free(m->lag_rows);
     pg_metrics_stall_free(&m->stall);
@@ -593,7 +648,7 @@ static void render_lag(pg_metrics_t *m, pg_buf_t *b, int64_t now)
             rows[i].topic, (int)rows[i].partition, (long long)rows[i].lag);
     head(b, "pinguard_topic_consumer_lag_messages", "gauge",
          "Sum of the consumer lag over the partitions this worker owns, per topic.");
-    for (int t = 0; t < PG_IN_COUNT; t++) {
+    for (int t = 0; t < m->n_topics; t++) {
         long long sum = 0;
         for (size_t i = 0; i < n; i++)
             if (strcmp(rows[i].topic, m->topics[t]) == 0)
@@ -614,6 +669,30 @@ static void render_lag(pg_metrics_t *m, pg_buf_t *b, int64_t now)
     free(rows);
 }
 
+static void render_feed(pg_metrics_t *m, pg_buf_t *b)
+{
+    static const char *const results[PG_M_FEED_RESULTS] = {"applied", "stale",
+                                                           "deleted", "absent"};
+    head(b, "pinguard_sync_records_total", "counter",
+         "Feed records confirmed by Redis, by what applying them did: applied (a "
+         "greater generation replaced the VM's entry), stale (an equal or lower "
+         "generation, nothing changed), deleted (a tombstone removed an entry), "
+         "absent (a tombstone for a VM the cache did not hold).");
+    for (int r = 0; r < PG_M_FEED_RESULTS; r++)
+        put(b, "pinguard_sync_records_total{result=\"%s\"} %llu\n", results[r],
+            GET(m->v.feed[r]));
+    head(b, "pinguard_sync_dead_letters_total", "counter",
+         "Feed records sent to the DLQ, by reason.");
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < FEED_DLQ_REASONS && m->dlq_reasons[i] != NULL; i++)
+        put(b, "pinguard_sync_dead_letters_total{reason=\"%s\"} %llu\n",
+            m->dlq_reasons[i], m->dlq_counts[i]);
+    pthread_mutex_unlock(&m->lock);
+    head(b, "pinguard_sync_caught_up", "gauge",
+         "1 once the feed is applied up to the high watermarks read at start.");
+    put(b, "pinguard_sync_caught_up %d\n", atomic_load(&m->v.caught_up) ? 1 : 0);
+}
+
 int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
 {
     values_t *s = &m->v;
@@ -632,14 +711,17 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
 
     head(b, "pinguard_inputs_total", "counter",
          "Input messages by topic and outcome (decided, dlq, retried).");
-    for (int t = 0; t < PG_IN_COUNT; t++)
+    for (int t = 0; t < m->n_topics; t++)
         for (int o = 0; o < PG_M_IN_OUTCOMES; o++)
             put(b, "pinguard_inputs_total{topic=\"%s\",outcome=\"%s\"} %llu\n",
                 m->topics[t], outcome_names[o], GET(s->inputs[t][o]));
 
-    head(b, "pinguard_decisions_total", "counter",
-         "Decisions produced, by stream, verdict (or release action) and reason.");
-    for (int st = 0; st < PG_M_STREAMS; st++) {
+    if (m->feed)
+        render_feed(m, b);
+    else
+        head(b, "pinguard_decisions_total", "counter",
+             "Decisions produced, by stream, verdict (or release action) and reason.");
+    for (int st = 0; st < PG_M_STREAMS && !m->feed; st++) {
         bool release = st == PG_M_STREAM_RELEASE;
         int nreasons = release ? PG_RELEASE_REASONS : PG_VETO_REASONS;
         for (int v = 0; v < 2; v++) {
@@ -662,9 +744,11 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
             }
         }
     }
-    head(b, "pinguard_unknown_device_kinds_total", "counter",
-         "Devices of a kind pinguard does not know, seen in decisions (they pin).");
-    put(b, "pinguard_unknown_device_kinds_total %llu\n", GET(s->unknown_kinds));
+    if (!m->feed) {
+        head(b, "pinguard_unknown_device_kinds_total", "counter",
+             "Devices of a kind pinguard does not know, seen in decisions (they pin).");
+        put(b, "pinguard_unknown_device_kinds_total %llu\n", GET(s->unknown_kinds));
+    }
 
     head(b, "pinguard_cache_invalid_total", "counter",
          "VMs whose cache entry could not be read as the SPEC's layout says (a key "
@@ -764,6 +848,10 @@ int pg_metrics_ready_at(pg_metrics_t *m, int64_t now, char *why, size_t whylen)
                      (long long)age);
         else
             snprintf(why, whylen, "redis does not answer");
+        return PG_RETRY;
+    }
+    if (m->feed && !atomic_load(&m->v.caught_up)) {
+        snprintf(why, whylen, "catching up with the feed");
         return PG_RETRY;
     }
     if (stalled > 0) {

@@ -95,6 +95,11 @@ typedef struct pg_metrics pg_metrics_t;
  * lag has not moved its committed offset for this long. */
 pg_metrics_t *pg_metrics_new(const char *const input_topics[PG_IN_COUNT],
                              int stall_timeout_ms, int partition_stall_ms);
+/* The registry of `pinguard sync`: one input topic (the binding feed), the
+ * feed's counters instead of the decisions', and /readyz waiting for
+ * pg_metrics_feed_caught_up as well. */
+pg_metrics_t *pg_metrics_new_feed(const char *feed_topic, int stall_timeout_ms,
+                                  int partition_stall_ms);
 /* NULL-safe. In this order: stops the HTTP server (waiting for the requests
  * under way), then joins the refresher threads, which may take as long as
  * the callback they are in (a lag read against an unreachable broker: up to
@@ -133,6 +138,17 @@ void pg_metrics_tally_init(pg_metrics_tally_t *t, int input,
 /* verdict and reason as for pg_metrics_decision. */
 void pg_metrics_tally_decision(pg_metrics_tally_t *t, int verdict, int reason);
 void pg_metrics_commit(pg_metrics_t *m, const pg_metrics_tally_t *t);
+
+/* The feed's records, by what applying them did (pg_apply_result_t order:
+ * applied, stale, deleted, absent), counted once Redis confirmed them. */
+enum { PG_M_FEED_RESULTS = 4 };
+void pg_metrics_feed_records(pg_metrics_t *m, int result, unsigned long long n);
+/* A feed record sent to the DLQ; reason must be a string that outlives the
+ * registry (a pg_codec_err_name, "INVALID_FIELD"). */
+void pg_metrics_feed_dead_letter(pg_metrics_t *m, const char *reason);
+/* Whether the feed has been applied up to the high watermarks read at start
+ * (it stays so once it was). */
+void pg_metrics_feed_caught_up(pg_metrics_t *m, bool caught_up);
 /* A batch, or part of one, that will be consumed again (abort or rewind). */
 void pg_metrics_batch_redone(pg_metrics_t *m);
 /* VMs whose cache entry could not be read as the SPEC's layout says. */

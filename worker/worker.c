@@ -413,50 +413,9 @@ static int produce_dead_letter(worker_t *w, size_t i, const char *reason,
                                char *errbuf, size_t errlen)
 {
     const pg_kafka_msg_t *m = &w->msgs[i];
-    slot_t *s = &w->slots[i];
-    char error[400], partition[16], offset[24];
-    snprintf(partition, sizeof(partition), "%d", (int)m->partition);
-    snprintf(offset, sizeof(offset), "%" PRId64, m->offset);
-    const pg_kafka_header_t headers[] = {
-        {"pinguard-error", error},
-        {"pinguard-source-topic", m->topic},
-        {"pinguard-source-partition", partition},
-        {"pinguard-source-offset", offset},
-    };
-    size_t head_bytes = 0;
-    snprintf(error, sizeof(error), "%s: %s", reason, detail);
-    for (size_t h = 0; h < 4; h++)
-        head_bytes += strlen(headers[h].name) + strlen(headers[h].value);
-    size_t limit = pg_kafka_output_max_bytes(w->kafka, PG_OUT_DLQ);
-    const void *key = m->key, *value = m->payload;
-    size_t key_len = m->key_len, len = m->len;
-    for (int attempt = 0;; attempt++) {
-        if (attempt > 0 || head_bytes + key_len + len > limit) {
-            /* Headers alone: the source topic, partition and offset say where
-             * the original still is. A key too large goes too. */
-            if (value != NULL || len > 0)
-                snprintf(error, sizeof(error),
-                         "INPUT_TOO_LARGE: %zu bytes, over %zu; %s: %s",
-                         m->len + m->key_len, limit, reason, detail);
-            value = NULL;
-            len = 0;
-            if (head_bytes + key_len > limit || attempt > 1) {
-                key = NULL;
-                key_len = 0;
-            }
-        }
-        if (attempt == 0) {
-            pg_log_warn("input_dead_lettered", "topic", m->topic, "#partition",
-                        (long long)m->partition, "#offset", (long long)m->offset,
-                        "error", error, NULL);
-            w->dead_lettered++;
-            pg_metrics_tally_init(&s->tally, (int)m->input, PG_M_IN_DLQ);
-        }
-        int rc = pg_kafka_produce(w->kafka, PG_OUT_DLQ, key, key_len, value, len,
-                                  headers, 4, state, errbuf, errlen);
-        if (rc != PG_INPUT || attempt >= 2)
-            return rc == PG_INPUT ? PG_RETRY : rc;
-    }
+    w->dead_lettered++;
+    pg_metrics_tally_init(&w->slots[i].tally, (int)m->input, PG_M_IN_DLQ);
+    return pg_kafka_dead_letter(w->kafka, m, reason, detail, state, errbuf, errlen);
 }
 
 /* Decides input i and produces its decision; a decision that cannot be
