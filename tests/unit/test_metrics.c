@@ -174,6 +174,49 @@ START_TEST(readiness_rules)
 }
 END_TEST
 
+/* `pinguard sync`'s registry: the feed's counters instead of decisions, and
+ * not ready before it caught up with the feed. */
+START_TEST(feed_registry)
+{
+    char why[128];
+    pg_metrics_t *m = pg_metrics_new_feed("r", 60000, 120000);
+    pg_metrics_set_sources(m, fake_lag, fake_group, fake_redis, NULL);
+    joined_flag = redis_flag = true;
+    pg_metrics_refresh(m);
+    pg_metrics_feed_records(m, 0, 5);
+    pg_metrics_feed_records(m, 1, 2);
+    pg_metrics_feed_records(m, 4, 9); /* out of range: ignored */
+    pg_metrics_feed_dead_letter(m, "INVALID_FIELD");
+    pg_metrics_feed_dead_letter(m, "BAD_MAGIC");
+    pg_metrics_feed_dead_letter(m, "INVALID_FIELD");
+    ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), PG_RETRY);
+    ck_assert_ptr_nonnull(strstr(why, "catching up"));
+    pg_metrics_feed_caught_up(m, true);
+    ck_assert_int_eq(pg_metrics_ready(m, why, sizeof(why)), 0);
+    char *t = render(m);
+    ck_assert_ptr_nonnull(
+        strstr(t, "pinguard_sync_records_total{result=\"applied\"} 5\n"));
+    ck_assert_ptr_nonnull(
+        strstr(t, "pinguard_sync_records_total{result=\"stale\"} 2\n"));
+    ck_assert_ptr_nonnull(
+        strstr(t, "pinguard_sync_records_total{result=\"absent\"} 0\n"));
+    ck_assert_ptr_nonnull(
+        strstr(t, "pinguard_sync_dead_letters_total{reason=\"INVALID_FIELD\"} 2\n"));
+    ck_assert_ptr_nonnull(
+        strstr(t, "pinguard_sync_dead_letters_total{reason=\"BAD_MAGIC\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(t, "pinguard_sync_caught_up 1\n"));
+    ck_assert_ptr_nonnull(
+        strstr(t, "pinguard_consumer_lag_messages{topic=\"r\",partition=\"0\"} 4\n"));
+    /* No decision families, and no other input topic. */
+    ck_assert_ptr_null(strstr(t, "pinguard_decisions_total"));
+    ck_assert_ptr_null(strstr(t, "topic=\"a\""));
+    for (char *line = strtok(t, "\n"); line; line = strtok(NULL, "\n"))
+        ck_assert_msg(line[0] == '#' || strncmp(line, "pinguard_", 9) == 0, "%s", line);
+    free(t);
+    pg_metrics_destroy(m);
+}
+END_TEST
+
 START_TEST(stalled_loop_fails_both)
 {
     char why[128];
@@ -553,6 +596,7 @@ int main(void)
     TCase *t = tcase_create("metrics");
     tcase_add_test(t, render_counters);
     tcase_add_test(t, readiness_rules);
+    tcase_add_test(t, feed_registry);
     tcase_add_test(t, stalled_loop_fails_both);
     tcase_add_test(t, stall_clocks);
     tcase_add_test(t, marker_tail_is_not_a_stall);
