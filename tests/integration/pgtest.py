@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Shared helpers of the integration tests: Avro through fastavro (an
-implementation independent of pinguard's), real Kafka and Redis clients, and a
+implementation independent of pinguard's) with the schemas of every version
+(schemas/ is the current one, schemas/v<N> the frozen earlier ones), real
+Kafka and Redis clients, and a
 handle on a `pinguard run` process. Every test gets its own topics, consumer
 group and VM uuids, and removes them afterwards."""
 
@@ -35,45 +37,73 @@ SASL_BOOTSTRAP = "127.0.0.1:" + os.environ.get(
 os.environ["PINGUARD_KAFKA_BOOTSTRAP_SERVERS"] = BOOTSTRAP
 os.environ["PINGUARD_REDIS_PORT"] = str(REDIS_PORT)
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+# The current (v2) schemas; every earlier version is frozen in SCHEMAS_DIR/v<N>.
 SCHEMAS_DIR = os.environ.get("PG_SCHEMAS_DIR", os.path.join(ROOT, "schemas"))
 PINGUARD = os.environ.get("PINGUARD_BIN", os.path.join(ROOT, "build", "pinguard"))
 # A command prefix for every pinguard process (tests/valgrind.sh sets it to
 # valgrind ...), and a factor for the waits, which such a wrapper slows down.
 WRAPPER = os.environ.get("PG_WRAPPER", "").split()
 TIME_SCALE = float(os.environ.get("PG_TIME_SCALE", "1"))
-NS = "io.pinguard.v1."
-RECORDS = ["DrsAdvice", "FilteredAdvice", "MigrateVmRequest", "MigrateVmDecision",
-           "MigrationResult", "DeviceReleaseDecision"]
+NS = "io.pinguard.v1."  # the namespace of every version (SPEC: full names never change)
+CURRENT = 2
+VERSIONS = (1, 2)
+SCHEMA_DIRS = {1: os.path.join(SCHEMAS_DIR, "v1"), 2: SCHEMAS_DIR}
+# The top-level records of each version, in the order of pg_record_type_t.
+RECORDS_OF = {
+    1: ["DrsAdvice", "FilteredAdvice", "MigrateVmRequest", "MigrateVmDecision",
+        "MigrationResult", "DeviceReleaseDecision"],
+}
+RECORDS_OF[2] = RECORDS_OF[1] + ["VmBindings", "AuditEvent"]
+RECORDS = RECORDS_OF[CURRENT]
 
 
-def load_schema(name):
+def load_schema(name, version=CURRENT):
     return fastavro.schema.load_schema(
-        os.path.join(SCHEMAS_DIR, NS + name + ".avsc"), _write_hint=False)
+        os.path.join(SCHEMA_DIRS[version], NS + name + ".avsc"), _write_hint=False)
 
 
-SCHEMAS = {n: load_schema(n) for n in RECORDS}
-# fastavro gives the fingerprint as the hex of its little-endian bytes.
-FINGERPRINTS = {
-    n: int.from_bytes(bytes.fromhex(fastavro.schema.fingerprint(
-        fastavro.schema.to_parsing_canonical_form(s), "CRC-64-AVRO")), "little")
-    for n, s in SCHEMAS.items()}
-BY_FINGERPRINT = {fp: n for n, fp in FINGERPRINTS.items()}
+def schema_fingerprint(schema):
+    """CRC-64-AVRO of the schema's Parsing Canonical Form, as a uint64. fastavro
+    gives it as the hex of its little-endian bytes (the single-object order)."""
+    return int.from_bytes(bytes.fromhex(fastavro.schema.fingerprint(
+        fastavro.schema.to_parsing_canonical_form(schema), "CRC-64-AVRO")), "little")
 
 
-def encode(name, record):
-    """Single-object encoding, written with fastavro."""
+SCHEMAS_BY_VERSION = {v: {n: load_schema(n, v) for n in RECORDS_OF[v]} for v in VERSIONS}
+FINGERPRINTS_BY_VERSION = {v: {n: schema_fingerprint(s) for n, s in schemas.items()}
+                           for v, schemas in SCHEMAS_BY_VERSION.items()}
+SCHEMAS = SCHEMAS_BY_VERSION[CURRENT]
+FINGERPRINTS = FINGERPRINTS_BY_VERSION[CURRENT]
+# fingerprint -> (version, record name) of the writer schema. A record that no
+# version changed has one fingerprint for all of them: the newest is named.
+WRITERS = {fp: (v, n) for v in VERSIONS for n, fp in FINGERPRINTS_BY_VERSION[v].items()}
+BY_FINGERPRINT = {fp: n for fp, (_, n) in WRITERS.items()}
+
+
+def encode(name, record, version=CURRENT):
+    """Single-object encoding, written with fastavro with version's schema
+    (fields that version has not are ignored; fields it has and the record
+    lacks get their defaults)."""
     buf = io.BytesIO()
-    buf.write(b"\xc3\x01" + struct.pack("<Q", FINGERPRINTS[name]))
-    fastavro.schemaless_writer(buf, SCHEMAS[name], record)
+    buf.write(b"\xc3\x01" + struct.pack("<Q", FINGERPRINTS_BY_VERSION[version][name]))
+    fastavro.schemaless_writer(buf, SCHEMAS_BY_VERSION[version][name], record)
     return buf.getvalue()
 
 
-def decode(data):
-    """Returns (record name, record) of a single-object message."""
+def writer_of(data):
+    """(version, record name) of a single-object message's writer schema."""
     assert data[:2] == b"\xc3\x01", data[:10]
-    name = BY_FINGERPRINT[struct.unpack("<Q", data[2:10])[0]]
+    return WRITERS[struct.unpack("<Q", data[2:10])[0]]
+
+
+def decode(data, version=CURRENT):
+    """Returns (record name, record) of a single-object message written with
+    any known version, resolved (Avro schema resolution) to version's schema:
+    by default the current one, with added fields at their defaults."""
+    wv, name = writer_of(data)
     buf = io.BytesIO(data[10:])
-    rec = fastavro.schemaless_reader(buf, SCHEMAS[name], SCHEMAS[name])
+    rec = fastavro.schemaless_reader(buf, SCHEMAS_BY_VERSION[wv][name],
+                                     SCHEMAS_BY_VERSION[version][name])
     assert buf.read() == b"", "trailing bytes after the Avro body"
     return name, rec
 
@@ -127,6 +157,10 @@ def metric(text, name, **labels):
     return total if seen else None
 
 
+# Every key of one VM (SPEC: the cache, v2's generation and quarantine).
+VM_KEYS = ("host", "devices", "pin", "generation", "failures", "quarantine")
+
+
 class Env:
     """Topics, group and cache entries of one test."""
 
@@ -164,8 +198,9 @@ class Env:
                     "metrics.listen=127.0.0.1:0"]
 
     # --- cache -----------------------------------------------------------
-    def vm(self, host=None, devices=(), pin=None, vm=None):
-        """Writes a VM into the cache (host None: unknown VM); returns its uuid."""
+    def vm(self, host=None, devices=(), pin=None, vm=None, generation=None):
+        """Writes a VM into the cache (host None: unknown VM; generation None:
+        no :generation key); returns its uuid."""
         vm = vm or uid()
         self.vms.add(vm)
         p = self.redis.pipeline()
@@ -175,6 +210,8 @@ class Env:
             p.hset(f"pinguard:vm:{{{vm}}}:devices", mapping=dict(devices))
         if pin is not None:
             p.set(f"pinguard:vm:{{{vm}}}:pin", pin)
+        if generation is not None:
+            p.set(f"pinguard:vm:{{{vm}}}:generation", str(generation))
         p.execute()
         return vm
 
@@ -304,8 +341,7 @@ class Env:
         if self.vms:
             p = self.redis.pipeline()
             for vm in self.vms:
-                p.delete(f"pinguard:vm:{{{vm}}}:host", f"pinguard:vm:{{{vm}}}:devices",
-                         f"pinguard:vm:{{{vm}}}:pin")
+                p.delete(*(f"pinguard:vm:{{{vm}}}:{k}" for k in VM_KEYS))
             p.execute()
         fs = self.admin.delete_topics(list(self.topics.values()), operation_timeout=30)
         for f in fs.values():

@@ -86,7 +86,8 @@ def test_drs_advice_order_and_vetoes(env):
         m = {"vmUuid": vm, "srcHostUuid": SRC, "dstHostUuid": DST,
              "score": None if len(migrations) % 2 else 0.5 + len(migrations)}
         migrations.append(m)
-        expected.append((m, verdict, reason, devices))
+        # Decided items carry the cache's generation: none here (v2 field).
+        expected.append((dict(m, bindingsGeneration=None), verdict, reason, devices))
     cluster = uid()
     advice = {"adviceId": uid(), "clusterUuid": cluster, "generatedAtMs": now_ms() - 1000,
               "migrations": migrations}
