@@ -91,6 +91,10 @@ static const entry_t table[] = {
     {"policy.allow.unknown.vm", T_BOOL, OFF(allow_unknown_vm), "false", 0, 1, NULL,
      false,
      "Approve VMs the cache does not know instead of vetoing them (UNKNOWN_VM)."},
+    STR("device.kinds", device_kinds, "",
+        "Device kinds the site declares, extending or overriding the built-in table: "
+        "comma-separated kind=pins or kind=migrates (e.g. gpu-vf=pins, "
+        "nvme-migratable=migrates). A kind declared nowhere pins."),
     {"delivery", T_ENUM, OFF(delivery), "exactly-once", 0, 0, delivery_symbols, false,
      "exactly-once: decisions and input offsets commit in one Kafka transaction "
      "(set a stable, unique kafka.transactional.id per replica); at-least-once: "
@@ -467,6 +471,8 @@ int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen)
     if (c->redis_password_file[0] != '\0' &&
         read_secret_file(c->redis_password_file, &c->redis_password, errbuf, errlen) !=
             0)
+        return PG_INPUT;
+    if (pg_policy_parse_kinds(c->device_kinds, &c->site_kinds, errbuf, errlen) != PG_OK)
         return PG_INPUT;
     if (c->retry_backoff_max_ms < c->retry_backoff_min_ms) {
         pg_errf(errbuf, errlen,

@@ -15,6 +15,8 @@
 #include "log.h"
 #include "status.h"
 
+#include "policy.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -52,7 +54,9 @@ typedef struct {
     int redis_lookup_chunk;
 
     bool allow_unknown_vm;
-    int delivery; /* pg_delivery_t */
+    char *device_kinds;         /* device.kinds as written */
+    pg_site_kinds_t site_kinds; /* ... and parsed by pg_config_finish */
+    int delivery;               /* pg_delivery_t */
     int batch_max_messages;
     int batch_max_bytes;
     int batch_max_wait_ms;

@@ -7,6 +7,9 @@
  */
 #include "policy.h"
 
+#include "status.h"
+#include "util.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +46,114 @@ bool pg_policy_kind_pins(pg_device_kind_t kind)
     return true; /* unknown: fail closed */
 }
 
+const char *pg_policy_kind_rule_name(pg_kind_rule_t r)
+{
+    switch (r) {
+    case PG_KIND_RULE_BUILTIN:
+        return "built-in";
+    case PG_KIND_RULE_SITE:
+        return "site";
+    default:
+        return "none";
+    }
+}
+
+static bool kind_byte_ok(unsigned char c)
+{
+    return c > ' ' && c < 0x7f && c != '=' && c != ',';
+}
+
+static const char *skip_blanks(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    return p;
+}
+
+int pg_policy_parse_kinds(const char *spec, pg_site_kinds_t *out, char *errbuf,
+                          size_t errlen)
+{
+    out->n = 0;
+    if (spec == NULL)
+        return PG_OK;
+    const char *p = spec, *end = spec + strlen(spec);
+    if (skip_blanks(p, end) == end)
+        return PG_OK; /* nothing declared */
+    for (size_t entry = 1;; entry++) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *e_end = comma != NULL ? comma : end;
+        const char *k = skip_blanks(p, e_end), *k_end = k;
+        while (k_end < e_end && kind_byte_ok((unsigned char)*k_end))
+            k_end++;
+        const char *q = skip_blanks(k_end, e_end);
+        size_t klen = (size_t)(k_end - k);
+        if (klen == 0 || q == e_end || *q != '=') {
+            pg_errf(errbuf, errlen,
+                    "device.kinds entry %zu (\"%.*s\") is not kind=pins or "
+                    "kind=migrates",
+                    entry, (int)(e_end - p), p);
+            return PG_INPUT;
+        }
+        if (klen > PG_POLICY_MAX_KIND_LEN) {
+            pg_errf(errbuf, errlen, "device.kinds entry %zu: kind longer than %d bytes",
+                    entry, PG_POLICY_MAX_KIND_LEN);
+            return PG_INPUT;
+        }
+        const char *c = skip_blanks(q + 1, e_end), *c_end = e_end;
+        while (c_end > c && (c_end[-1] == ' ' || c_end[-1] == '\t'))
+            c_end--;
+        size_t clen = (size_t)(c_end - c);
+        bool pins;
+        if (clen == 4 && memcmp(c, "pins", 4) == 0)
+            pins = true;
+        else if (clen == 8 && memcmp(c, "migrates", 8) == 0)
+            pins = false;
+        else {
+            pg_errf(errbuf, errlen,
+                    "device.kinds entry %zu: \"%.*s\" is neither pins nor migrates",
+                    entry, (int)clen, c);
+            return PG_INPUT;
+        }
+        for (size_t i = 0; i < out->n; i++)
+            if (strlen(out->kinds[i].kind) == klen &&
+                memcmp(out->kinds[i].kind, k, klen) == 0) {
+                pg_errf(errbuf, errlen, "device.kinds declares %.*s twice", (int)klen,
+                        k);
+                return PG_INPUT;
+            }
+        if (out->n == PG_POLICY_MAX_SITE_KINDS) {
+            pg_errf(errbuf, errlen, "device.kinds declares more than %d kinds",
+                    PG_POLICY_MAX_SITE_KINDS);
+            return PG_INPUT;
+        }
+        memcpy(out->kinds[out->n].kind, k, klen);
+        out->kinds[out->n].kind[klen] = '\0';
+        out->kinds[out->n++].pins = pins;
+        if (comma == NULL)
+            return PG_OK;
+        p = comma + 1;
+    }
+}
+
+pg_kind_rule_t pg_policy_classify(const pg_policy_opts_t *opts, const char *kind,
+                                  bool *pins)
+{
+    *pins = true;
+    if (kind == NULL)
+        return PG_KIND_RULE_NONE;
+    const pg_site_kinds_t *site = opts != NULL ? opts->site_kinds : NULL;
+    for (size_t i = 0; site != NULL && i < site->n; i++)
+        if (strcmp(site->kinds[i].kind, kind) == 0) {
+            *pins = site->kinds[i].pins;
+            return PG_KIND_RULE_SITE;
+        }
+    pg_device_kind_t k = pg_policy_kind_parse(kind);
+    if (k == PG_KIND_UNKNOWN)
+        return PG_KIND_RULE_NONE;
+    *pins = pg_policy_kind_pins(k);
+    return PG_KIND_RULE_BUILTIN;
+}
+
 static int device_cmp(const void *a, const void *b)
 {
     const pg_device_ref_t *x = a, *y = b;
@@ -75,10 +186,11 @@ void pg_policy_judge(const pg_policy_opts_t *opts, const pg_vm_binding_t *b,
     bool known_kind_pins = false;
 
     for (size_t i = 0; i < b->n_devices; i++) {
-        pg_device_kind_t k = pg_policy_kind_parse(b->devices[i].kind);
-        if (!pg_policy_kind_pins(k))
+        bool pins;
+        pg_kind_rule_t rule = pg_policy_classify(opts, b->devices[i].kind, &pins);
+        if (!pins)
             continue;
-        if (k == PG_KIND_UNKNOWN)
+        if (rule == PG_KIND_RULE_NONE)
             n_unknown++;
         else
             known_kind_pins = true;

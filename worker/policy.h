@@ -26,6 +26,36 @@ pg_device_kind_t pg_policy_kind_parse(const char *kind);
 /* Whether a kind pins its VM to the host. Unknown kinds pin (fail closed). */
 bool pg_policy_kind_pins(pg_device_kind_t kind);
 
+/* Kinds a site declares (device.kinds: "gpu-vf=pins, nvme-migratable=migrates"),
+ * which extend the built-in table or redeclare one of its kinds. */
+enum { PG_POLICY_MAX_SITE_KINDS = 64, PG_POLICY_MAX_KIND_LEN = 63 };
+typedef struct {
+    char kind[PG_POLICY_MAX_KIND_LEN + 1];
+    bool pins;
+} pg_site_kind_t;
+typedef struct {
+    pg_site_kind_t kinds[PG_POLICY_MAX_SITE_KINDS];
+    size_t n;
+} pg_site_kinds_t;
+
+/* Parses a device.kinds value: comma-separated kind=pins|migrates entries,
+ * blanks around each ignored, an empty value declaring nothing. A kind is
+ * 1 to PG_POLICY_MAX_KIND_LEN printable ASCII bytes without '=', ',' or
+ * blanks; it is matched exactly, as cache kinds are. A kind declared twice,
+ * a class other than pins or migrates, an empty entry or more than
+ * PG_POLICY_MAX_SITE_KINDS entries fail: PG_INPUT with errbuf naming the
+ * entry; PG_OK otherwise. */
+int pg_policy_parse_kinds(const char *spec, pg_site_kinds_t *out, char *errbuf,
+                          size_t errlen);
+
+/* Which rule classified a device kind. */
+typedef enum {
+    PG_KIND_RULE_BUILTIN = 0, /* the SPEC's table */
+    PG_KIND_RULE_SITE,        /* device.kinds (which wins over the table) */
+    PG_KIND_RULE_NONE,        /* declared nowhere: it pins (fail closed) */
+} pg_kind_rule_t;
+const char *pg_policy_kind_rule_name(pg_kind_rule_t r); /* "built-in", "site", "none" */
+
 /* What the binding cache says of one VM. `known` is the presence of its
  * `:host` key; `pin` is the operator pin's reason or NULL; `generation` the
  * VM's binding generation (`:generation`), not present when the cache holds
@@ -46,7 +76,13 @@ typedef struct {
 
 typedef struct {
     bool allow_unknown_vm; /* SPEC: unknown VMs are vetoed unless this is set */
+    const pg_site_kinds_t *site_kinds; /* device.kinds; NULL: none */
 } pg_policy_opts_t;
+
+/* Classifies a device kind: *pins says whether it pins its VM (always for
+ * PG_KIND_RULE_NONE). A site declaration wins over the built-in table. */
+pg_kind_rule_t pg_policy_classify(const pg_policy_opts_t *opts, const char *kind,
+                                  bool *pins);
 
 typedef struct {
     pg_verdict_t verdict;

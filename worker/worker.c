@@ -746,7 +746,8 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
     worker_t w = {
         .cfg = cfg,
         .stop = stop,
-        .policy = {.allow_unknown_vm = cfg->allow_unknown_vm},
+        .policy = {.allow_unknown_vm = cfg->allow_unknown_vm,
+                   .site_kinds = &cfg->site_kinds},
         .limits = {.max_string = (size_t)cfg->max_string_length,
                    .max_items = (size_t)cfg->advice_max_migrations},
     };

@@ -1369,7 +1369,10 @@ def test_cmake_install(staged, tmp_path):
     r = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "usage: pinguard" in r.stdout + r.stderr
     schemas = sorted(f for f in os.listdir(os.path.join(ROOT, "schemas")) if f.endswith(".avsc"))
-    assert schemas and sorted(os.listdir(base / "share" / "pinguard" / "schemas")) == schemas
+    assert schemas and sorted(os.listdir(base / "share" / "pinguard" / "schemas")) == schemas + ["v1"]
+    # The frozen versions are installed beside the current one.
+    v1 = sorted(os.listdir(os.path.join(ROOT, "schemas", "v1")))
+    assert v1 and sorted(os.listdir(base / "share" / "pinguard" / "schemas" / "v1")) == v1
     for src, dst in (("docs/pinguard.1", "share/man/man1/pinguard.1"),
                      ("docs/CONFIG.md", "share/doc/pinguard/CONFIG.md"),
                      ("README.md", "share/doc/pinguard/README.md"),

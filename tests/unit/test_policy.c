@@ -7,10 +7,12 @@
  */
 #include <check.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "policy.h"
+#include "status.h"
 
 static const pg_policy_opts_t strict = {.allow_unknown_vm = false};
 static const pg_policy_opts_t lenient = {.allow_unknown_vm = true};
@@ -501,12 +503,157 @@ START_TEST(enum_names_match_schema)
 }
 END_TEST
 
+/* ---- Site device kinds (device.kinds) ------------------------------------ */
+
+START_TEST(site_kinds_parse)
+{
+    pg_site_kinds_t k;
+    char err[256];
+    ck_assert_int_eq(pg_policy_parse_kinds("gpu-vf=pins, nvme-migratable=migrates", &k,
+                                           err, sizeof(err)),
+                     0);
+    ck_assert_uint_eq(k.n, 2);
+    ck_assert_str_eq(k.kinds[0].kind, "gpu-vf");
+    ck_assert(k.kinds[0].pins);
+    ck_assert_str_eq(k.kinds[1].kind, "nvme-migratable");
+    ck_assert(!k.kinds[1].pins);
+    ck_assert_int_eq(
+        pg_policy_parse_kinds(" \t a = pins ,b=migrates\t", &k, err, sizeof(err)), 0);
+    ck_assert_uint_eq(k.n, 2);
+    ck_assert_str_eq(k.kinds[0].kind, "a");
+    ck_assert_str_eq(k.kinds[1].kind, "b");
+    for (size_t i = 0; i < 3; i++) {
+        static const char *const empty[] = {"", "   ", NULL};
+        ck_assert_int_eq(pg_policy_parse_kinds(empty[i], &k, err, sizeof(err)), 0);
+        ck_assert_uint_eq(k.n, 0);
+    }
+    /* A redeclared built-in kind is allowed: the site wins. */
+    ck_assert_int_eq(pg_policy_parse_kinds("pci+vf=pins", &k, err, sizeof(err)), 0);
+}
+END_TEST
+
+START_TEST(site_kinds_malformed)
+{
+    static const char *const bad[] = {
+        "x",
+        "=pins",
+        "x=",
+        "x=PINS",
+        "x=pins,",
+        ",x=pins",
+        "x=pins,,y=pins",
+        "x=pins,x=migrates",
+        "a b=pins",
+        "x=pins y",
+        "x==pins",
+        "x=pins=migrates",
+        "k\x01=pins",
+        "\xc3\xa9=pins",
+    };
+    pg_site_kinds_t k;
+    char err[256];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        ck_assert_msg(pg_policy_parse_kinds(bad[i], &k, err, sizeof(err)) == PG_INPUT,
+                      "accepted \"%s\"", bad[i]);
+        ck_assert_msg(strstr(err, "device.kinds") != NULL, "%s: %s", bad[i], err);
+    }
+    /* Too long a kind, too many kinds. */
+    char spec[8192];
+    memset(spec, 'k', PG_POLICY_MAX_KIND_LEN + 1);
+    strcpy(spec + PG_POLICY_MAX_KIND_LEN + 1, "=pins");
+    ck_assert_int_eq(pg_policy_parse_kinds(spec, &k, err, sizeof(err)), PG_INPUT);
+    spec[PG_POLICY_MAX_KIND_LEN] = '\0';
+    strcat(spec, "=pins");
+    ck_assert_int_eq(pg_policy_parse_kinds(spec, &k, err, sizeof(err)), 0);
+    size_t off = 0;
+    for (int i = 0; i <= PG_POLICY_MAX_SITE_KINDS; i++)
+        off += (size_t)snprintf(spec + off, sizeof(spec) - off, "%sk%d=pins",
+                                i ? "," : "", i);
+    ck_assert_int_eq(pg_policy_parse_kinds(spec, &k, err, sizeof(err)), PG_INPUT);
+    ck_assert_ptr_nonnull(strstr(err, "more than"));
+}
+END_TEST
+
+START_TEST(site_kinds_classify)
+{
+    pg_site_kinds_t k;
+    char err[256];
+    ck_assert_int_eq(
+        pg_policy_parse_kinds("gpu-vf=pins, nvme=migrates, pci+vf=pins, dgpu=migrates",
+                              &k, err, sizeof(err)),
+        0);
+    const pg_policy_opts_t o = {.site_kinds = &k};
+    bool pins;
+    ck_assert_int_eq(pg_policy_classify(&o, "gpu-vf", &pins), PG_KIND_RULE_SITE);
+    ck_assert(pins);
+    ck_assert_int_eq(pg_policy_classify(&o, "nvme", &pins), PG_KIND_RULE_SITE);
+    ck_assert(!pins);
+    /* The site redeclares built-in kinds both ways. */
+    ck_assert_int_eq(pg_policy_classify(&o, "pci+vf", &pins), PG_KIND_RULE_SITE);
+    ck_assert(pins);
+    ck_assert_int_eq(pg_policy_classify(&o, "dgpu", &pins), PG_KIND_RULE_SITE);
+    ck_assert(!pins);
+    ck_assert_int_eq(pg_policy_classify(&o, "mdev", &pins), PG_KIND_RULE_BUILTIN);
+    ck_assert(pins);
+    ck_assert_int_eq(pg_policy_classify(&o, "pci+vdpa", &pins), PG_KIND_RULE_BUILTIN);
+    ck_assert(!pins);
+    /* Exact matches only; declared nowhere pins. */
+    ck_assert_int_eq(pg_policy_classify(&o, "GPU-VF", &pins), PG_KIND_RULE_NONE);
+    ck_assert(pins);
+    ck_assert_int_eq(pg_policy_classify(&o, NULL, &pins), PG_KIND_RULE_NONE);
+    ck_assert(pins);
+    ck_assert_int_eq(pg_policy_classify(NULL, "nvme", &pins), PG_KIND_RULE_NONE);
+    ck_assert_str_eq(pg_policy_kind_rule_name(PG_KIND_RULE_SITE), "site");
+    ck_assert_str_eq(pg_policy_kind_rule_name(PG_KIND_RULE_BUILTIN), "built-in");
+    ck_assert_str_eq(pg_policy_kind_rule_name(PG_KIND_RULE_NONE), "none");
+}
+END_TEST
+
+/* A site kind that migrates is approved; one that pins is a known pinning
+ * kind (HOST_BOUND_DEVICE, not UNKNOWN_DEVICE_KIND); unknown kinds still pin. */
+START_TEST(site_kinds_decide)
+{
+    pg_site_kinds_t k;
+    char err[256];
+    ck_assert_int_eq(pg_policy_parse_kinds("gpu-vf=pins, nvme=migrates, dgpu=migrates",
+                                           &k, err, sizeof(err)),
+                     0);
+    const pg_policy_opts_t o = {.site_kinds = &k};
+    pg_device_ref_t out[4];
+    const pg_device_ref_t migrates[] = {
+        {"d1", "nvme"}, {"d2", "pci+vf"}, {"d3", "dgpu"}};
+    pg_policy_verdict_t v = judge(&o, true, NULL, migrates, 3, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_APPROVED);
+    ck_assert_uint_eq(v.n_devices, 0);
+    const pg_device_ref_t pins[] = {{"d2", "nvme"}, {"d1", "gpu-vf"}};
+    v = judge(&o, true, NULL, pins, 2, out);
+    ck_assert_int_eq(v.verdict, PG_VERDICT_VETOED);
+    ck_assert_int_eq(v.reason, PG_VETO_HOST_BOUND_DEVICE);
+    ck_assert_uint_eq(v.n_devices, 1);
+    ck_assert_str_eq(out[0].device_uuid, "d1");
+    ck_assert_uint_eq(v.n_unknown_kinds, 0);
+    const pg_device_ref_t unknown[] = {{"d1", "nvme"}, {"d2", "fpga"}};
+    v = judge(&o, true, NULL, unknown, 2, out);
+    ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_DEVICE_KIND);
+    ck_assert_uint_eq(v.n_unknown_kinds, 1);
+    /* Without the site table, the same gpu-vf is an unknown kind. */
+    v = judge(&strict, true, NULL, pins, 2, out);
+    ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_DEVICE_KIND);
+    ck_assert_uint_eq(v.n_devices, 2);
+}
+END_TEST
+
 static Suite *policy_suite(void)
 {
     Suite *s = suite_create("policy");
     TCase *k = tcase_create("kinds");
     tcase_add_loop_test(k, kind_table, 0, sizeof(kind_cases) / sizeof(kind_cases[0]));
     tcase_add_test(k, kind_null_is_unknown);
+    tcase_add_test(k, site_kinds_parse);
+    tcase_add_test(k, site_kinds_malformed);
+    tcase_add_test(k, site_kinds_classify);
+    tcase_add_test(k, site_kinds_decide);
     tcase_add_loop_test(k, single_device_each_kind, 0,
                         sizeof(kind_cases) / sizeof(kind_cases[0]));
     suite_add_tcase(s, k);
