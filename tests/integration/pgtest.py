@@ -182,8 +182,12 @@ class Env:
         wait_until(self._topics_visible, 30, "topics in metadata")
         self.redis = redis.Redis(host="127.0.0.1", port=REDIS_PORT, decode_responses=True)
         self.vms = set()
+        # Idempotent: a produce request retried under load (a timed-out batch
+        # the broker did write) must not put the same inputs on a topic
+        # twice, or a test would count their two decisions as duplicates.
         self.producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5,
-                                  "partitioner": "murmur2_random"})
+                                  "partitioner": "murmur2_random",
+                                  "enable.idempotence": True})
         self.workers = []
 
     def _topics_visible(self):
