@@ -21,6 +21,7 @@
 #include "log.h"
 #include "util.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,8 +179,40 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
+/* librdkafka's statistics (when kafka.statistics.interval.ms is set): the
+ * requests each client sent, by type, summed over its brokers. The counts in
+ * the JSON are totals since the client started. */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    pg_kafka_t *k = opaque;
+    int c = rd_kafka_type(rk) == RD_KAFKA_CONSUMER ? 0 : 1;
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, 0, &jerr);
+    json_t *brokers = json_object_get(root, "brokers");
+    unsigned long long sum[PG_M_KAFKA_REQ_TYPES] = {0};
+    const char *name;
+    json_t *b;
+    json_object_foreach(brokers, name, b)
+    {
+        json_t *req = json_object_get(b, "req");
+        for (int r = 0; r < PG_M_KAFKA_REQ_TYPES; r++) {
+            json_t *v = json_object_get(req, pg_metrics_kafka_requests[r]);
+            if (json_is_integer(v) && json_integer_value(v) > 0)
+                sum[r] += (unsigned long long)json_integer_value(v);
+        }
+    }
+    if (root != NULL) {
+        for (int r = 0; r < PG_M_KAFKA_REQ_TYPES; r++)
+            atomic_store(&k->requests[c][r], sum[r]);
+        atomic_store(&k->stats, true);
+    }
+    json_decref(root);
+    return 0; /* librdkafka frees json */
+}
+
 void pg_kafka_conf_callbacks(pg_kafka_t *k, rd_kafka_conf_t *conf, bool consumer)
 {
+    rd_kafka_conf_set_stats_cb(conf, on_stats);
     rd_kafka_conf_set_opaque(conf, k);
     rd_kafka_conf_set_log_cb(conf, on_log);
     rd_kafka_conf_set_error_cb(conf, on_error);
@@ -341,11 +374,16 @@ static int read_output_limits(pg_kafka_t *k)
     if (why[0] != '\0')
         pg_log_warn("output_limits_unknown", "error", why, "fallback",
                     "the producer's message.max.bytes", NULL);
-    pg_log_info("output_limits", "#advice.filtered",
-                (long long)pg_kafka_output_max_bytes(k, PG_OUT_FILTERED), "#decisions",
-                (long long)pg_kafka_output_max_bytes(k, PG_OUT_DECISIONS), "#release",
-                (long long)pg_kafka_output_max_bytes(k, PG_OUT_RELEASE), "#dlq",
-                (long long)pg_kafka_output_max_bytes(k, PG_OUT_DLQ), NULL);
+    if (k->role != PG_KAFKA_WORKER)
+        pg_log_info("output_limits", "#dlq",
+                    (long long)pg_kafka_output_max_bytes(k, PG_OUT_DLQ), NULL);
+    else
+        pg_log_info("output_limits", "#advice.filtered",
+                    (long long)pg_kafka_output_max_bytes(k, PG_OUT_FILTERED),
+                    "#decisions",
+                    (long long)pg_kafka_output_max_bytes(k, PG_OUT_DECISIONS),
+                    "#release", (long long)pg_kafka_output_max_bytes(k, PG_OUT_RELEASE),
+                    "#dlq", (long long)pg_kafka_output_max_bytes(k, PG_OUT_DLQ), NULL);
 out:
     if (ev != NULL)
         rd_kafka_event_destroy(ev);

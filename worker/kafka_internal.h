@@ -19,8 +19,8 @@ enum { TRACKED_PARTITIONS = 1024 };
 struct pg_kafka {
     const pg_config_t *cfg;
     pg_kafka_role_t role;
-    size_t n_in;                  /* in_topics in use */
-    bool out_used[PG_OUT_COUNT];  /* outputs this role produces to */
+    size_t n_in;                 /* in_topics in use */
+    bool out_used[PG_OUT_COUNT]; /* outputs this role produces to */
     volatile sig_atomic_t *stop; /* NULL: never asked to stop */
     pg_kafka_settled_fn settled_fn;
     void *settled_ctx;
@@ -42,6 +42,9 @@ struct pg_kafka {
     /* Read by the metrics thread. */
     _Atomic bool joined;
     _Atomic unsigned long long rebalances, assigned, aborts, fetch_wakeups;
+    /* From the statistics callback: requests by type, [consumer, producer]. */
+    _Atomic bool stats;
+    _Atomic unsigned long long requests[2][PG_M_KAFKA_REQ_TYPES];
     /* Offset of the last input handed to the worker, per input topic and
      * partition (up to TRACKED_PARTITIONS), for the lag rows; -1 none. */
     _Atomic int64_t consumed[PG_IN_COUNT][TRACKED_PARTITIONS];

@@ -19,6 +19,10 @@ void pg_kafka_group_stats(const pg_kafka_t *k, pg_metrics_group_t *out)
     out->assigned_partitions = atomic_load(&k->assigned);
     out->transaction_aborts = atomic_load(&k->aborts);
     out->fetch_wakeups = atomic_load(&k->fetch_wakeups);
+    out->stats = atomic_load(&k->stats);
+    for (int c = 0; c < 2; c++)
+        for (int r = 0; r < PG_M_KAFKA_REQ_TYPES; r++)
+            out->requests[c][r] = atomic_load(&k->requests[c][r]);
 }
 
 pg_kafka_t *pg_kafka_new_inspector(const pg_config_t *cfg, char *errbuf, size_t errlen)

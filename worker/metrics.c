@@ -42,6 +42,27 @@ _Static_assert(N_REASONS >= PG_VETO_REASONS + 1 && N_REASONS >= PG_RELEASE_REASO
                "PG_M_REASONS holds \"none\" and every veto and release reason");
 
 static const char *const outcome_names[] = {"decided", "dlq", "retried"};
+
+const char *const pg_metrics_kafka_requests[PG_M_KAFKA_REQ_TYPES] = {
+    "Produce",
+    "Fetch",
+    "ListOffsets",
+    "Metadata",
+    "OffsetCommit",
+    "OffsetFetch",
+    "FindCoordinator",
+    "JoinGroup",
+    "Heartbeat",
+    "LeaveGroup",
+    "SyncGroup",
+    "InitProducerId",
+    "AddPartitionsToTxn",
+    "AddOffsetsToTxn",
+    "EndTxn",
+    "TxnOffsetCommit",
+    "DescribeConfigs",
+    "ApiVersion",
+};
 static const char *const stream_names[] = {"advice", "migrate", "release"};
 
 /* What the worker records. Relaxed atomics: the worker adds on its hot path
@@ -795,6 +816,18 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
     head(b, "pinguard_fetch_wakeups_total", "counter",
          "Times the consumer's fetcher was woken while input was waiting.");
     put(b, "pinguard_fetch_wakeups_total %llu\n", g.fetch_wakeups);
+    if (g.stats) {
+        static const char *const clients[2] = {"consumer", "producer"};
+        head(b, "pinguard_kafka_requests_total", "counter",
+             "Requests this process's Kafka clients sent, by type, summed over the "
+             "brokers (librdkafka statistics, every kafka.statistics.interval.ms).");
+        for (int c = 0; c < 2; c++)
+            for (int r = 0; r < PG_M_KAFKA_REQ_TYPES; r++)
+                put(b,
+                    "pinguard_kafka_requests_total{client=\"%s\",request=\"%s\"} "
+                    "%llu\n",
+                    clients[c], pg_metrics_kafka_requests[r], g.requests[c][r]);
+    }
     head(b, "pinguard_build_info", "gauge", "Build information.");
     put(b, "pinguard_build_info{version=\"%s\"} 1\n", PINGUARD_VERSION);
     return 0;

@@ -60,12 +60,18 @@ typedef int (*pg_metrics_lag_fn)(void *ctx, pg_lag_row_t **rows, size_t *n,
 /* Whether the worker's consumer has joined its group, and its counters
  * (fetch_wakeups: see wake_fetcher in kafka.c). Called from the HTTP
  * threads: it must not block. */
+/* Kafka requests by type, as librdkafka's statistics count them (summed over
+ * the brokers), for what a client costs the brokers. */
+enum { PG_M_KAFKA_REQ_TYPES = 18 };
+extern const char *const pg_metrics_kafka_requests[PG_M_KAFKA_REQ_TYPES];
 typedef struct {
     bool joined; /* the first assignment arrived */
     unsigned long long rebalances;
     unsigned long long assigned_partitions;
     unsigned long long transaction_aborts;
     unsigned long long fetch_wakeups;
+    bool stats; /* librdkafka statistics are on (kafka.statistics.interval.ms) */
+    unsigned long long requests[2][PG_M_KAFKA_REQ_TYPES]; /* [consumer, producer] */
 } pg_metrics_group_t;
 typedef void (*pg_metrics_group_fn)(void *ctx, pg_metrics_group_t *out);
 /* Whether Redis answers now (a PING on a connection of the callback's own;
