@@ -27,6 +27,8 @@
  * command may still have run; so every failure drops the context and the next
  * call reconnects, re-applying AUTH, SELECT, the socket timeouts and SCRIPT
  * LOAD (which also heals a NOSCRIPT after a SCRIPT FLUSH or a failover).
+ * The binding feed's writes and the host index live in bindings_feed.c; the
+ * connection and the struct are shared through bindings_internal.h.
  */
 #include "bindings.h"
 
@@ -44,32 +46,6 @@
 
 /* "pinguard:vm:{" + a VM uuid of at most PG_BINDINGS_MAX_VM_LEN + "}:generation" */
 #define KEY_MAX (PG_BINDINGS_MAX_VM_LEN + 32)
-
-/* What one connection has done (for debugging with a core file). */
-typedef struct {
-    unsigned long long round_trips;
-    unsigned long long commands;
-    unsigned long long errors;
-    unsigned long long reconnects;
-    double last_rtt_seconds;
-} stats_t;
-
-struct pg_bindings {
-    redisContext *ctx;
-    char *host, *user, *password;
-    int port, db, connect_timeout_ms, timeout_ms;
-    bool ever_connected;
-    size_t max_devices, max_len;
-    char sha[41];  /* SHA1 of LOOKUP_LUA, as SCRIPT LOAD returned it */
-    char args[64]; /* the script's two ARGV, RESP-encoded once */
-    size_t args_len;
-    pg_buf_t cmd;            /* the pipeline being formatted, reused across lookups */
-    size_t expected;         /* VMs whose replies are still to be read */
-    size_t chunk;            /* VMs per lookup script call */
-    redisReply *chunk_reply; /* the script reply being read, VM by VM */
-    size_t chunk_pos;
-    stats_t stats;
-};
 
 static char *dup_or_empty(const char *s)
 {
@@ -325,6 +301,7 @@ static int ensure_connected(pg_bindings_t *b, char *errbuf, size_t errlen)
     redisSetTimeout(c, ms_to_tv(b->timeout_ms));
     redisEnableKeepAlive(c);
     b->ctx = c;
+    b->apply_loaded = false; /* a new connection may not know the feed's script */
     if (b->ever_connected)
         b->stats.reconnects++;
     b->ever_connected = true;
@@ -350,6 +327,23 @@ static int ensure_connected(pg_bindings_t *b, char *errbuf, size_t errlen)
             return rc;
     }
     return load_script(b, errbuf, errlen);
+}
+
+/* The connection for the module's other files (bindings_internal.h). */
+int pg_bindings_connect(pg_bindings_t *b, char *errbuf, size_t errlen)
+{
+    return ensure_connected(b, errbuf, errlen);
+}
+
+void pg_bindings_drop(pg_bindings_t *b)
+{
+    drop(b);
+}
+
+int pg_bindings_reply_error(const pg_bindings_t *b, const redisReply *r,
+                            const char *what, char *errbuf, size_t errlen)
+{
+    return reply_error(b, r, what, errbuf, errlen);
 }
 
 int pg_bindings_ping(pg_bindings_t *b, char *errbuf, size_t errlen)
@@ -667,6 +661,11 @@ static const char *bad_value(pg_bytes_t v, size_t max_len)
     if (pg_utf8_check((const uint8_t *)v.data, v.len) != v.len)
         return "is not valid UTF-8";
     return NULL;
+}
+
+const char *pg_bindings_value_fault(pg_bytes_t v, size_t max_len)
+{
+    return bad_value(v, max_len);
 }
 
 bool pg_bindings_parse_generation(pg_bytes_t v, int64_t *out)

@@ -157,4 +157,67 @@ int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
                       const pg_vm_binding_t *bindings, size_t n, char *errbuf,
                       size_t errlen);
 
+/* --- The binding feed (SPEC "Binding feed", bindings_feed.c) ------------- */
+
+typedef enum {
+    PG_APPLY_APPLIED = 0, /* the record replaced :host, :devices and :generation */
+    PG_APPLY_STALE,       /* its generation was not greater than the stored one (or
+                             the stored one is no integer): nothing changed */
+    PG_APPLY_DELETED,     /* a tombstone removed an entry */
+    PG_APPLY_ABSENT       /* a tombstone for a VM the cache did not hold */
+} pg_apply_result_t;
+#define PG_APPLY_RESULTS 4 /* values of pg_apply_result_t */
+
+/* "applied", "stale", "deleted", "absent" (for logs and metric labels). */
+const char *pg_bindings_apply_result_name(pg_apply_result_t r);
+
+/* One record of the feed: vm is the message key; rec NULL is a tombstone. */
+typedef struct {
+    pg_bytes_t vm;
+    const pg_vm_bindings_t *rec;
+} pg_apply_t;
+
+/* Applies n records in order, each by one atomic script on the VM's keys
+ * (:host, :devices, :generation; never :pin or the quarantine keys): a record
+ * replaces all three only when its generation is greater than the stored one
+ * (absent counts as lower than any); a stored :generation that is not a
+ * canonical decimal int64, or not a string, cannot be compared and the record
+ * is refused (STALE, logged): the entry stays malformed, so the worker keeps
+ * vetoing the VM (UNKNOWN_VM) until an operator deletes the key, after which
+ * the next record or a replay applies. A tombstone deletes the three keys.
+ * All scripts go out as one pipelined round trip (a VM named twice is applied
+ * twice, in order); then one more round trip keeps the host index
+ * (pinguard:host:{<host>}:vms, another slot, not atomic with the apply; a
+ * wrongly typed index key is skipped with a warning). results[i] is record
+ * i's outcome. Every record is checked first (pg_bindings_check_feed): PG_INPUT
+ * naming the first bad one, nothing sent. PG_RETRY when Redis is down, timed
+ * out or refuses (nothing may be assumed: some records may have been applied;
+ * redo the whole batch, the generations make that idempotent); PG_FATAL for
+ * credentials and out of memory. */
+int pg_bindings_apply(pg_bindings_t *b, const pg_apply_t *recs, size_t n,
+                      pg_apply_result_t *results, char *errbuf, size_t errlen);
+
+/* Whether a record of the feed may be applied: the key non-empty, at most
+ * PG_BINDINGS_MAX_VM_LEN bytes, valid UTF-8 without NUL; and for a record
+ * (rec non-NULL, NULL is a tombstone) its vmUuid equal to the key ("key
+ * names another VM"), a host (when present) and every device uuid and kind
+ * non-empty, valid UTF-8 and at most lim->max_len bytes, no device uuid
+ * twice, at most lim->max_devices devices, a generation >= 0; and the entry
+ * it becomes valid by pg_bindings_check, so that the feed never writes an
+ * entry the worker would call malformed. PG_OK; PG_INPUT with a one-line
+ * reason in why; PG_FATAL when out of memory. Pure. */
+int pg_bindings_check_feed(const pg_bindings_limits_t *lim, pg_bytes_t key,
+                           const pg_vm_bindings_t *rec, char *why, size_t why_len);
+
+/* One SSCAN step over a host's index (pinguard:host:{<host>}:vms): *cursor
+ * is 0 to start and 0 again once the iteration is complete; up to about
+ * `count` members (Redis decides) come back in *members (*n of them), their
+ * bytes in arena, as stored (they may repeat across steps, and need not be
+ * valid VM uuids). For reports only: the index is not atomic with the VMs'
+ * entries. PG_INPUT for a host that names no key; PG_RETRY also when the
+ * key is not a set. */
+int pg_bindings_host_scan(pg_bindings_t *b, const char *host, uint64_t *cursor,
+                          size_t count, pg_arena_t *arena, pg_bytes_t **members,
+                          size_t *n, char *errbuf, size_t errlen);
+
 #endif

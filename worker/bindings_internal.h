@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The pure halves of the binding cache, exposed for unit tests: the request
- * formatter and the reply parser of the lookup script. Neither does I/O, so
+ * What the files of the bindings module share (bindings.c: the connection,
+ * lookups and operator edits; bindings_feed.c: the binding feed's apply and
+ * the host index), and their pure halves exposed for unit tests: the request
+ * formatter and the reply parsers of the scripts. Neither half does I/O, so
  * tests compare the requests with hiredis's own formatter and feed RESP bytes
  * to hiredis's reader for the replies.
  */
@@ -11,6 +13,50 @@
 #include "bindings.h"
 
 #include <hiredis/hiredis.h>
+
+/* What one connection has done (for debugging with a core file). */
+typedef struct {
+    unsigned long long round_trips;
+    unsigned long long commands;
+    unsigned long long errors;
+    unsigned long long reconnects;
+    double last_rtt_seconds;
+} pg_bindings_stats_t;
+
+struct pg_bindings {
+    redisContext *ctx;
+    char *host, *user, *password;
+    int port, db, connect_timeout_ms, timeout_ms;
+    bool ever_connected;
+    size_t max_devices, max_len;
+    char sha[41];  /* SHA1 of LOOKUP_LUA, as SCRIPT LOAD returned it */
+    char args[64]; /* the script's two ARGV, RESP-encoded once */
+    size_t args_len;
+    pg_buf_t cmd;            /* the pipeline being formatted, reused across lookups */
+    size_t expected;         /* VMs whose replies are still to be read */
+    size_t chunk;            /* VMs per lookup script call */
+    redisReply *chunk_reply; /* the script reply being read, VM by VM */
+    size_t chunk_pos;
+    char apply_sha[41]; /* SHA1 of the feed's APPLY_LUA on this connection */
+    bool apply_loaded;  /* apply_sha is loaded on this connection (reset on connect) */
+    pg_bindings_stats_t stats;
+};
+
+/* The connection, for the module's other files. pg_bindings_connect connects
+ * (AUTH, SELECT, timeouts, the lookup script) when there is no connection;
+ * pg_bindings_drop forgets the connection and anything in flight (the next
+ * call reconnects); pg_bindings_reply_error fills errbuf from an error reply
+ * ("redis host:port<what>: <reply>") and returns its class: PG_FATAL for
+ * credentials and permissions, PG_RETRY otherwise. */
+int pg_bindings_connect(pg_bindings_t *b, char *errbuf, size_t errlen);
+void pg_bindings_drop(pg_bindings_t *b);
+int pg_bindings_reply_error(const pg_bindings_t *b, const redisReply *r,
+                            const char *what, char *errbuf, size_t errlen);
+
+/* Why a value is no acceptable id (host, device uuid or kind) of the cache:
+ * "is empty", "is too long", "holds a NUL byte", "is not valid UTF-8"; NULL
+ * when it is one. The rule pg_bindings_check applies to every value. */
+const char *pg_bindings_value_fault(pg_bytes_t v, size_t max_len);
 
 /* Parses the reply of the lookup script into out; its bytes point into r (so
  * r must outlive out), its device array lives in arena. Returns 0, or
@@ -29,5 +75,43 @@ int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
                                size_t args_len, size_t chunk,
                                const char *const *vm_uuids, size_t n, char *errbuf,
                                size_t errlen);
+
+/* One reply of the feed's apply script, as parsed. */
+typedef struct {
+    pg_apply_result_t result;
+    /* STALE because the stored :generation is no canonical decimal int64 (or
+     * not a string): not comparable, so the record was refused (fail closed). */
+    bool generation_malformed;
+    /* APPLIED and DELETED: the VM's :host before the script; STALE: its :host
+     * now. Absent when there was none, or it was no string of 1 to max_len
+     * bytes. Points into the reply. */
+    bool has_host;
+    pg_bytes_t host;
+} pg_apply_reply_t;
+
+/* Parses one reply of the apply script for a record (tombstone false) or a
+ * tombstone. Returns 0, or PG_RETRY when the reply is not the script's
+ * answer to that kind of record. */
+int pg_bindings_parse_apply(const redisReply *r, bool tombstone, pg_apply_reply_t *out,
+                            char *errbuf, size_t errlen);
+
+/* One command on the host index: SADD (add) or SREM of vm in
+ * pinguard:host:{<host>}:vms. */
+typedef struct {
+    bool add;
+    pg_bytes_t host;
+    pg_bytes_t vm;
+} pg_index_op_t;
+
+/* The host index commands that follow one applied record (at most two, in
+ * the order to send them), from the record and its script's reply: APPLIED
+ * removes the VM from the old host's set when the host changed or became
+ * null, and adds it to the new host's; STALE adds it to the host it names now
+ * (idempotent: it repairs the index after a batch whose index round trip was
+ * lost and which is being redone); DELETED removes it from the old host's;
+ * ABSENT does nothing. A host that is no acceptable value (max_len) names no
+ * set. Returns the number of ops written. Pure. */
+size_t pg_bindings_index_ops(const pg_apply_t *rec, const pg_apply_reply_t *reply,
+                             size_t max_len, pg_index_op_t out[2]);
 
 #endif

@@ -4,16 +4,19 @@
  * arguments, builds the configuration from defaults, file, environment and
  * flags, does its work through the modules, and returns an exit code. Usage
  * errors print the usage text and return 2; runtime errors print one line
- * naming what failed and return 1.
+ * naming what failed and return 1. `impact` and `publish` live in
+ * cli_feed.c; what the files share is in cli_internal.h.
  */
 #include "cli.h"
 
 #include "bindings.h"
+#include "cli_internal.h"
 #include "codec.h"
 #include "config.h"
 #include "kafka.h"
 #include "log.h"
 #include "policy.h"
+#include "sync.h"
 #include "utf8.h"
 #include "worker.h"
 
@@ -34,6 +37,9 @@ static const char usage_text[] =
     "\n"
     "Commands:\n"
     "  run                          consume, decide and produce (the worker)\n"
+    "  sync [--rebuild]             apply the binding feed (topic.bindings) to the\n"
+    "                               cache; --rebuild replays the whole topic and\n"
+    "                               exits when caught up (for a new or flushed Redis)\n"
     "  explain VM [--json]          is the VM host-bound, and which devices pin it;\n"
     "                               shows the cache entry as stored and whether it\n"
     "                               is valid (a malformed entry is an unknown VM); a\n"
@@ -51,6 +57,18 @@ static const char usage_text[] =
     "                                \"devices\":[{\"deviceUuid\":..,\"kind\":..}]};\n"
     "                               every line is checked first: one bad line and\n"
     "                               nothing is written\n"
+    "  impact HOST [--json]         before maintenance: every VM the host index lists\n"
+    "                               for HOST, whether a MAINTENANCE migration would\n"
+    "                               be approved now, and if not why\n"
+    "  publish FILE|-               put JSON lines on the binding feed as VmBindings\n"
+    "                               records: {\"vmUuid\":..,\"hostUuid\":..|null,\n"
+    "                                \"devices\":[{\"deviceUuid\":..,\"kind\":..}],\n"
+    "                                \"generation\":N,\"updatedAtMs\":M}\n"
+    "                               (updatedAtMs: default now); a line\n"
+    "                               {\"vmUuid\":..,\"tombstone\":true} is a\n"
+    "                               tombstone (the VM no longer exists); every line\n"
+    "                               is checked first: one bad line and nothing is\n"
+    "                               published\n"
     "  avro encode --type T [--schema-version N] [FILE]\n"
     "                               JSON to single-object Avro on stdout; refuses,\n"
     "                               with the DLQ reason, what the worker would not\n"
@@ -72,27 +90,17 @@ static const char usage_text[] =
     "  --set KEY=VALUE              set one setting (repeatable)\n"
     "  -X PROP=VALUE                librdkafka property, same as --set "
     "kafka.PROP=VALUE\n"
-    "  --check-config               with run: validate the settings, print them, exit\n"
-    "  --json                       with explain and lag: JSON output\n"
+    "  --check-config               with run and sync: validate the settings, print\n"
+    "                               them, exit\n"
+    "  --json                       with explain, impact and lag: JSON output\n"
+    "  --rebuild                    with sync: replay the topic from the beginning\n"
     "  --type T, --framed           with avro: record type / framed input\n"
     "  -h, --help                   this text\n"
     "  --version                    print the version and exit\n"
     "\n"
     "Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.\n";
 
-typedef struct {
-    const char *config_file;
-    const char *sets[64];
-    char xbuf[64][512]; /* -X values, prefixed with "kafka." */
-    size_t n_sets;
-    bool check_config, json, framed, help, version;
-    const char *schema_version; /* avro: --schema-version N */
-    const char *type;
-    const char *pos[16];
-    size_t n_pos;
-} args_t;
-
-__attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
+int pg_cli_usage_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -103,7 +111,7 @@ __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ..
     return PG_EXIT_USAGE;
 }
 
-static int parse_args(int argc, char **argv, args_t *a)
+static int parse_args(int argc, char **argv, pg_cli_args_t *a)
 {
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
@@ -111,12 +119,12 @@ static int parse_args(int argc, char **argv, args_t *a)
                            strcmp(s, "-X") == 0 || strcmp(s, "--type") == 0 ||
                            strcmp(s, "--schema-version") == 0;
         if (needs_value && i + 1 >= argc)
-            return usage_error("%s needs a value", s);
+            return pg_cli_usage_error("%s needs a value", s);
         if (strcmp(s, "--config") == 0) {
             a->config_file = argv[++i];
         } else if (strcmp(s, "--set") == 0 || strcmp(s, "-X") == 0) {
             if (a->n_sets == sizeof(a->sets) / sizeof(a->sets[0]))
-                return usage_error("too many %s options", s);
+                return pg_cli_usage_error("too many %s options", s);
             /* -X is kcat's passthrough: prefix it into the kafka.* namespace. */
             if (s[1] == 'X') {
                 char *x = a->xbuf[a->n_sets];
@@ -133,6 +141,8 @@ static int parse_args(int argc, char **argv, args_t *a)
             a->check_config = true;
         } else if (strcmp(s, "--json") == 0) {
             a->json = true;
+        } else if (strcmp(s, "--rebuild") == 0) {
+            a->rebuild = true;
         } else if (strcmp(s, "--framed") == 0) {
             a->framed = true;
         } else if (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0) {
@@ -140,10 +150,10 @@ static int parse_args(int argc, char **argv, args_t *a)
         } else if (strcmp(s, "--version") == 0) {
             a->version = true;
         } else if (s[0] == '-' && s[1] != '\0') {
-            return usage_error("unknown option %s", s);
+            return pg_cli_usage_error("unknown option %s", s);
         } else {
             if (a->n_pos == sizeof(a->pos) / sizeof(a->pos[0]))
-                return usage_error("too many arguments (%s)", s);
+                return pg_cli_usage_error("too many arguments (%s)", s);
             a->pos[a->n_pos++] = s;
         }
     }
@@ -151,7 +161,8 @@ static int parse_args(int argc, char **argv, args_t *a)
 }
 
 /* Builds the configuration from every source; a failure is a usage error. */
-static pg_config_t *load_config(const args_t *a, char *const *envp, int *exit_code)
+static pg_config_t *load_config(const pg_cli_args_t *a, char *const *envp,
+                                int *exit_code)
 {
     char err[512];
     pg_config_t *c = pg_config_new();
@@ -192,7 +203,7 @@ fail:
     return NULL;
 }
 
-static pg_bindings_t *open_bindings(const pg_config_t *c)
+pg_bindings_t *pg_cli_open_bindings(const pg_config_t *c)
 {
     const pg_bindings_opts_t o = pg_bindings_opts(c);
     pg_bindings_t *b = pg_bindings_new(&o);
@@ -201,11 +212,12 @@ static pg_bindings_t *open_bindings(const pg_config_t *c)
     return b;
 }
 
-static int cmd_run(const args_t *a, const pg_config_t *c, volatile sig_atomic_t *stop)
+static int cmd_run(const pg_cli_args_t *a, const pg_config_t *c,
+                   volatile sig_atomic_t *stop)
 {
     char err[1024];
     if (a->n_pos != 1)
-        return usage_error("run takes no arguments (got %s)", a->pos[1]);
+        return pg_cli_usage_error("run takes no arguments (got %s)", a->pos[1]);
     /* librdkafka's view of the kafka.* properties, before anything connects:
      * a property it does not know or a value it cannot parse is a
      * configuration error like any other. */
@@ -224,6 +236,30 @@ static int cmd_run(const args_t *a, const pg_config_t *c, volatile sig_atomic_t 
     return PG_EXIT_OK;
 }
 
+/* `sync [--rebuild]`: like run, for the binding feed. */
+static int cmd_sync(const pg_cli_args_t *a, const pg_config_t *c,
+                    volatile sig_atomic_t *stop)
+{
+    char err[1024];
+    if (a->n_pos != 1)
+        return pg_cli_usage_error("sync takes no arguments (got %s)", a->pos[1]);
+    if (pg_kafka_check_config(c, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pinguard: configuration: %s\n", err);
+        return PG_EXIT_USAGE;
+    }
+    if (a->check_config) {
+        pg_config_print(c, stdout);
+        return PG_EXIT_OK;
+    }
+    const pg_sync_opts_t o = {.rebuild = a->rebuild,
+                              .progress = isatty(fileno(stderr))};
+    if (pg_sync_run(c, &o, stop, err, sizeof(err)) != 0) {
+        pg_log_error("sync_failed", "error", err, NULL);
+        return PG_EXIT_RUNTIME;
+    }
+    return PG_EXIT_OK;
+}
+
 /* Most devices explain reads of one VM: the largest redis.max.devices.per.vm
  * anyone may configure, so an entry the worker refuses as too large is still
  * shown whole up to that bound. */
@@ -233,7 +269,7 @@ static int cmd_run(const args_t *a, const pg_config_t *c, volatile sig_atomic_t 
  * for a terminal, without control characters). Otherwise each byte outside a
  * well-formed UTF-8 character, each NUL, control character and backslash is
  * written \xNN, so that no two values print alike. NULL when out of memory. */
-static const char *shown(pg_bytes_t v, bool terminal, pg_arena_t *arena)
+const char *pg_cli_shown(pg_bytes_t v, bool terminal, pg_arena_t *arena)
 {
     const uint8_t *s = (const uint8_t *)v.data;
     bool escape = pg_utf8_check(s, v.len) != v.len;
@@ -274,7 +310,7 @@ static int raw_device_cmp(const void *a, const void *b)
 
 static json_t *json_bytes(bool present, pg_bytes_t v, pg_arena_t *arena)
 {
-    const char *t = present ? shown(v, false, arena) : NULL;
+    const char *t = present ? pg_cli_shown(v, false, arena) : NULL;
     return t != NULL ? json_string(t) : json_null();
 }
 
@@ -288,14 +324,14 @@ static json_t *json_generation(const pg_vm_raw_t *raw, pg_arena_t *arena)
     return json_bytes(raw->has_generation, raw->generation, arena);
 }
 
-static int cmd_explain(const args_t *a, const pg_config_t *c)
+static int cmd_explain(const pg_cli_args_t *a, const pg_config_t *c)
 {
     char err[512], why[256] = "";
     int rc = PG_EXIT_RUNTIME;
     if (a->n_pos != 2)
-        return usage_error("%s", "explain needs exactly one VM uuid");
+        return pg_cli_usage_error("%s", "explain needs exactly one VM uuid");
     const char *vm = a->pos[1];
-    pg_bindings_t *b = open_bindings(c);
+    pg_bindings_t *b = pg_cli_open_bindings(c);
     pg_arena_t *arena = pg_arena_new(1 << 16);
     pg_vm_raw_t raw;
     pg_vm_binding_t vb;
@@ -304,7 +340,7 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
     int brc =
         pg_bindings_inspect(b, vm, EXPLAIN_MAX_DEVICES, arena, &raw, err, sizeof(err));
     if (brc == PG_INPUT) {
-        rc = usage_error("explain: %s", err);
+        rc = pg_cli_usage_error("explain: %s", err);
         goto out;
     }
     if (brc != 0) {
@@ -333,8 +369,8 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
         json_t *devs = json_array(), *pins = json_array();
         for (size_t i = 0; i < n_shown; i++) {
             const pg_raw_device_t *d = &raw.devices[i];
-            const char *u = shown(d->uuid, false, arena),
-                       *k = shown(d->kind, false, arena);
+            const char *u = pg_cli_shown(d->uuid, false, arena),
+                       *k = pg_cli_shown(d->kind, false, arena);
             if (u == NULL || k == NULL) {
                 json_decref(devs);
                 json_decref(pins);
@@ -371,10 +407,10 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
         printf("%s\n", text);
         free(text);
     } else {
-        const char *host = raw.has_host ? shown(raw.host, true, arena) : NULL;
-        const char *pin = raw.has_pin ? shown(raw.pin, true, arena) : NULL;
+        const char *host = raw.has_host ? pg_cli_shown(raw.host, true, arena) : NULL;
+        const char *pin = raw.has_pin ? pg_cli_shown(raw.pin, true, arena) : NULL;
         const char *gen =
-            raw.has_generation ? shown(raw.generation, true, arena) : NULL;
+            raw.has_generation ? pg_cli_shown(raw.generation, true, arena) : NULL;
         if ((raw.has_host && host == NULL) || (raw.has_pin && pin == NULL) ||
             (raw.has_generation && gen == NULL))
             goto oom;
@@ -399,8 +435,8 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
                raw.n_devices > n_shown ? " (too many to read)" : "");
         for (size_t i = 0; i < n_shown; i++) {
             const pg_raw_device_t *d = &raw.devices[i];
-            const char *u = shown(d->uuid, true, arena),
-                       *k = shown(d->kind, true, arena);
+            const char *u = pg_cli_shown(d->uuid, true, arena),
+                       *k = pg_cli_shown(d->kind, true, arena);
             if (u == NULL || k == NULL)
                 goto oom;
             pg_device_kind_t kind = pg_policy_kind_parse(k);
@@ -413,10 +449,10 @@ static int cmd_explain(const args_t *a, const pg_config_t *c)
             printf("  pinned by:");
             for (size_t i = 0; i < v.n_devices; i++) {
                 const pg_device_ref_t *d = &pinning[i];
-                const char *u = shown(
+                const char *u = pg_cli_shown(
                     (pg_bytes_t){d->device_uuid, strlen(d->device_uuid)}, true, arena);
                 const char *k =
-                    shown((pg_bytes_t){d->kind, strlen(d->kind)}, true, arena);
+                    pg_cli_shown((pg_bytes_t){d->kind, strlen(d->kind)}, true, arena);
                 if (u == NULL || k == NULL)
                     goto oom;
                 printf(" %s(%s)", u, k);
@@ -434,7 +470,7 @@ out:
     return rc;
 }
 
-static int cmd_edit(const args_t *a, const pg_config_t *c)
+static int cmd_edit(const pg_cli_args_t *a, const pg_config_t *c)
 {
     char err[512] = "";
     const char *cmd = a->pos[0];
@@ -451,9 +487,9 @@ static int cmd_edit(const args_t *a, const pg_config_t *c)
     for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
         if (strcmp(cmd, shapes[i].name) == 0 &&
             (a->n_pos < shapes[i].min || a->n_pos > shapes[i].max))
-            return usage_error("usage: pinguard %s", shapes[i].usage);
+            return pg_cli_usage_error("usage: pinguard %s", shapes[i].usage);
 
-    pg_bindings_t *b = open_bindings(c);
+    pg_bindings_t *b = pg_cli_open_bindings(c);
     if (b == NULL)
         return PG_EXIT_RUNTIME;
     const char *vm = a->pos[1];
@@ -483,7 +519,7 @@ static int cmd_edit(const args_t *a, const pg_config_t *c)
     }
     pg_bindings_destroy(b);
     if (rc == PG_INPUT)
-        return usage_error("%s", err);
+        return pg_cli_usage_error("%s", err);
     if (rc != 0) {
         fprintf(stderr, "pinguard: %s %s: %s\n", cmd, vm, err);
         return PG_EXIT_RUNTIME;
@@ -670,7 +706,7 @@ typedef struct {
 
 /* On a terminal, one status line rewritten in place (an empty text clears
  * it); nothing otherwise. */
-static void import_progress(bool tty, const char *text)
+void pg_cli_progress(bool tty, const char *text)
 {
     if (!tty)
         return;
@@ -678,7 +714,7 @@ static void import_progress(bool tty, const char *text)
     fflush(stderr);
 }
 
-static bool blank(const char *line, size_t len)
+bool pg_cli_blank(const char *line, size_t len)
 {
     return strspn(line, " \t\r\n") >= len;
 }
@@ -687,7 +723,7 @@ static bool blank(const char *line, size_t len)
  * line anywhere leaves the cache as it was; the second stores the VMs in
  * pipelined chunks (each VM's entry replaced atomically). Input that cannot
  * be read twice (a pipe) is kept in a temporary file by the first pass. */
-static int cmd_import(const args_t *a, const pg_config_t *c)
+static int cmd_import(const pg_cli_args_t *a, const pg_config_t *c)
 {
     enum { CHUNK = 5000, MAX_REPORTED = 10 };
     char err[512];
@@ -700,7 +736,7 @@ static int cmd_import(const args_t *a, const pg_config_t *c)
     pg_vm_binding_t *vbs = NULL;
     FILE *spool = NULL;
     if (a->n_pos != 2)
-        return usage_error("%s", "usage: pinguard import FILE|-");
+        return pg_cli_usage_error("%s", "usage: pinguard import FILE|-");
     const char *name = strcmp(a->pos[1], "-") == 0 ? "stdin" : a->pos[1];
     FILE *f = strcmp(a->pos[1], "-") == 0 ? stdin : fopen(a->pos[1], "r");
     if (f == NULL) {
@@ -732,9 +768,9 @@ static int cmd_import(const args_t *a, const pg_config_t *c)
             char text[96];
             snprintf(text, sizeof(text), "pinguard: import: %zu lines checked",
                      n.lines);
-            import_progress(tty, text);
+            pg_cli_progress(tty, text);
         }
-        if (blank(line, (size_t)len))
+        if (pg_cli_blank(line, (size_t)len))
             continue;
         const char *vm;
         pg_vm_binding_t vb;
@@ -743,7 +779,7 @@ static int cmd_import(const args_t *a, const pg_config_t *c)
             if (bad++ == 0)
                 first_bad = n.lines;
             if (bad <= MAX_REPORTED) {
-                import_progress(tty, "");
+                pg_cli_progress(tty, "");
                 fprintf(stderr, "pinguard: import %s:%zu: %s\n", name, n.lines, err);
             }
             continue;
@@ -757,7 +793,7 @@ static int cmd_import(const args_t *a, const pg_config_t *c)
         goto out;
     }
     if (bad > 0) {
-        import_progress(tty, "");
+        pg_cli_progress(tty, "");
         fprintf(stderr,
                 "pinguard: import %s: %zu invalid line%s (the first is line %zu); "
                 "nothing was imported\n",
@@ -771,7 +807,7 @@ static int cmd_import(const args_t *a, const pg_config_t *c)
                 strerror(errno));
         goto out;
     }
-    b = open_bindings(c);
+    b = pg_cli_open_bindings(c);
     vms = calloc(CHUNK, sizeof(*vms));
     vbs = calloc(CHUNK, sizeof(*vbs));
     if (b == NULL || vms == NULL || vbs == NULL)
@@ -783,11 +819,11 @@ static int cmd_import(const args_t *a, const pg_config_t *c)
         bool eof = len < 0;
         if (!eof) {
             lineno++;
-            if (blank(line, (size_t)len))
+            if (pg_cli_blank(line, (size_t)len))
                 continue;
             if (import_line(line, (size_t)len, c, arena, &vms[k], &vbs[k], err,
                             sizeof(err)) != 0) {
-                import_progress(tty, "");
+                pg_cli_progress(tty, "");
                 fprintf(stderr,
                         "pinguard: import %s:%zu: %s (the file changed while being "
                         "imported; %zu VMs were written)\n",
@@ -798,7 +834,7 @@ static int cmd_import(const args_t *a, const pg_config_t *c)
         }
         if (k == CHUNK || (eof && k > 0)) {
             if (pg_bindings_store(b, vms, vbs, k, err, sizeof(err)) != 0) {
-                import_progress(tty, "");
+                pg_cli_progress(tty, "");
                 fprintf(stderr, "pinguard: import: %s (%zu of %zu VMs were written)\n",
                         err, written, n.vms);
                 goto out;
@@ -810,13 +846,13 @@ static int cmd_import(const args_t *a, const pg_config_t *c)
                 char text[96];
                 snprintf(text, sizeof(text), "pinguard: import: %zu of %zu VMs written",
                          written, n.vms);
-                import_progress(tty, text);
+                pg_cli_progress(tty, text);
             }
         }
         if (eof)
             break;
     }
-    import_progress(tty, "");
+    pg_cli_progress(tty, "");
     printf("imported %zu VMs (%zu devices, %zu pins) from %s\n", written, n.devices,
            n.pins, name);
     rc = PG_EXIT_OK;
@@ -847,7 +883,7 @@ static int read_all(FILE *f, pg_buf_t *buf)
 }
 
 /* The limits the worker decodes its input with. */
-static pg_codec_limits_t codec_limits(const pg_config_t *c)
+pg_codec_limits_t pg_cli_codec_limits(const pg_config_t *c)
 {
     return (pg_codec_limits_t){.max_string = (size_t)c->max_string_length,
                                .max_items = (size_t)c->advice_max_migrations};
@@ -868,32 +904,34 @@ static int decode_one(const pg_codec_t *codec, int version, const pg_codec_limit
     return 0;
 }
 
-static int cmd_avro(const args_t *a, const pg_config_t *c)
+static int cmd_avro(const pg_cli_args_t *a, const pg_config_t *c)
 {
     char err[512];
     int rc = PG_EXIT_RUNTIME;
     FILE *f = NULL;
     pg_buf_t in = {0}, out = {0};
-    const pg_codec_limits_t lim = codec_limits(c);
+    const pg_codec_limits_t lim = pg_cli_codec_limits(c);
     if (a->n_pos < 2)
-        return usage_error("%s", "usage: pinguard avro encode|decode|fingerprint ...");
+        return pg_cli_usage_error("%s",
+                                  "usage: pinguard avro encode|decode|fingerprint ...");
     const char *sub = a->pos[1];
     pg_record_type_t type = PG_REC_COUNT;
     if (a->type != NULL && pg_record_type_from_name(a->type, &type) != 0)
-        return usage_error("unknown record type %s", a->type);
+        return pg_cli_usage_error("unknown record type %s", a->type);
     if (strcmp(sub, "encode") == 0 && a->type == NULL)
-        return usage_error("%s", "avro encode needs --type");
+        return pg_cli_usage_error("%s", "avro encode needs --type");
     if (strcmp(sub, "encode") != 0 && strcmp(sub, "decode") != 0 &&
         strcmp(sub, "fingerprint") != 0)
-        return usage_error("unknown avro command %s", sub);
+        return pg_cli_usage_error("unknown avro command %s", sub);
     if (a->n_pos > 3)
-        return usage_error("%s", "avro takes at most one FILE");
+        return pg_cli_usage_error("%s", "avro takes at most one FILE");
     int version = PG_CODEC_VERSION;
     if (a->schema_version != NULL) {
         char *end;
         long v = strtol(a->schema_version, &end, 10);
         if (end == a->schema_version || *end != '\0' || v < 1 || v > PG_CODEC_VERSION)
-            return usage_error("--schema-version must be 1 to %d", PG_CODEC_VERSION);
+            return pg_cli_usage_error("--schema-version must be 1 to %d",
+                                      PG_CODEC_VERSION);
         version = (int)v;
     }
 
@@ -995,13 +1033,13 @@ out:
     return rc;
 }
 
-static int cmd_lag(const args_t *a, const pg_config_t *c)
+static int cmd_lag(const pg_cli_args_t *a, const pg_config_t *c)
 {
     char err[512];
     pg_lag_row_t *rows = NULL;
     size_t n = 0;
     if (a->n_pos != 1)
-        return usage_error("%s", "usage: pinguard lag [--json]");
+        return pg_cli_usage_error("%s", "usage: pinguard lag [--json]");
     pg_kafka_t *k = pg_kafka_new_inspector(c, err, sizeof(err));
     if (k == NULL || pg_kafka_lag(k, true, &rows, &n, err, sizeof(err)) != 0) {
         fprintf(stderr, "pinguard: lag: %s\n", err);
@@ -1049,7 +1087,7 @@ static int cmd_lag(const args_t *a, const pg_config_t *c)
     return PG_EXIT_OK;
 }
 
-static int cmd_config(const args_t *a, const pg_config_t *c)
+static int cmd_config(const pg_cli_args_t *a, const pg_config_t *c)
 {
     if (a->n_pos == 2 && strcmp(a->pos[1], "reference") == 0) {
         pg_config_print_reference(stdout);
@@ -1059,12 +1097,12 @@ static int cmd_config(const args_t *a, const pg_config_t *c)
         pg_config_print(c, stdout);
         return PG_EXIT_OK;
     }
-    return usage_error("%s", "usage: pinguard config reference|show");
+    return pg_cli_usage_error("%s", "usage: pinguard config reference|show");
 }
 
 int pg_cli_main(int argc, char **argv, char *const *envp, volatile sig_atomic_t *stop)
 {
-    args_t a = {0};
+    pg_cli_args_t a = {0};
     int rc = parse_args(argc, argv, &a);
     if (rc != PG_EXIT_OK)
         return rc;
@@ -1077,20 +1115,26 @@ int pg_cli_main(int argc, char **argv, char *const *envp, volatile sig_atomic_t 
         return a.help ? PG_EXIT_OK : PG_EXIT_USAGE;
     }
     const char *cmd = a.pos[0];
-    static const char *const known[] = {"run",    "explain", "bind",  "unbind",
-                                        "place",  "pin",     "unpin", "import",
-                                        "config", "lag",     "avro"};
+    static const char *const known[] = {
+        "run",   "sync",   "explain", "bind",    "unbind", "place", "pin",
+        "unpin", "import", "impact",  "publish", "config", "lag",   "avro"};
     bool ok = false;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         ok |= strcmp(cmd, known[i]) == 0;
     if (!ok)
-        return usage_error("unknown command %s", cmd);
+        return pg_cli_usage_error("unknown command %s", cmd);
 
     pg_config_t *c = load_config(&a, envp, &rc);
     if (c == NULL)
         return rc;
     if (strcmp(cmd, "run") == 0)
         rc = cmd_run(&a, c, stop);
+    else if (strcmp(cmd, "sync") == 0)
+        rc = cmd_sync(&a, c, stop);
+    else if (strcmp(cmd, "impact") == 0)
+        rc = pg_cli_impact(&a, c);
+    else if (strcmp(cmd, "publish") == 0)
+        rc = pg_cli_publish(&a, c);
     else if (strcmp(cmd, "explain") == 0)
         rc = cmd_explain(&a, c);
     else if (strcmp(cmd, "import") == 0)
