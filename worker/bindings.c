@@ -54,16 +54,19 @@ static char *dup_or_empty(const char *s)
 
 pg_bindings_opts_t pg_bindings_opts(const pg_config_t *c)
 {
-    return (pg_bindings_opts_t){.host = c->redis_host,
-                                .port = c->redis_port,
-                                .db = c->redis_db,
-                                .user = c->redis_user,
-                                .password = c->redis_password,
-                                .connect_timeout_ms = c->redis_connect_timeout_ms,
-                                .timeout_ms = c->redis_timeout_ms,
-                                .max_devices = (size_t)c->redis_max_devices_per_vm,
-                                .max_len = (size_t)c->max_string_length,
-                                .chunk = (size_t)c->redis_lookup_chunk};
+    return (pg_bindings_opts_t){
+        .host = c->redis_host,
+        .port = c->redis_port,
+        .db = c->redis_db,
+        .user = c->redis_user,
+        .password = c->redis_password,
+        .connect_timeout_ms = c->redis_connect_timeout_ms,
+        .timeout_ms = c->redis_timeout_ms,
+        .max_devices = (size_t)c->redis_max_devices_per_vm,
+        .max_len = (size_t)c->max_string_length,
+        .chunk = (size_t)c->redis_lookup_chunk,
+        .quarantine = {c->quarantine_failures, c->quarantine_window_ms,
+                       c->quarantine_base_ms, c->quarantine_max_ms}};
 }
 
 pg_bindings_limits_t pg_bindings_limits(const pg_config_t *c)
@@ -91,6 +94,7 @@ pg_bindings_t *pg_bindings_new(const pg_bindings_opts_t *o)
     b->max_devices = o->max_devices ? o->max_devices : PG_BINDINGS_MAX_DEVICES;
     b->max_len = o->max_len ? o->max_len : PG_BINDINGS_MAX_LEN;
     b->chunk = o->chunk ? o->chunk : PG_BINDINGS_CHUNK;
+    b->quarantine = o->quarantine;
     char n1[24], n2[24];
     int l1 = snprintf(n1, sizeof(n1), "%zu", b->max_devices);
     int l2 = snprintf(n2, sizeof(n2), "%zu", b->max_len);
@@ -136,6 +140,7 @@ static void drop(pg_bindings_t *b)
         b->ctx = NULL;
     }
     b->expected = 0;
+    b->notes_expected = 0;
     b->stats.errors++;
 }
 
@@ -207,19 +212,22 @@ _Static_assert(PG_BINDINGS_MAX_GEN_LEN == 20,
 static const char LOOKUP_LUA[] =
     "local max_n, max_len = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
     "local out = {}\n"
-    "for v = 0, #KEYS / 4 - 1 do\n"
-    "  local kh, kp, kd, kg = KEYS[4 * v + 1], KEYS[4 * v + 2], KEYS[4 * v + 3], "
-    "KEYS[4 * v + 4]\n"
-    "  local s = redis.call('MGET', kh, kp, kg)\n"
-    "  local host, pin, gen, flags = s[1], s[2], s[3], 0\n"
-    "  if redis.call('EXISTS', kh, kp, kg) ~= (host and 1 or 0) + (pin and 1 or 0) + "
-    "(gen and 1 or 0) then\n"
+    "for v = 0, #KEYS / 5 - 1 do\n"
+    "  local kh, kp, kd, kg, kq = KEYS[5 * v + 1], KEYS[5 * v + 2], KEYS[5 * v + 3], "
+    "KEYS[5 * v + 4], KEYS[5 * v + 5]\n"
+    "  local s = redis.call('MGET', kh, kp, kg, kq)\n"
+    "  local host, pin, gen, q, flags = s[1], s[2], s[3], s[4], 0\n"
+    "  if redis.call('EXISTS', kh, kp, kg, kq) ~= (host and 1 or 0) + (pin and 1 or 0) "
+    "+ (gen and 1 or 0) + (q and 1 or 0) then\n"
     "    if not host and redis.call('TYPE', kh).ok ~= 'none' then flags = 1 end\n"
     "    if not pin and redis.call('TYPE', kp).ok ~= 'none' then flags = flags + 2 "
     "end\n"
     "    if not gen and redis.call('TYPE', kg).ok ~= 'none' then flags = flags + 16 "
     "end\n"
+    "    if not q and redis.call('TYPE', kq).ok ~= 'none' then flags = flags + 64 "
+    "end\n"
     "  end\n"
+    "  if q and #q > 64 then q = string.sub(q, 1, 64) end\n"
     "  if host and #host > max_len then host = false; flags = flags + 8 end\n"
     "  if pin and #pin > max_len then pin = string.sub(pin, 1, max_len) end\n"
     "  if gen and #gen > 20 then gen = false; flags = flags + 32 end\n"
@@ -233,7 +241,7 @@ static const char LOOKUP_LUA[] =
     "      if #devs[i] > max_len then devs = {}; flags = bit.bor(flags, 8); break end\n"
     "    end\n"
     "  end\n"
-    "  out[v + 1] = {flags, host, pin, n, devs, gen}\n"
+    "  out[v + 1] = {flags, host, pin, n, devs, gen, q}\n"
     "end\n"
     "return out\n";
 
@@ -253,9 +261,11 @@ static const char INSPECT_LUA[] =
     "if t[4] == 'string' then gen = redis.call('GET', KEYS[4]) end\n"
     "return {t[1], t[2], t[3], host, pin, n, devs, t[4], gen}\n";
 
-static int load_script(pg_bindings_t *b, char *errbuf, size_t errlen)
+/* Loads one script, its SHA1 into sha (41 bytes). */
+static int load_one(pg_bindings_t *b, const char *script, char *sha, char *errbuf,
+                    size_t errlen)
 {
-    const char *argv[3] = {"SCRIPT", "LOAD", LOOKUP_LUA};
+    const char *argv[3] = {"SCRIPT", "LOAD", script};
     redisReply *r = redisCommandArgv(b->ctx, 3, argv, NULL);
     if (r == NULL) {
         pg_errf(errbuf, errlen, "redis %s:%d SCRIPT LOAD: %s", b->host, b->port,
@@ -273,11 +283,19 @@ static int load_script(pg_bindings_t *b, char *errbuf, size_t errlen)
         drop(b);
         rc = PG_RETRY;
     } else {
-        memcpy(b->sha, r->str, 40);
-        b->sha[40] = '\0';
+        memcpy(sha, r->str, 40);
+        sha[40] = '\0';
     }
     freeReplyObject(r);
     return rc;
+}
+
+/* The scripts every connection runs: the lookup and the result notes. */
+static int load_script(pg_bindings_t *b, char *errbuf, size_t errlen)
+{
+    int rc = load_one(b, LOOKUP_LUA, b->sha, errbuf, errlen);
+    return rc != 0 ? rc
+                   : load_one(b, PG_BINDINGS_RESULT_LUA, b->note_sha, errbuf, errlen);
 }
 
 static int ensure_connected(pg_bindings_t *b, char *errbuf, size_t errlen)
@@ -466,18 +484,19 @@ int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
     }
     for (size_t first = 0; first < n; first += chunk) {
         size_t c = n - first < chunk ? n - first : chunk;
-        /* EVALSHA sha numkeys <4 keys per VM> max_n max_len */
+        /* EVALSHA sha numkeys <5 keys per VM> max_n max_len */
         int rc = pg_buf_append(out, "*", 1);
         char count[24];
-        int cl = snprintf(count, sizeof(count), "%zu\r\n", 3 + 4 * c + 2);
+        int cl = snprintf(count, sizeof(count), "%zu\r\n", 3 + 5 * c + 2);
         rc |= pg_buf_append(out, count, (size_t)cl) || resp_bulk(out, "EVALSHA", 7) ||
-              resp_bulk(out, sha, 40) || resp_num(out, 4 * c);
+              resp_bulk(out, sha, 40) || resp_num(out, 5 * c);
         for (size_t i = first; i < first + c && rc == 0; i++) {
             size_t len = strlen(vm_uuids[i]);
             rc |= resp_vm_key(out, vm_uuids[i], len, "host") ||
                   resp_vm_key(out, vm_uuids[i], len, "pin") ||
                   resp_vm_key(out, vm_uuids[i], len, "devices") ||
-                  resp_vm_key(out, vm_uuids[i], len, "generation");
+                  resp_vm_key(out, vm_uuids[i], len, "generation") ||
+                  resp_vm_key(out, vm_uuids[i], len, "quarantine");
         }
         if (rc != 0 || pg_buf_append(out, args, args_len) != 0) {
             pg_errf(errbuf, errlen, "out of memory formatting %zu lookups", n);
@@ -513,6 +532,13 @@ static int read_chunk(pg_bindings_t *b, char *errbuf, size_t errlen)
 int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                      char *errbuf, size_t errlen)
 {
+    return pg_bindings_send_notes(b, vm_uuids, n, NULL, 0, 0, errbuf, errlen);
+}
+
+int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
+                           const pg_result_note_t *notes, size_t n_notes,
+                           int64_t now_ms, char *errbuf, size_t errlen)
+{
     pg_bindings_abandon(b); /* its replies would answer this exchange */
     int rc = ensure_connected(b, errbuf, errlen);
     if (rc != 0 || n == 0)
@@ -520,6 +546,9 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
     pg_buf_reset(&b->cmd);
     rc = pg_bindings_format_lookups(&b->cmd, b->sha, b->args, b->args_len, b->chunk,
                                     vm_uuids, n, errbuf, errlen);
+    if (rc == 0 && n_notes > 0)
+        rc = pg_bindings_format_notes(&b->cmd, b->note_sha, notes, n_notes,
+                                      &b->quarantine, now_ms, errbuf, errlen);
     if (rc != 0)
         return rc;
     if (redisAppendFormattedCommand(b->ctx, (const char *)b->cmd.data, b->cmd.len) !=
@@ -537,8 +566,9 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
             return PG_RETRY;
         }
     b->expected = n;
+    b->notes_expected = n_notes;
     b->stats.round_trips++;
-    b->stats.commands += (n + b->chunk - 1) / b->chunk;
+    b->stats.commands += (n + b->chunk - 1) / b->chunk + n_notes;
     /* The first script's reply proves that Redis answers; it is kept for
      * pg_bindings_next. */
     return read_chunk(b, errbuf, errlen);
@@ -591,13 +621,14 @@ int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t
                              char *errbuf, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 6 ||
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 7 ||
         r->element[0]->type != REDIS_REPLY_INTEGER ||
         (r->element[1]->type != REDIS_REPLY_NIL && !is_bulk(r->element[1])) ||
         (r->element[2]->type != REDIS_REPLY_NIL && !is_bulk(r->element[2])) ||
         r->element[3]->type != REDIS_REPLY_INTEGER || r->element[3]->integer < 0 ||
         r->element[4]->type != REDIS_REPLY_ARRAY ||
-        (r->element[5]->type != REDIS_REPLY_NIL && !is_bulk(r->element[5]))) {
+        (r->element[5]->type != REDIS_REPLY_NIL && !is_bulk(r->element[5])) ||
+        (r->element[6]->type != REDIS_REPLY_NIL && !is_bulk(r->element[6]))) {
         pg_errf(errbuf, errlen, "unexpected lookup reply (type %d)", r->type);
         return PG_RETRY;
     }
@@ -639,6 +670,14 @@ int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t
     } else if (out->generation_oversized) {
         out->has_generation = true; /* present, but too long to be a generation */
     }
+    /* The quarantine is pinguard's own key: one of the wrong type still
+     * quarantines (fail closed), it does not make the entry malformed. */
+    const redisReply *q = r->element[6];
+    if (is_bulk(q) || (flags & 64)) {
+        out->has_quarantine = true;
+        if (is_bulk(q))
+            out->quarantine = bytes_of(q);
+    }
     if (r->element[4]->elements == 0)
         return 0;
     if (r->element[4]->elements != 2 * out->n_devices) {
@@ -647,6 +686,29 @@ int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t
         return PG_RETRY;
     }
     return raw_devices(r->element[4], arena, out, errbuf, errlen);
+}
+
+bool pg_bindings_parse_quarantine(pg_bytes_t v, int64_t *until_ms, int64_t *dur_ms)
+{
+    /* "<until_ms> <duration_ms>", as the result script writes it. */
+    char buf[65];
+    long long u, d;
+    char extra;
+    if (until_ms != NULL)
+        *until_ms = 0;
+    if (dur_ms != NULL)
+        *dur_ms = 0;
+    if (v.len == 0 || v.len >= sizeof(buf) || memchr(v.data, '\0', v.len) != NULL)
+        return false;
+    memcpy(buf, v.data, v.len);
+    buf[v.len] = '\0';
+    if (sscanf(buf, "%lld %lld%c", &u, &d, &extra) != 2 || u < 0 || d < 0)
+        return false;
+    if (until_ms != NULL)
+        *until_ms = u;
+    if (dur_ms != NULL)
+        *dur_ms = d;
+    return true;
 }
 
 /* Why a value is not an acceptable id, or NULL. */
@@ -796,6 +858,10 @@ int pg_bindings_to_binding(const pg_vm_raw_t *raw, const pg_bindings_limits_t *l
     if (raw->has_pin)
         oom |=
             (out->pin = pg_arena_strndup(arena, raw->pin.data, raw->pin.len)) == NULL;
+    if (raw->has_quarantine) {
+        out->quarantined = true;
+        pg_bindings_parse_quarantine(raw->quarantine, &out->quarantine_until_ms, NULL);
+    }
     /* Checked: a present generation parses. */
     out->generation.present =
         raw->has_generation &&
@@ -852,8 +918,32 @@ int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
 
 void pg_bindings_abandon(pg_bindings_t *b)
 {
-    if (b->expected > 0)
+    if (b->expected > 0 || b->notes_expected > 0)
         drop(b);
+}
+
+int pg_bindings_next_note(pg_bindings_t *b, pg_note_outcome_t *out, char *errbuf,
+                          size_t errlen)
+{
+    if (b->expected > 0 || b->notes_expected == 0 || b->ctx == NULL) {
+        pg_errf(errbuf, errlen, "redis: no result note to read");
+        return PG_INPUT;
+    }
+    redisReply *r = NULL;
+    int rc = read_reply(b, &r, errbuf, errlen);
+    if (rc == PG_OK) {
+        char err[128];
+        rc = pg_bindings_parse_note(r, out, err, sizeof(err));
+        if (rc != PG_OK)
+            pg_errf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port, err);
+        freeReplyObject(r);
+    }
+    if (rc != PG_OK) {
+        drop(b);
+        return rc;
+    }
+    b->notes_expected--;
+    return PG_OK;
 }
 
 /* Runs a list of commands as one pipelined exchange, ignoring the replies. */

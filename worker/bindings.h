@@ -19,6 +19,12 @@
  * check) and out of memory; PG_INPUT for a bad argument (e.g. an empty
  * uuid). */
 
+/* The quarantine settings (quarantine.failures, .window.ms, .base.ms,
+ * .max.ms). */
+typedef struct {
+    int failures, window_ms, base_ms, max_ms;
+} pg_quarantine_opts_t;
+
 typedef struct {
     const char *host;
     int port;
@@ -30,6 +36,7 @@ typedef struct {
     size_t max_devices; /* redis.max.devices.per.vm; 0: PG_BINDINGS_MAX_DEVICES */
     size_t max_len;     /* longest host, device uuid or kind; 0: PG_BINDINGS_MAX_LEN */
     size_t chunk;       /* VMs per lookup script call; 0: PG_BINDINGS_CHUNK */
+    pg_quarantine_opts_t quarantine; /* for pg_bindings_send_notes */
 } pg_bindings_opts_t;
 
 /* PG_BINDINGS_MAX_VM_LEN: the longest VM uuid that names cache keys (the
@@ -62,6 +69,8 @@ typedef struct {
      * empty generation_type (an entry built in memory) reads as "none". */
     char host_type[16], pin_type[16], devices_type[16], generation_type[16];
     bool has_host, has_pin, has_generation; /* the key exists as a string */
+    bool has_quarantine;   /* :quarantine exists (of any type: it quarantines) */
+    pg_bytes_t quarantine; /* its value when a string ("<until_ms> <duration_ms>") */
     pg_bytes_t host, pin, generation;
     bool oversized;            /* a value over the length limit was not fetched */
     bool generation_oversized; /* :generation over PG_BINDINGS_MAX_GEN_LEN bytes,
@@ -89,6 +98,9 @@ bool pg_bindings_check(const pg_vm_raw_t *raw, const pg_bindings_limits_t *lim,
  * int64 ("-0", '+', spaces, an empty value, overflow, NUL bytes and more
  * than PG_BINDINGS_MAX_GEN_LEN bytes are not). Pure. */
 bool pg_bindings_parse_generation(pg_bytes_t v, int64_t *out);
+/* A :quarantine value, "<until_ms> <duration_ms>" (wall-clock ms, ms): true
+ * with both filled (either may be NULL), false for anything else (both 0). */
+bool pg_bindings_parse_quarantine(pg_bytes_t v, int64_t *until_ms, int64_t *dur_ms);
 
 /* The options of the settings (redis.*, input.max.string.length): the one
  * place where they are read. The strings point into cfg. */
@@ -124,6 +136,40 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
 int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
                      pg_vm_binding_t *out, char *errbuf, size_t errlen);
 void pg_bindings_abandon(pg_bindings_t *b);
+
+/* A decided MigrationResult, for the quarantine bookkeeping (SPEC
+ * "Quarantine"): FAILED is recorded by requestId (once however often it is
+ * noted), SUCCEEDED clears the failures, the back-off and any quarantine. */
+typedef struct {
+    const char *vm_uuid;
+    const char *request_id;
+    pg_outcome_t outcome;
+    int64_t finished_at_ms;
+} pg_result_note_t;
+
+typedef enum {
+    PG_NOTE_NONE = 0, /* nothing changed */
+    PG_NOTE_STARTED,  /* this failure started a quarantine (duration_ms long) */
+    PG_NOTE_LIFTED,   /* this success lifted the VM's quarantine */
+    PG_NOTE_BAD_KEYS, /* a quarantine key of the VM has the wrong type: untouched */
+} pg_note_result_t;
+typedef struct {
+    pg_note_result_t what;
+    int64_t duration_ms;
+} pg_note_outcome_t;
+
+/* pg_bindings_send with the batch's result notes behind the lookups, in the
+ * same round trip: each note is one atomic script on the VM's quarantine
+ * keys. After the n lookups are read with pg_bindings_next, the notes'
+ * outcomes are read in order with pg_bindings_next_note. A note replayed
+ * (the same requestId again) answers what it did the first time, so a
+ * batch redone produces the same audit events. now_ms: the wall clock the
+ * window and the quarantine's end are counted from. */
+int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
+                           const pg_result_note_t *notes, size_t n_notes,
+                           int64_t now_ms, char *errbuf, size_t errlen);
+int pg_bindings_next_note(pg_bindings_t *b, pg_note_outcome_t *out, char *errbuf,
+                          size_t errlen);
 
 /* Checks raw and copies it into out (strings in arena). A raw entry that
  * fails pg_bindings_check gives a malformed binding, not an error; errors

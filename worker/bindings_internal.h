@@ -37,6 +37,9 @@ struct pg_bindings {
     size_t chunk;            /* VMs per lookup script call */
     redisReply *chunk_reply; /* the script reply being read, VM by VM */
     size_t chunk_pos;
+    char note_sha[41];     /* SHA1 of PG_BINDINGS_RESULT_LUA (bindings_quarantine.c) */
+    size_t notes_expected; /* result notes whose replies are still to be read */
+    pg_quarantine_opts_t quarantine;
     char apply_sha[41]; /* SHA1 of the feed's APPLY_LUA on this connection */
     bool apply_loaded;  /* apply_sha is loaded on this connection (reset on connect) */
     pg_bindings_stats_t stats;
@@ -52,6 +55,16 @@ int pg_bindings_connect(pg_bindings_t *b, char *errbuf, size_t errlen);
 void pg_bindings_drop(pg_bindings_t *b);
 int pg_bindings_reply_error(const pg_bindings_t *b, const redisReply *r,
                             const char *what, char *errbuf, size_t errlen);
+
+/* bindings_quarantine.c: the result script, its request formatter and its
+ * reply parser. */
+extern const char PG_BINDINGS_RESULT_LUA[];
+int pg_bindings_format_notes(pg_buf_t *out, const char *sha,
+                             const pg_result_note_t *notes, size_t n,
+                             const pg_quarantine_opts_t *q, int64_t now_ms,
+                             char *errbuf, size_t errlen);
+int pg_bindings_parse_note(const redisReply *r, pg_note_outcome_t *out, char *errbuf,
+                           size_t errlen);
 
 /* Why a value is no acceptable id (host, device uuid or kind) of the cache:
  * "is empty", "is too long", "holds a NUL byte", "is not valid UTF-8"; NULL

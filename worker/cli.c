@@ -359,7 +359,7 @@ static int cmd_explain(const pg_cli_args_t *a, const pg_config_t *c)
         pg_arena_calloc(arena, vb.n_devices + 1, sizeof(*pinning));
     if (pinning == NULL)
         goto oom;
-    const pg_policy_opts_t po = {.allow_unknown_vm = c->allow_unknown_vm};
+    const pg_policy_opts_t po = pg_config_policy_opts(c);
     pg_policy_verdict_t v;
     /* As the worker decides advice, and a request without minGeneration. */
     pg_policy_judge(&po, &vb, NULL, pinning, &v);
@@ -889,9 +889,8 @@ pg_codec_limits_t pg_cli_codec_limits(const pg_config_t *c)
                                .max_items = (size_t)c->advice_max_migrations};
 }
 
-static int decode_one(const pg_codec_t *codec, int version, const pg_codec_limits_t *lim,
-                      const uint8_t *p,
-                      size_t n)
+static int decode_one(const pg_codec_t *codec, int version,
+                      const pg_codec_limits_t *lim, const uint8_t *p, size_t n)
 {
     char err[512], *json = NULL;
     int rc = pg_codec_to_json(codec, version, p, n, lim, &json, NULL, err, sizeof(err));
@@ -946,10 +945,12 @@ static int cmd_avro(const pg_cli_args_t *a, const pg_config_t *c)
             if (a->schema_version != NULL && v != version)
                 continue;
             for (int t = 0; t < PG_REC_COUNT; t++) {
-                const char *pcf = pg_codec_canonical_form(codec, v, (pg_record_type_t)t);
+                const char *pcf =
+                    pg_codec_canonical_form(codec, v, (pg_record_type_t)t);
                 if ((a->type != NULL && (pg_record_type_t)t != type) || pcf == NULL)
                     continue;
-                printf("%d %-22s %016llx %s\n", v, pg_record_type_name((pg_record_type_t)t),
+                printf("%d %-22s %016llx %s\n", v,
+                       pg_record_type_name((pg_record_type_t)t),
                        (unsigned long long)pg_codec_fingerprint(codec, v,
                                                                 (pg_record_type_t)t),
                        pcf);
@@ -968,8 +969,8 @@ static int cmd_avro(const pg_cli_args_t *a, const pg_config_t *c)
         goto out;
     }
     if (strcmp(sub, "encode") == 0) {
-        int erc = pg_codec_from_json(codec, version, type, (const char *)in.data, in.len,
-                                     &out, err, sizeof(err));
+        int erc = pg_codec_from_json(codec, version, type, (const char *)in.data,
+                                     in.len, &out, err, sizeof(err));
         /* Bytes the worker would dead-letter are refused with the worker's
          * reason: read them back exactly as it does, with its limits. */
         if (erc == 0) {
@@ -996,7 +997,7 @@ static int cmd_avro(const pg_cli_args_t *a, const pg_config_t *c)
     }
     if (!a->framed) {
         rc = decode_one(codec, version, &lim, in.data, in.len) == 0 ? PG_EXIT_OK
-                                                           : PG_EXIT_RUNTIME;
+                                                                    : PG_EXIT_RUNTIME;
         goto out;
     }
     rc = PG_EXIT_OK;

@@ -179,10 +179,10 @@ static int impact_one(const pg_cli_args_t *a, const pg_config_t *c, const char *
     /* The worker's decision (its options, device.kinds included) of a
      * MAINTENANCE request without minGeneration: the origin matters only to
      * quarantine, which does not block MAINTENANCE. */
-    const pg_policy_opts_t po = {.allow_unknown_vm = c->allow_unknown_vm,
-                                 .site_kinds = &c->site_kinds};
+    const pg_policy_opts_t po = pg_config_policy_opts(c);
+    const pg_policy_ask_t ask = {.origin = PG_ORIGIN_MAINTENANCE};
     pg_policy_verdict_t v;
-    pg_policy_judge(&po, vb, NULL, pinning, &v);
+    pg_policy_judge(&po, vb, &ask, pinning, &v);
     bool can_move = v.verdict == PG_VERDICT_APPROVED;
     n->vms++;
     if (can_move) {

@@ -95,6 +95,19 @@ static const entry_t table[] = {
         "Device kinds the site declares, extending or overriding the built-in table: "
         "comma-separated kind=pins or kind=migrates (e.g. gpu-vf=pins, "
         "nvme-migratable=migrates). A kind declared nowhere pins."),
+    INT("quarantine.failures", quarantine_failures, "3", 1, 1000,
+        "FAILED migration results of one VM within quarantine.window.ms that start a "
+        "quarantine (each requestId counts once)."),
+    INT("quarantine.window.ms", quarantine_window_ms, "3600000", 1000, 604800000,
+        "How far back failed results count towards a quarantine."),
+    INT("quarantine.base.ms", quarantine_base_ms, "600000", 1000, 604800000,
+        "Length of a VM's first quarantine; each consecutive one doubles it."),
+    INT("quarantine.max.ms", quarantine_max_ms, "86400000", 1000, 2147483647,
+        "Cap of the doubling quarantine."),
+    STR("quarantine.origins", quarantine_origins_text, "DRS",
+        "Comma-separated MigrationOrigin values a quarantine blocks (DRS advice counts "
+        "as DRS); HA, API and MAINTENANCE are not blocked unless listed. Empty: "
+        "quarantine blocks nothing."),
     {"delivery", T_ENUM, OFF(delivery), "exactly-once", 0, 0, delivery_symbols, false,
      "exactly-once: decisions and input offsets commit in one Kafka transaction "
      "(set a stable, unique kafka.transactional.id per replica); at-least-once: "
@@ -463,10 +476,48 @@ static int check_listen(const char *key, const char *listen, char *errbuf,
     return 0;
 }
 
+/* quarantine.origins: MigrationOrigin symbols, comma-separated. */
+static int parse_origins(const char *text, unsigned *mask, char *errbuf, size_t errlen)
+{
+    *mask = 0;
+    const char *p = text;
+    while (*p != '\0') {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ", ");
+        if (n == 0)
+            break;
+        int found = -1;
+        for (int o = PG_ORIGIN_DRS; o <= PG_ORIGIN_OTHER; o++)
+            if (strlen(pg_origin_name((pg_origin_t)o)) == n &&
+                strncmp(p, pg_origin_name((pg_origin_t)o), n) == 0)
+                found = o;
+        if (found < 0) {
+            pg_errf(
+                errbuf, errlen,
+                "quarantine.origins: '%.*s' is not one of DRS, HA, API, MAINTENANCE, "
+                "OTHER",
+                (int)n, p);
+            return PG_INPUT;
+        }
+        *mask |= 1u << (unsigned)found;
+        p += n;
+    }
+    return 0;
+}
+
+pg_policy_opts_t pg_config_policy_opts(const pg_config_t *c)
+{
+    return (pg_policy_opts_t){.allow_unknown_vm = c->allow_unknown_vm,
+                              .site_kinds = &c->site_kinds,
+                              .quarantine_origins = c->quarantine_origins};
+}
+
 int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen)
 {
     if (check_listen("metrics.listen", c->metrics_listen, errbuf, errlen) != 0 ||
-        check_listen("sync.metrics.listen", c->sync_metrics_listen, errbuf, errlen) != 0)
+        check_listen("sync.metrics.listen", c->sync_metrics_listen, errbuf, errlen) !=
+            0)
         return PG_INPUT;
     if (c->redis_password_file[0] != '\0' &&
         read_secret_file(c->redis_password_file, &c->redis_password, errbuf, errlen) !=
@@ -474,6 +525,15 @@ int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen)
         return PG_INPUT;
     if (pg_policy_parse_kinds(c->device_kinds, &c->site_kinds, errbuf, errlen) != PG_OK)
         return PG_INPUT;
+    if (parse_origins(c->quarantine_origins_text, &c->quarantine_origins, errbuf,
+                      errlen) != 0)
+        return PG_INPUT;
+    if (c->quarantine_max_ms < c->quarantine_base_ms) {
+        pg_errf(errbuf, errlen,
+                "quarantine.max.ms (%d) is below quarantine.base.ms (%d)",
+                c->quarantine_max_ms, c->quarantine_base_ms);
+        return PG_INPUT;
+    }
     if (c->retry_backoff_max_ms < c->retry_backoff_min_ms) {
         pg_errf(errbuf, errlen,
                 "retry.backoff.max.ms (%d) is below retry.backoff.min.ms (%d)",

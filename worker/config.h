@@ -56,7 +56,13 @@ typedef struct {
     bool allow_unknown_vm;
     char *device_kinds;         /* device.kinds as written */
     pg_site_kinds_t site_kinds; /* ... and parsed by pg_config_finish */
-    int delivery;               /* pg_delivery_t */
+    int quarantine_failures;
+    int quarantine_window_ms;
+    int quarantine_base_ms;
+    int quarantine_max_ms;
+    char *quarantine_origins_text; /* quarantine.origins as written */
+    unsigned quarantine_origins;   /* ... as a mask of (1 << pg_origin_t) */
+    int delivery;                  /* pg_delivery_t */
     int batch_max_messages;
     int batch_max_bytes;
     int batch_max_wait_ms;
@@ -101,6 +107,10 @@ int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen);
 
 /* The value of a passthrough property, or NULL. */
 const char *pg_config_kafka_get(const pg_config_t *c, const char *prop);
+
+/* The policy options of a finished configuration (the worker's, which every
+ * other decider, explain and impact, uses too). */
+pg_policy_opts_t pg_config_policy_opts(const pg_config_t *c);
 
 /* Prints the effective configuration, secrets redacted, one `key = value`
  * line each with its source. */

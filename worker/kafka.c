@@ -228,7 +228,8 @@ bool pg_kafka_stopping(const pg_kafka_t *k)
 }
 
 static const char *const out_setting[PG_OUT_COUNT] = {
-    "topic.advice.filtered", "topic.decisions", "topic.release", "topic.dlq"};
+    "topic.advice.filtered", "topic.decisions", "topic.release", "topic.dlq",
+    "topic.audit"};
 
 /* Outputs sharing a topic with an earlier one are checked once. */
 static bool out_seen_before(const pg_kafka_t *k, int o)
@@ -521,7 +522,8 @@ pg_kafka_t *pg_kafka_new_role(const pg_config_t *cfg, pg_kafka_role_t role,
     if (k->transactional && pg_kafka_txn_init(k, errbuf, errlen) != 0)
         goto fail;
     const char *out_names[PG_OUT_COUNT] = {cfg->topic_filtered, cfg->topic_decisions,
-                                           cfg->topic_release, cfg->topic_dlq};
+                                           cfg->topic_release, cfg->topic_dlq,
+                                           cfg->topic_audit};
     for (int i = 0; i < PG_OUT_COUNT; i++) {
         k->out[i] = rd_kafka_topic_new(k->producer, out_names[i], NULL);
         if (k->out[i] == NULL) {

@@ -25,6 +25,7 @@ typedef enum {
     PG_OUT_DECISIONS,
     PG_OUT_RELEASE,
     PG_OUT_DLQ,
+    PG_OUT_AUDIT, /* v2: quarantine changes (AuditEvent) */
     PG_OUT_COUNT
 } pg_output_t;
 

@@ -74,6 +74,7 @@ typedef struct {
     counter_t redis_round_trips, redis_errors, unknown_kinds, batches;
     counter_t batches_redone, cache_invalid;
     counter_t feed[PG_M_FEED_RESULTS];
+    counter_t quarantines_started, quarantines_lifted;
     _Atomic bool caught_up;
     counter_t redis_hist[N_BUCKETS + 1];
     counter_t redis_sum_ns;
@@ -299,6 +300,10 @@ void pg_metrics_commit(pg_metrics_t *m, const pg_metrics_tally_t *t)
     ADD(m->v.inputs[t->input][t->outcome], 1);
     if (t->unknown_kinds > 0)
         ADD(m->v.unknown_kinds, t->unknown_kinds);
+    if (t->quarantine == 1)
+        ADD(m->v.quarantines_started, 1);
+    else if (t->quarantine == 2)
+        ADD(m->v.quarantines_lifted, 1);
     for (int v = 0; v < 2; v++)
         for (int r = 0; r < N_REASONS; r++)
             if (t->verdicts[v][r] > 0)
@@ -771,6 +776,18 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
         put(b, "pinguard_unknown_device_kinds_total %llu\n", GET(s->unknown_kinds));
     }
 
+    if (!m->feed) {
+        head(b, "pinguard_quarantines_started_total", "counter",
+             "Quarantines started: a VM's FAILED results reached quarantine.failures "
+             "within quarantine.window.ms (counted once committed).");
+        put(b, "pinguard_quarantines_started_total %llu\n",
+            GET(s->quarantines_started));
+        head(
+            b, "pinguard_quarantines_lifted_total", "counter",
+            "Quarantines lifted by a SUCCEEDED result (unquarantine and expiry are not "
+            "counted here).");
+        put(b, "pinguard_quarantines_lifted_total %llu\n", GET(s->quarantines_lifted));
+    }
     head(b, "pinguard_cache_invalid_total", "counter",
          "VMs whose cache entry could not be read as the SPEC's layout says (a key "
          "of the wrong type, an empty or non-UTF-8 value, too many devices): each "

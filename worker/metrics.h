@@ -136,6 +136,7 @@ typedef struct {
     uint8_t input;   /* pg_input_t */
     uint8_t outcome; /* PG_M_IN_DECIDED or PG_M_IN_DLQ */
     uint32_t unknown_kinds;
+    uint8_t quarantine; /* a result's note: 1 started a quarantine, 2 lifted one */
     uint32_t verdicts[2][PG_M_REASONS]; /* [verdict][reason + 1] */
 } pg_metrics_tally_t;
 

@@ -179,9 +179,14 @@ static bool stale(const pg_opt_long_t *min_generation, const pg_opt_long_t *have
 }
 
 void pg_policy_judge(const pg_policy_opts_t *opts, const pg_vm_binding_t *b,
-                     const pg_opt_long_t *min_generation, pg_device_ref_t *devices_out,
+                     const pg_policy_ask_t *ask, pg_device_ref_t *devices_out,
                      pg_policy_verdict_t *out)
 {
+    const pg_opt_long_t *min_generation = ask != NULL ? &ask->min_generation : NULL;
+    pg_origin_t origin = ask != NULL ? ask->origin : PG_ORIGIN_DRS;
+    bool blocked_by_quarantine =
+        b->quarantined && (unsigned)origin < 32 &&
+        (opts->quarantine_origins & (1u << (unsigned)origin)) != 0;
     size_t n_pinning = 0, n_unknown = 0;
     bool known_kind_pins = false;
 
@@ -223,6 +228,11 @@ void pg_policy_judge(const pg_policy_opts_t *opts, const pg_vm_binding_t *b,
         out->reason = PG_VETO_HOST_BOUND_DEVICE;
     } else if (n_unknown > 0) {
         out->reason = PG_VETO_UNKNOWN_DEVICE_KIND;
+    } else if (blocked_by_quarantine) {
+        /* Its migrations kept failing: not advised again until the back-off
+         * ends; HA and operators may still move it (quarantine.origins). */
+        out->reason = PG_VETO_QUARANTINED;
+        out->n_devices = 0;
     } else {
         out->verdict = PG_VERDICT_APPROVED;
         out->reason = PG_VETO_HOST_BOUND_DEVICE; /* unused for approvals */

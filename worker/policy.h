@@ -62,7 +62,9 @@ const char *pg_policy_kind_rule_name(pg_kind_rule_t r); /* "built-in", "site", "
  * none. `malformed`: the entry could not be read as the SPEC's layout says
  * (bindings checked it); then nothing else here may be trusted (the
  * generation is not present either), and the VM is unknown whatever
- * policy.allow.unknown.vm says. */
+ * policy.allow.unknown.vm says. `quarantined`: the VM's migrations kept
+ * failing (`:quarantine` exists); quarantine_until_ms is when it ends (wall
+ * clock, 0 when unknown), for operators. */
 typedef struct {
     bool known;
     bool malformed;
@@ -72,12 +74,23 @@ typedef struct {
     size_t n_devices;
     const pg_device_ref_t *devices;
     pg_opt_long_t generation;
+    bool quarantined;
+    int64_t quarantine_until_ms;
 } pg_vm_binding_t;
 
 typedef struct {
     bool allow_unknown_vm; /* SPEC: unknown VMs are vetoed unless this is set */
     const pg_site_kinds_t *site_kinds; /* device.kinds; NULL: none */
+    unsigned quarantine_origins;       /* bit (1 << pg_origin_t) per origin a quarantine
+                                          blocks (quarantine.origins) */
 } pg_policy_opts_t;
+
+/* What is asked: a request's origin and its dispatch fence (minGeneration).
+ * DRS advice asks as origin DRS with no fence. */
+typedef struct {
+    pg_origin_t origin;
+    pg_opt_long_t min_generation;
+} pg_policy_ask_t;
 
 /* Classifies a device kind: *pins says whether it pins its VM (always for
  * PG_KIND_RULE_NONE). A site declaration wins over the built-in table. */
@@ -91,18 +104,19 @@ typedef struct {
     size_t n_unknown_kinds;  /* devices of an unknown kind (for a metric) */
 } pg_policy_verdict_t;
 
-/* Decides whether a VM may migrate. `min_generation` is the dispatch fence
- * of a MigrateVmRequest (minGeneration): when it is present and the cache's
- * generation is absent or lower, the VM's devices cannot be trusted yet
- * (STALE_BINDINGS). NULL, or not present, is no fence (DRS advice has none).
- * `devices_out` must hold b->n_devices entries; on a veto it receives every
- * pinning device (unknown kinds included), sorted by device uuid; it stays
- * empty on an approval and for UNKNOWN_VM and STALE_BINDINGS. Reason
- * precedence (SPEC v2): OPERATOR_PIN, UNKNOWN_VM, STALE_BINDINGS,
- * HOST_BOUND_DEVICE, UNKNOWN_DEVICE_KIND; a malformed entry is UNKNOWN_VM
- * before all of them. */
+/* Decides whether a VM may migrate. `ask->min_generation` is the dispatch
+ * fence of a MigrateVmRequest: when it is present and the cache's generation
+ * is absent or lower, the VM's devices cannot be trusted yet
+ * (STALE_BINDINGS). A quarantined VM is vetoed QUARANTINED when the ask's
+ * origin is one of opts->quarantine_origins. ask NULL: DRS advice (origin
+ * DRS, no fence). `devices_out` must hold b->n_devices entries; on a veto it
+ * receives every pinning device (unknown kinds included), sorted by device
+ * uuid; it stays empty on an approval and for UNKNOWN_VM and STALE_BINDINGS.
+ * Reason precedence (SPEC v2): OPERATOR_PIN, UNKNOWN_VM, STALE_BINDINGS,
+ * HOST_BOUND_DEVICE, UNKNOWN_DEVICE_KIND, QUARANTINED; a malformed entry is
+ * UNKNOWN_VM before all of them. */
 void pg_policy_judge(const pg_policy_opts_t *opts, const pg_vm_binding_t *b,
-                     const pg_opt_long_t *min_generation, pg_device_ref_t *devices_out,
+                     const pg_policy_ask_t *ask, pg_device_ref_t *devices_out,
                      pg_policy_verdict_t *out);
 
 typedef struct {

@@ -48,6 +48,7 @@ typedef struct {
                              list of distinct VMs */
     size_t vm_count;
     size_t vm_need; /* bindings to read before this input can be decided */
+    int note;       /* a result's index in the batch's notes, or -1 */
     pg_metrics_tally_t tally;
 } slot_t;
 
@@ -69,6 +70,14 @@ typedef struct {
      * tracks them; popped as it settles each (at its commit, exactly once). */
     pg_metrics_tally_t *tallies;
     size_t tally_cap, tally_head, tally_len;
+    /* The batch's results, noted for quarantine with its lookups, and what
+     * each note did. */
+    pg_result_note_t *notes;
+    pg_note_outcome_t *note_out;
+    size_t n_notes;
+    pg_buf_t audit;                 /* an encoded AuditEvent */
+    pg_delivery_state_t audit_sink; /* audit events ride with their input's
+                                       decision; their own reports are only logged */
     unsigned long long decided, dead_lettered, retried_batches, aborted_batches;
     bool batch_redone; /* the last batch (or part of it) must be consumed again */
     bool stopped;      /* a stop request came while a batch was held */
@@ -154,8 +163,10 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
         pg_errf(errbuf, errlen, "out of memory listing %zu VMs", most);
         return PG_FATAL;
     }
+    w->n_notes = 0;
     for (size_t i = 0; i < n; i++) {
         slot_t *s = &w->slots[i];
+        s->note = -1;
         if (s->rc != 0)
             continue;
         const char *one = NULL;
@@ -167,10 +178,18 @@ static int decode_batch(worker_t *w, size_t n, const char ***vms_out, size_t *nv
             one = s->rec.u.migrate_request.vm_uuid;
             s->vm_count = 1;
             break;
-        case PG_REC_MIGRATION_RESULT:
-            one = s->rec.u.migration_result.vm_uuid;
+        case PG_REC_MIGRATION_RESULT: {
+            const pg_migration_result_t *r = &s->rec.u.migration_result;
+            one = r->vm_uuid;
             s->vm_count = 1;
+            s->note = (int)w->n_notes;
+            w->notes[w->n_notes++] =
+                (pg_result_note_t){.vm_uuid = r->vm_uuid,
+                                   .request_id = r->request_id,
+                                   .outcome = r->outcome,
+                                   .finished_at_ms = r->finished_at_ms};
             break;
+        }
         default:
             break;
         }
@@ -231,7 +250,8 @@ static int lookup_holding(worker_t *w, size_t n, const char **vms, size_t nvm,
     char err[512];
     for (;;) {
         *t0 = pg_now_mono_us();
-        int rc = pg_bindings_send(w->bindings, vms, nvm, err, sizeof(err));
+        int rc = pg_bindings_send_notes(w->bindings, vms, nvm, w->notes, w->n_notes,
+                                        pg_now_wall_ms(), err, sizeof(err));
         if (rc == PG_OK) {
             if (attempts > 0)
                 pg_log_info("redis_recovered", "#attempts", (long long)attempts, NULL);
@@ -299,7 +319,7 @@ static int decide_advice(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int64
         if (devs == NULL)
             return PG_FATAL;
         pg_policy_verdict_t v;
-        pg_policy_judge(&w->policy, vb, NULL, devs, &v); /* advice has no fence */
+        pg_policy_judge(&w->policy, vb, NULL, devs, &v); /* DRS, no fence */
         s->tally.unknown_kinds += (uint32_t)v.n_unknown_kinds;
         pg_metrics_tally_decision(&s->tally, (int)v.verdict,
                                   v.verdict == PG_VERDICT_APPROVED ? -1
@@ -341,7 +361,9 @@ static int decide_request(worker_t *w, slot_t *s, const pg_vm_binding_t *b, int6
     if (devs == NULL)
         return PG_FATAL;
     pg_policy_verdict_t v;
-    pg_policy_judge(&w->policy, b, &r->min_generation, devs, &v);
+    const pg_policy_ask_t ask = {.origin = r->origin,
+                                 .min_generation = r->min_generation};
+    pg_policy_judge(&w->policy, b, &ask, devs, &v);
     bool veto = v.verdict == PG_VERDICT_VETOED;
     s->tally.unknown_kinds += (uint32_t)v.n_unknown_kinds;
     pg_metrics_tally_decision(&s->tally, (int)v.verdict, veto ? (int)v.reason : -1);
@@ -579,6 +601,88 @@ static int read_needed(worker_t *w, size_t i, size_t n, lookup_t *l, char *errbu
     return PG_OK;
 }
 
+/* A batch with results: every lookup is read first, then what each result's
+ * note did, before anything is produced, so that a failure leaves the whole
+ * batch undecided (its notes are idempotent: redoing them changes nothing
+ * they did). PG_OK or PG_FATAL. */
+static int read_notes(worker_t *w, size_t n, lookup_t *l, char *errbuf, size_t errlen)
+{
+    while (!l->failed && l->have < l->n) {
+        int rc =
+            read_binding(w, l->vms[l->have], &l->bindings[l->have], errbuf, errlen);
+        if (rc == PG_FATAL)
+            return PG_FATAL;
+        if (rc != PG_OK)
+            l->failed = true;
+        else
+            l->have++;
+    }
+    for (size_t k = 0; k < w->n_notes && !l->failed; k++) {
+        int rc = pg_bindings_next_note(w->bindings, &w->note_out[k], errbuf, errlen);
+        if (rc == PG_FATAL)
+            return PG_FATAL;
+        if (rc != PG_OK)
+            l->failed = true;
+        else if (w->note_out[k].what == PG_NOTE_BAD_KEYS)
+            pg_log_warn("quarantine_keys_malformed", "vm", w->notes[k].vm_uuid, "why",
+                        "a :failures, :quarantine or :backoff key of another type",
+                        "then", "the result was not counted", NULL);
+    }
+    if (l->failed) {
+        pg_log_warn("redis_failed_mid_batch", "error", errbuf, "#undecided",
+                    (long long)n, NULL);
+        pg_bindings_abandon(w->bindings);
+    }
+    return PG_OK;
+}
+
+/* The audit event of a quarantine a result started or lifted, produced with
+ * the result's decision (in its transaction, exactly once). Its eventId is
+ * derived from the requestId, so a redone batch repeats the same event. */
+static int produce_audit(worker_t *w, size_t i, int64_t now, char *errbuf,
+                         size_t errlen)
+{
+    slot_t *s = &w->slots[i];
+    const pg_migration_result_t *r = &s->rec.u.migration_result;
+    const pg_note_outcome_t *o = &w->note_out[s->note];
+    if (o->what != PG_NOTE_STARTED && o->what != PG_NOTE_LIFTED)
+        return PG_OK;
+    bool started = o->what == PG_NOTE_STARTED;
+    char id[PG_MAX_STRING + 32], detail[512];
+    snprintf(id, sizeof(id), "%s:%s", started ? "quarantine" : "unquarantine",
+             r->request_id);
+    if (started)
+        snprintf(
+            detail, sizeof(detail),
+            "%d failed migrations within %d ms (the last %s); quarantined for %lld "
+            "ms",
+            w->cfg->quarantine_failures, w->cfg->quarantine_window_ms, r->request_id,
+            (long long)o->duration_ms);
+    else
+        snprintf(detail, sizeof(detail), "migration %s succeeded", r->request_id);
+    pg_record_t ev = {.type = PG_REC_AUDIT_EVENT,
+                      .u.audit_event = {.event_id = id,
+                                        .at_ms = now,
+                                        .actor = "pinguard",
+                                        .action = started ? PG_AUDIT_QUARANTINE
+                                                          : PG_AUDIT_UNQUARANTINE,
+                                        .vm_uuid = r->vm_uuid,
+                                        .detail = detail}};
+    pg_log_info(started ? "quarantine_started" : "quarantine_lifted", "vm", r->vm_uuid,
+                "request", r->request_id, "#duration_ms", (long long)o->duration_ms,
+                NULL);
+    s->tally.quarantine = started ? 1 : 2;
+    w->audit.len = 0;
+    int rc = pg_codec_encode(w->codec, &ev, &w->audit, errbuf, errlen);
+    if (rc != 0) {
+        pg_log_warn("audit_event_unencodable", "vm", r->vm_uuid, "error", errbuf, NULL);
+        return PG_OK; /* the decision stands; the trail says nothing false */
+    }
+    return pg_kafka_produce(w->kafka, PG_OUT_AUDIT, r->vm_uuid, strlen(r->vm_uuid),
+                            w->audit.data, w->audit.len, NULL, 0, &w->audit_sink,
+                            errbuf, errlen);
+}
+
 /* One batch, as the SPEC says it: poll (done by the caller), decode, look
  * up, decide, produce, finish. Returns PG_OK (w->stopped set when a signal
  * came while holding) or PG_FATAL. */
@@ -606,6 +710,10 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
             return PG_OK;
         }
     }
+    if (w->n_notes > 0 && read_notes(w, n, &l, errbuf, errlen) != PG_OK) {
+        pg_bindings_abandon(w->bindings);
+        return PG_FATAL;
+    }
     if (pg_kafka_batch_begin(w->kafka, w->msgs, n, errbuf, errlen) != PG_OK) {
         pg_bindings_abandon(w->bindings);
         return PG_FATAL;
@@ -632,6 +740,8 @@ static int process_batch(worker_t *w, size_t n, char *errbuf, size_t errlen)
                 rc = PG_RETRY;
             else
                 rc = produce_decision(w, i, l.bindings, now, state, errbuf, errlen);
+            if (rc == PG_OK && s->rc == 0 && s->note >= 0)
+                rc = produce_audit(w, i, now, errbuf, errlen);
         }
         *tally = s->tally;
         if (rc == PG_FATAL) {
@@ -735,6 +845,9 @@ static void worker_teardown(worker_t *w)
     pg_buf_free(&w->out);
     free(w->msgs);
     free(w->slots);
+    free(w->notes);
+    free(w->note_out);
+    pg_buf_free(&w->audit);
     free(w->tallies);
 }
 
@@ -746,8 +859,7 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
     worker_t w = {
         .cfg = cfg,
         .stop = stop,
-        .policy = {.allow_unknown_vm = cfg->allow_unknown_vm,
-                   .site_kinds = &cfg->site_kinds},
+        .policy = pg_config_policy_opts(cfg),
         .limits = {.max_string = (size_t)cfg->max_string_length,
                    .max_items = (size_t)cfg->advice_max_migrations},
     };
@@ -755,9 +867,12 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
 
     w.msgs = calloc(max, sizeof(*w.msgs));
     w.slots = calloc(max, sizeof(*w.slots));
+    w.notes = calloc(max, sizeof(*w.notes));
+    w.note_out = calloc(max, sizeof(*w.note_out));
     w.arena = pg_arena_new(1 << 20);
     w.bindings = pg_bindings_new(&bopts);
-    if (w.msgs == NULL || w.slots == NULL || w.arena == NULL || w.bindings == NULL) {
+    if (w.msgs == NULL || w.slots == NULL || w.notes == NULL || w.note_out == NULL ||
+        w.arena == NULL || w.bindings == NULL) {
         pg_errf(errbuf, errlen, "out of memory starting the worker");
         goto out;
     }

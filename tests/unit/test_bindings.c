@@ -20,12 +20,22 @@
 
 static const pg_bindings_limits_t lim = {.max_devices = 4, .max_len = 64};
 
-/* Feeds n bytes of RESP to a reader and returns the one reply they hold. */
+/* Feeds n bytes of RESP to a reader and returns the one reply they hold.
+ * The lookup replies below are written with the six elements of an entry
+ * without :quarantine; a seventh, nil (not quarantined), is added here unless
+ * the reply already has seven. */
 static redisReply *reply_of(const char *resp, size_t n)
 {
     redisReader *rd = redisReaderCreate();
     ck_assert_ptr_nonnull(rd);
-    ck_assert_int_eq(redisReaderFeed(rd, resp, n), REDIS_OK);
+    bool six = n > 4 && memcmp(resp, "*6\r\n", 4) == 0;
+    if (six) {
+        ck_assert_int_eq(redisReaderFeed(rd, "*7\r\n", 4), REDIS_OK);
+        ck_assert_int_eq(redisReaderFeed(rd, resp + 4, n - 4), REDIS_OK);
+        ck_assert_int_eq(redisReaderFeed(rd, "$-1\r\n", 5), REDIS_OK);
+    } else {
+        ck_assert_int_eq(redisReaderFeed(rd, resp, n), REDIS_OK);
+    }
     void *r = NULL;
     ck_assert_int_eq(redisReaderGetReply(rd, &r), REDIS_OK);
     ck_assert_ptr_nonnull(r);
@@ -405,7 +415,10 @@ static const struct {
          "*6\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:1\r\n*2\r\n:1\r\n$3\r\npci\r\n$-1\r\n"),
     CASE("five elements (no generation slot)",
          "*5\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n"),
-    CASE("seven elements", "*7\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n$-1\r\n$-1\r\n"),
+    CASE("eight elements",
+         "*8\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n$-1\r\n$-1\r\n$-1\r\n"),
+    CASE("quarantine an integer",
+         "*7\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n$-1\r\n:1\r\n"),
     CASE("generation an integer", "*6\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n:5\r\n"),
     CASE("generation an array", "*6\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n*0\r\n"),
     CASE("generation over 20 bytes (the script ships none)",
@@ -413,6 +426,44 @@ static const struct {
          "100000000000000000000\r\n"),
 #undef CASE
 };
+
+/* :quarantine is the worker's key: present, it quarantines whatever it holds
+ * (of another type too: fail closed), and never makes the entry malformed. */
+START_TEST(quarantine_in_the_lookup)
+{
+    pg_arena_t *a = pg_arena_new(4096);
+    outcome_t o = run(REPLY("*7\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n$-1\r\n"
+                            "$20\r\n1764800000000 600000\r\n"),
+                      a);
+    ck_assert_int_eq(o.parse_rc, 0);
+    ck_assert(!o.b.malformed);
+    ck_assert(o.b.quarantined);
+    ck_assert_int_eq(o.b.quarantine_until_ms, 1764800000000LL);
+    /* Another type at :quarantine (flag 64): quarantined, until unknown. */
+    o = run(REPLY("*7\r\n:64\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n$-1\r\n$-1\r\n"), a);
+    ck_assert_int_eq(o.parse_rc, 0);
+    ck_assert(!o.b.malformed);
+    ck_assert(o.b.quarantined);
+    ck_assert_int_eq(o.b.quarantine_until_ms, 0);
+    /* A value it cannot read: still quarantined. */
+    o = run(REPLY("*7\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n$-1\r\n$3\r\nyes\r\n"),
+            a);
+    ck_assert(o.b.quarantined);
+    ck_assert_int_eq(o.b.quarantine_until_ms, 0);
+    /* Absent: not. */
+    o = run(REPLY("*6\r\n:0\r\n$2\r\nh1\r\n$-1\r\n:0\r\n*0\r\n$-1\r\n"), a);
+    ck_assert(!o.b.quarantined);
+    int64_t until, dur;
+    ck_assert(pg_bindings_parse_quarantine((pg_bytes_t){"5 7", 3}, &until, &dur));
+    ck_assert(until == 5 && dur == 7);
+    static const char *const bad[] = {"", "5", "5 7 9", "-5 7", "5 -7", "x y", "5 7x"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(!pg_bindings_parse_quarantine(
+                          (pg_bytes_t){bad[i], strlen(bad[i])}, &until, &dur),
+                      "accepted \"%s\"", bad[i]);
+    pg_arena_destroy(a);
+}
+END_TEST
 
 START_TEST(reply_of_the_wrong_shape_is_an_exchange_error)
 {
@@ -427,17 +478,17 @@ END_TEST
 static void want_call(pg_buf_t *want, const char *sha, const char *const *vms,
                       size_t first, size_t c)
 {
-    static char keys[16][4][1100];
-    const char *argv[3 + 4 * 16 + 2];
+    static char keys[16][5][1100];
+    const char *argv[3 + 5 * 16 + 2];
     char numkeys[8];
-    snprintf(numkeys, sizeof(numkeys), "%zu", 4 * c);
+    snprintf(numkeys, sizeof(numkeys), "%zu", 5 * c);
     int argc = 0;
     argv[argc++] = "EVALSHA";
     argv[argc++] = sha;
     argv[argc++] = numkeys;
-    const char *suffix[4] = {"host", "pin", "devices", "generation"};
+    const char *suffix[5] = {"host", "pin", "devices", "generation", "quarantine"};
     for (size_t i = 0; i < c; i++)
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < 5; k++) {
             snprintf(keys[i][k], sizeof(keys[i][k]), "pinguard:vm:{%s}:%s",
                      vms[first + i], suffix[k]);
             argv[argc++] = keys[i][k];
@@ -513,6 +564,7 @@ static Suite *suite(void)
     tcase_add_test(t, generation_wrong_type_or_oversized);
     tcase_add_test(t, generation_parser);
     tcase_add_test(t, entry_built_in_memory_has_no_generation);
+    tcase_add_test(t, quarantine_in_the_lookup);
     tcase_add_loop_test(t, reply_of_the_wrong_shape_is_an_exchange_error, 0,
                         sizeof(bad_shapes) / sizeof(bad_shapes[0]));
     suite_add_tcase(s, t);

@@ -72,7 +72,7 @@ static void assert_worker_reads_it_valid(const pg_vm_bindings_t *rec)
 {
     pg_buf_t resp = {0};
     char num[64];
-    text(&resp, "*6\r\n:0\r\n");
+    text(&resp, "*7\r\n:0\r\n");
     if (rec->host_uuid != NULL)
         bulk(&resp, rec->host_uuid);
     else
@@ -86,6 +86,7 @@ static void assert_worker_reads_it_valid(const pg_vm_bindings_t *rec)
     }
     snprintf(num, sizeof(num), "%" PRId64, rec->generation);
     bulk(&resp, num);
+    text(&resp, "$-1\r\n"); /* no :quarantine */
     redisReply *r = reply_of((const char *)resp.data, resp.len);
     pg_arena_t *a = pg_arena_new(4096);
     pg_vm_raw_t raw;

@@ -256,7 +256,10 @@ static pg_policy_verdict_t judge_fenced(const pg_policy_opts_t *o, bool known,
                          .generation = have};
     pg_policy_verdict_t v;
     memset(&v, 0xAB, sizeof(v));
-    pg_policy_judge(o, &b, fence, out, &v);
+    pg_policy_ask_t ask = {.origin = PG_ORIGIN_DRS};
+    if (fence != NULL)
+        ask.min_generation = *fence;
+    pg_policy_judge(o, &b, &ask, out, &v);
     return v;
 }
 
@@ -369,7 +372,9 @@ START_TEST(stale_precedence)
                                  .devices = gpu,
                                  .generation = gens[g]};
             memset(&v, 0xAB, sizeof(v));
-            pg_policy_judge(&lenient, &b, &fence, out, &v);
+            const pg_policy_ask_t ask = {.origin = PG_ORIGIN_DRS,
+                                         .min_generation = fence};
+            pg_policy_judge(&lenient, &b, &ask, out, &v);
             ck_assert_int_eq(v.reason, PG_VETO_UNKNOWN_VM);
             ck_assert_uint_eq(v.n_devices, 0);
         }
