@@ -45,11 +45,24 @@ PG_KAFKA_PROPS="$PG_KAFKA_DIR/server.properties"
 PG_KAFKA_LOGS="$PG_KAFKA_DIR/logs"
 PG_KAFKA_DATA="$PG_KAFKA_DIR/data"
 
-# The SPEC topics (inputs and outputs), all with 6 partitions.
+# The SPEC topics (inputs and outputs, the binding feed and the audit trail),
+# all with 6 partitions.
 PG_TOPICS=(drs.advice vm.migrate.requests vm.migrate.results
   drs.advice.filtered vm.migrate.decisions device.release.decisions
-  pinguard.dlq)
+  pinguard.dlq device.bindings pinguard.audit)
 PG_PARTITIONS=6
+# Settings of a topic at creation (TopicCommand --config), by topic; the rest
+# take the broker's defaults (cleanup.policy=delete, log.retention.hours).
+# device.bindings is compacted: the last record of each VM is kept for ever,
+# which is what lets `pinguard sync --rebuild` restore a lost cache. Small for
+# a demo, so that compaction is seen within minutes: a segment rolls after a
+# minute (only closed segments are compacted) and the cleaner starts once a
+# tenth of the log is superseded. Tombstones stay for the default day
+# (delete.retention.ms), so a sync that was down that long still sees them.
+declare -A PG_TOPIC_CONFIG=(
+  [device.bindings]="cleanup.policy=compact min.cleanable.dirty.ratio=0.1 segment.ms=60000"
+  [pinguard.audit]="cleanup.policy=delete"
+)
 
 pg_log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 pg_die() { echo "ERROR: $*" >&2; exit 1; }

@@ -3,8 +3,8 @@
 # deploy/local/up.sh — owns bringing up the local services for development and
 # tests: Redis on 127.0.0.1:6379 and a single-node Apache Kafka (KRaft,
 # combined broker+controller) on 127.0.0.1:9092, plus the SPEC topics
-# (6 partitions each) and a check that the group / transaction coordinators
-# work. Idempotent: services that already answer are reused (even ones this
+# (6 partitions each; device.bindings compacted, see PG_TOPIC_CONFIG in
+# lib.sh) and a check that the group / transaction coordinators work. Idempotent: services that already answer are reused (even ones this
 # script did not start), existing topics are kept.
 # State lives under ${PGLOCAL_RUN:-<repo>/.cache/run}; see lib.sh for the
 # layout and environment overrides. deploy/local/down.sh undoes it.
@@ -39,9 +39,11 @@ if ((${#missing[@]})); then
   pids=()
   # One JVM per topic (TopicCommand creates one at a time); run them at once.
   for t in "${missing[@]}"; do
+    cfg=()
+    for kv in ${PG_TOPIC_CONFIG[$t]:-}; do cfg+=(--config "$kv"); done
     pg_java_tool "$libs" org.apache.kafka.tools.TopicCommand \
       --bootstrap-server "$PG_BOOTSTRAP" --create --if-not-exists \
-      --topic "$t" --partitions "$PG_PARTITIONS" --replication-factor 1 \
+      --topic "$t" --partitions "$PG_PARTITIONS" --replication-factor 1 "${cfg[@]}" \
       >"$PG_RUN/topic-$t.out" 2>&1 &
     pids+=($!)
   done

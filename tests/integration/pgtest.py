@@ -3,8 +3,9 @@
 implementation independent of pinguard's) with the schemas of every version
 (schemas/ is the current one, schemas/v<N> the frozen earlier ones), real
 Kafka and Redis clients, and a
-handle on a `pinguard run` process. Every test gets its own topics, consumer
-group and VM uuids, and removes them afterwards."""
+handle on a `pinguard run` or `pinguard sync` process. Every test gets its own
+topics (a compacted binding feed among them), consumer groups and VM uuids,
+and removes them afterwards."""
 
 import io
 import json
@@ -162,26 +163,35 @@ VM_KEYS = ("host", "devices", "pin", "generation", "failures", "quarantine")
 
 
 class Env:
-    """Topics, group and cache entries of one test."""
+    """Topics, groups and cache entries of one test."""
 
     INPUTS = ("advice", "requests", "results")
     OUTPUTS = ("advice.filtered", "decisions", "release", "dlq")
+    # The binding feed (`pinguard sync`'s input) and the audit trail.
+    FEED = ("bindings", "audit")
+    # Settings of a topic at creation, as deploy/local/up.sh creates them
+    # (compaction itself never runs within a test: only closed segments are
+    # compacted, and a test's segments stay open).
+    TOPIC_CONFIG = {"bindings": {"cleanup.policy": "compact"}}
 
     def __init__(self, partitions=6, delivery="exactly-once"):
         tag = uuid.uuid4().hex[:10]
         self.delivery = delivery
         self.tag = tag
-        self.topics = {k: f"it.{tag}.{k}" for k in self.INPUTS + self.OUTPUTS}
+        self.topics = {k: f"it.{tag}.{k}" for k in self.INPUTS + self.OUTPUTS + self.FEED}
         self.group = f"it-{tag}"
+        self.sync_group = f"it-sync-{tag}"
         self.admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
         fs = self.admin.create_topics(
-            [NewTopic(t, num_partitions=partitions, replication_factor=1)
-             for t in self.topics.values()], operation_timeout=30)
+            [NewTopic(t, num_partitions=partitions, replication_factor=1,
+                      config=self.TOPIC_CONFIG.get(k, {}))
+             for k, t in self.topics.items()], operation_timeout=30)
         for f in fs.values():
             f.result()
         wait_until(self._topics_visible, 30, "topics in metadata")
         self.redis = redis.Redis(host="127.0.0.1", port=REDIS_PORT, decode_responses=True)
         self.vms = set()
+        self.hosts = set()  # host index entries (pinguard:host:{<host>}:vms) to remove
         # Idempotent: a produce request retried under load (a timed-out batch
         # the broker did write) must not put the same inputs on a topic
         # twice, or a test would count their two decisions as duplicates.
@@ -200,6 +210,12 @@ class Env:
         # Port 0: every worker gets a free metrics port (see Worker.metrics_port).
         return s + [f"kafka.group.id={self.group}", f"delivery={self.delivery}",
                     "metrics.listen=127.0.0.1:0"]
+
+    def sync_settings(self):
+        """The settings of `pinguard sync` (and `sync --rebuild`): this test's
+        topics, its own sync group, a free metrics port."""
+        return self.settings() + [f"sync.group.id={self.sync_group}",
+                                  "sync.metrics.listen=127.0.0.1:0"]
 
     # --- cache -----------------------------------------------------------
     def vm(self, host=None, devices=(), pin=None, vm=None, generation=None):
@@ -221,7 +237,34 @@ class Env:
 
     # --- kafka -------------------------------------------------------------
     def produce(self, topic_key, key, value):
-        self.producer.produce(self.topics[topic_key], key=key, value=value)
+        while True:
+            try:
+                self.producer.produce(self.topics[topic_key], key=key, value=value)
+                return
+            except BufferError:  # the local queue is full: let it drain
+                self.producer.poll(0.1)
+
+    def publish_bindings(self, records):
+        """Produces binding-feed records to this test's bindings topic, in
+        order, and flushes. Each item is a VmBindings dict, keyed by its
+        vmUuid (hostUuid, devices and updatedAtMs may be left out: None, []
+        and now; devices may be (deviceUuid, kind) pairs), or a (key, value)
+        pair: value a VmBindings dict (keyed by `key` whatever its vmUuid),
+        bytes (produced as they are) or None (a tombstone). The VMs and hosts
+        named are removed from the cache at close."""
+        for item in records:
+            key, value = (item["vmUuid"], item) if isinstance(item, dict) else item
+            self.vms.add(key)
+            if isinstance(value, dict):
+                rec = {"hostUuid": None, "devices": [], "updatedAtMs": now_ms(), **value}
+                rec["devices"] = [d if isinstance(d, dict) else
+                                  {"deviceUuid": d[0], "kind": d[1]} for d in rec["devices"]]
+                self.vms.add(rec["vmUuid"])
+                if rec["hostUuid"] is not None:
+                    self.hosts.add(rec["hostUuid"])
+                value = encode("VmBindings", rec)
+            self.produce("bindings", key, value)
+        self.flush()
 
     def flush(self):
         assert self.producer.flush(30) == 0
@@ -258,8 +301,10 @@ class Env:
         assert len(msgs) >= count, f"{topic_key}: got {len(msgs)} of {count}"
         return [(m, decode(m.value())[1]) for m in msgs]
 
-    def committed(self, topic_key, partitions=6):
-        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": self.group})
+    def committed(self, topic_key, partitions=6, group=None):
+        """partition -> the offset committed by the group (default: the
+        worker's; env.sync_group for `pinguard sync`), negative for none."""
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group or self.group})
         try:
             tps = c.committed([TopicPartition(self.topics[topic_key], p)
                                for p in range(partitions)], timeout=10)
@@ -339,14 +384,25 @@ class Env:
         self.workers.append(w)
         return w
 
+    def sync(self, *extra, env=None):
+        """A `pinguard sync` process on this test's feed, in env.sync_group;
+        the same handle as a worker's (metrics_port, http, metric, stop)."""
+        w = Worker(self.sync_settings() + list(extra), env=env, tag=self.tag,
+                   command="sync")
+        self.workers.append(w)
+        return w
+
     def close(self):
         for w in self.workers:
             w.kill()
-        if self.vms:
-            p = self.redis.pipeline()
-            for vm in self.vms:
-                p.delete(*(f"pinguard:vm:{{{vm}}}:{k}" for k in VM_KEYS))
-            p.execute()
+        p = self.redis.pipeline(transaction=False)
+        for i, vm in enumerate(self.vms, 1):
+            p.delete(*(f"pinguard:vm:{{{vm}}}:{k}" for k in VM_KEYS))
+            if i % 10000 == 0:
+                p.execute()
+        for h in self.hosts:
+            p.delete(f"pinguard:host:{{{h}}}:vms")
+        p.execute()
         fs = self.admin.delete_topics(list(self.topics.values()), operation_timeout=30)
         for f in fs.values():
             try:
@@ -354,16 +410,17 @@ class Env:
             except Exception:
                 pass
         try:
-            self.admin.delete_consumer_groups([self.group], request_timeout=10)
+            self.admin.delete_consumer_groups([self.group, self.sync_group], request_timeout=10)
         except Exception:
             pass
 
 
 class Worker:
-    """A `pinguard run` process with its log in a file."""
+    """A `pinguard run` (or, with command="sync", `pinguard sync`) process
+    with its log in a file."""
 
-    def __init__(self, settings, env=None, tag="w"):
-        args = WRAPPER + [PINGUARD, "run"]
+    def __init__(self, settings, env=None, tag="w", command="run"):
+        args = WRAPPER + [PINGUARD, command]
         for s in settings:
             args += ["--set", s]
         self.log_path = os.path.join("/tmp", f"pinguard-{tag}-{uuid.uuid4().hex[:6]}.log")

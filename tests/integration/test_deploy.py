@@ -7,7 +7,10 @@ Every check is a function that raises AssertionError; test_check runs each on
 the real files and test_check_catches runs each on a copy with one deliberate
 fault, so that no check can pass vacuously.
 
-The Kubernetes checks run on two variants: the base (deploy/k8s/base, a
+The manifests hold two workloads: the worker (`pinguard run`, WORKER) and
+`pinguard sync` (the binding feed, SYNC); most checks look at the worker,
+the check_sync_* ones at sync and at how the two keep apart. The Kubernetes
+checks run on two variants: the base (deploy/k8s/base, the worker as a
 StatefulSet) and the Deployment overlay (deploy/k8s/overlays/deployment),
 rendered here by applying the overlay's JSON patches to the base in Python,
 so that no kubectl is needed (test_overlay_render_matches_kustomize compares
@@ -34,15 +37,21 @@ K8S = os.path.join(K8S_TOP, "base")
 OVERLAY = os.path.join(K8S_TOP, "overlays", "deployment")
 OVERLAY_BASE = "../../base"
 UNIT = os.path.join(DEPLOY, "systemd", "pinguard.service")
+SYNC_UNIT = os.path.join(DEPLOY, "systemd", "pinguard-sync.service")
 DOCKERFILE = os.path.join(DEPLOY, "Dockerfile")
 DASHBOARD = os.path.join(DEPLOY, "grafana", "pinguard-dashboard.json")
 LOCAL = os.path.join(DEPLOY, "local")
 SECRET_EXAMPLE = "secret.example.yaml"
 
 METRICS_PORT = 9464
+SYNC_METRICS_PORT = 9465
 PARTITIONS_PER_TOPIC = 6
 # commit_transaction waits up to 60 s, the final producer flush up to 10 s.
 MIN_STOP_SECONDS = 70
+# sync: the batch's Redis apply, the offset commit, the dead letters' flush (10 s).
+SYNC_MIN_STOP_SECONDS = 30
+# The two workloads, by name.
+WORKER, SYNC = "pinguard", "pinguard-sync"
 
 # The worker's metrics and their labels (besides the scrape's target labels).
 METRICS = {
@@ -67,12 +76,20 @@ METRICS = {
     "pinguard_stalled_partitions": set(),
     "pinguard_build_info": {"version"},
 }
+# What `pinguard sync` renders besides the shared ones above (lag, inputs,
+# batches redone, Redis, build info).
+SYNC_METRICS = {
+    "pinguard_sync_records_total": {"result"},
+    "pinguard_sync_dead_letters_total": {"reason"},
+    "pinguard_sync_caught_up": set(),
+}
 HISTOGRAMS = {"pinguard_redis_latency_seconds"}
 TARGET_LABELS = {"namespace", "pod", "instance", "job", "container", "service", "endpoint"}
 LABEL_VALUES = {
     "outcome": {"decided", "dlq", "retried"},
     "stream": {"advice", "migrate", "release"},
     "verdict": {"APPROVED", "VETOED", "RELEASE", "KEEP"},
+    "result": {"applied", "stale", "deleted", "absent"},
 }
 
 DEFAULTS = {
@@ -85,8 +102,24 @@ DEFAULTS = {
     "topic.requests": "vm.migrate.requests",
     "topic.results": "vm.migrate.results",
     "metrics.listen": "127.0.0.1:9464",
+    "topic.advice.filtered": "drs.advice.filtered",
+    "topic.decisions": "vm.migrate.decisions",
+    "topic.release": "device.release.decisions",
+    "topic.dlq": "pinguard.dlq",
+    "topic.bindings": "device.bindings",
+    "topic.audit": "pinguard.audit",
+    "sync.group.id": "pinguard-sync",
+    "sync.metrics.listen": "127.0.0.1:9465",
+    "redis.host": "127.0.0.1",
+    "redis.port": "6379",
+    "redis.db": "0",
 }
 INPUT_TOPIC_KEYS = ("topic.advice", "topic.requests", "topic.results")
+OUTPUT_TOPIC_KEYS = ("topic.advice.filtered", "topic.decisions", "topic.release", "topic.dlq")
+# Settings the worker and sync must agree on: the same Kafka, Redis and DLQ.
+SHARED_KEYS = ("kafka.bootstrap.servers", "kafka.security.protocol", "kafka.sasl.mechanisms",
+               "redis.host", "redis.port", "redis.db", "redis.user", "topic.dlq",
+               "topic.bindings", "topic.audit")
 KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
 
 BUILD_PACKAGES = {"build-essential", "cmake", "ninja-build", "pkg-config", "librdkafka-dev",
@@ -141,11 +174,15 @@ def load_bundle():
         "top_kustomization": yaml.safe_load(_read(os.path.join(K8S_TOP, "kustomization.yaml"))),
         "overlay": None,
         "unit": _read(UNIT),
+        "sync_unit": _read(SYNC_UNIT),
         "dockerfile": _read(DOCKERFILE),
         "dashboard": json.loads(_read(DASHBOARD)),
         "readme": _read(os.path.join(ROOT, "README.md")),
         "config_md": _read(os.path.join(ROOT, "docs", "CONFIG.md")),
         "metrics_c": _read(os.path.join(ROOT, "worker", "metrics.c")),
+        "worker_c": "\n".join(_read(os.path.join(ROOT, "worker", f))
+                              for f in sorted(os.listdir(os.path.join(ROOT, "worker")))
+                              if f.endswith(".c")),
         "local": {os.path.relpath(os.path.join(d, f), LOCAL): _read(os.path.join(d, f))
                   for d, _, fs in os.walk(LOCAL) for f in fs},
     }
@@ -244,24 +281,47 @@ def one(b, kind):
     return found[0]
 
 
-def workload(b):
-    found = objects(b, "StatefulSet") + objects(b, "Deployment")
-    assert len(found) == 1, f"expected one StatefulSet or Deployment, found {len(found)}"
+def workloads(b):
+    return objects(b, "StatefulSet") + objects(b, "Deployment")
+
+
+def workload(b, name=WORKER):
+    """The worker's StatefulSet (or Deployment), or with SYNC sync's Deployment."""
+    found = [w for w in workloads(b) if w["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one StatefulSet or Deployment {name}, found {len(found)}"
     return found[0]
 
 
-def pod_spec(b):
-    return workload(b)["spec"]["template"]["spec"]
+def pod_spec(b, name=WORKER):
+    return workload(b, name)["spec"]["template"]["spec"]
 
 
-def pod_labels(b):
-    return workload(b)["spec"]["template"]["metadata"]["labels"]
+def pod_labels(b, name=WORKER):
+    return workload(b, name)["spec"]["template"]["metadata"]["labels"]
 
 
-def container(b):
-    cs = [c for c in pod_spec(b)["containers"] if c["name"] == "pinguard"]
-    assert len(cs) == 1, "the workload needs one container named pinguard"
+def container(b, name=WORKER):
+    cs = [c for c in pod_spec(b, name)["containers"] if c["name"] == "pinguard"]
+    assert len(cs) == 1, f"{name} needs one container named pinguard"
     return cs[0]
+
+
+def named(b, kind, name):
+    found = [d for d in objects(b, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def selecting(b, kind, name):
+    """The objects of `kind` whose selector selects the pods of workload `name`."""
+    labels = pod_labels(b, name)
+    out = []
+    for d in objects(b, kind):
+        sel = d["spec"].get("selector", {})
+        sel = sel.get("matchLabels", sel) if kind != "Service" else sel
+        if sel and all(labels.get(k) == v for k, v in sel.items()):
+            out.append(d)
+    return out
 
 
 def env_map(c):
@@ -281,12 +341,12 @@ def resolve_port(c, port):
     raise AssertionError(f"port {port!r} is not a port of container {c['name']}")
 
 
-def config_map_file(b):
+def config_map_file(b, name=WORKER):
     """The settings file the container reads: PINGUARD_CONFIG -> mount -> ConfigMap key."""
-    c = container(b)
+    c = container(b, name)
     path = env_map(c).get("PINGUARD_CONFIG", {}).get("value")
-    assert path, "the container does not set PINGUARD_CONFIG"
-    volumes = {v["name"]: v for v in pod_spec(b).get("volumes", [])}
+    assert path, f"{name}: the container does not set PINGUARD_CONFIG"
+    volumes = {v["name"]: v for v in pod_spec(b, name).get("volumes", [])}
     for m in c.get("volumeMounts", []):
         v = volumes.get(m["name"], {})
         if "configMap" not in v:
@@ -315,13 +375,13 @@ def parse_conf(text):
     return out
 
 
-def setting(b, key):
+def setting(b, key, name=WORKER):
     """Effective value in the pod: literal PINGUARD_* env > pinguard.conf > default."""
     env_name = "PINGUARD_" + key.upper().replace(".", "_")
-    e = env_map(container(b)).get(env_name)
+    e = env_map(container(b, name)).get(env_name)
     if e is not None and "value" in e:
         return e["value"]
-    return parse_conf(config_map_file(b)).get(key, DEFAULTS.get(key))
+    return parse_conf(config_map_file(b, name)).get(key, DEFAULTS.get(key))
 
 
 def documented_keys(b):
@@ -460,7 +520,8 @@ def check_manifests(b):
     kinds = {d["doc"]["kind"] for d in b["docs"]}
     for k in ("ConfigMap", "Service", "PodMonitor", "ScaledObject", "PrometheusRule", "Secret"):
         assert k in kinds, f"no {k} among deploy/k8s"
-    workload(b)
+    names = sorted(w["metadata"]["name"] for w in workloads(b))
+    assert names == sorted([WORKER, SYNC]), f"workloads {names}: the worker and sync"
 
 
 def check_kustomization(b):
@@ -503,8 +564,8 @@ def check_metrics_port(b):
     assert setting(b, "metrics.listen") == listen, "metrics.listen is overridden elsewhere"
 
 
-def check_probes(b):
-    c = container(b)
+def check_probes(b, name=WORKER, port=METRICS_PORT):
+    c = container(b, name)
     want = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
     for probe, path in want.items():
         if probe == "startupProbe" and probe not in c:
@@ -513,7 +574,7 @@ def check_probes(b):
         assert p and "httpGet" in p, f"{probe} must be an httpGet probe"
         assert p["httpGet"].get("path") == path, f"{probe} path {p['httpGet'].get('path')} != {path}"
         assert p["httpGet"].get("scheme", "HTTP") == "HTTP", f"{probe}: plain HTTP"
-        assert resolve_port(c, p["httpGet"]["port"]) == METRICS_PORT, \
+        assert resolve_port(c, p["httpGet"]["port"]) == port, \
             f"{probe} does not probe the metrics port"
     # /healthz fails only after health.stall.timeout.ms (90 s); a liveness probe
     # that gives up within seconds of a slow start would loop restarts.
@@ -551,11 +612,11 @@ def check_identity(b):
         assert w["kind"] == "StatefulSet", "static membership on a Deployment leaves ghost members"
 
 
-def secret_refs(b):
+def secret_refs(b, name=WORKER):
     """(secret, key, where) for every Secret the workload and KEDA use."""
     refs = []
-    spec = pod_spec(b)
-    c = container(b)
+    spec = pod_spec(b, name)
+    c = container(b, name)
     for e in c.get("env", []):
         r = e.get("valueFrom", {}).get("secretKeyRef")
         if r:
@@ -574,11 +635,11 @@ def secret_refs(b):
     return refs
 
 
-def check_secrets(b):
+def check_secrets(b, wl=WORKER):
     examples = {s["metadata"]["name"]: {**s.get("data", {}), **s.get("stringData", {})}
                 for s in objects(b, "Secret", file=SECRET_EXAMPLE)}
     assert not objects(b, "Secret"), "real Secrets do not belong among the deployed manifests"
-    refs = secret_refs(b)
+    refs = secret_refs(b, wl)
     assert refs, "the workload references no Secret"
     for name, key, where in refs:
         assert name in examples, f"{where}: Secret {name} is not in {SECRET_EXAMPLE}"
@@ -587,28 +648,28 @@ def check_secrets(b):
         for k, v in data.items():
             if "password" in k:
                 assert v == "CHANGE-ME", f"{SECRET_EXAMPLE}: {name}/{k} must stay a placeholder"
-    env = env_map(container(b))
+    env = env_map(container(b, wl))
     # The Redis password file lies in a mounted Secret volume.
     pw_file = env.get("PINGUARD_REDIS_PASSWORD_FILE", {}).get("value") or \
-        parse_conf(config_map_file(b)).get("redis.password.file")
+        parse_conf(config_map_file(b, wl)).get("redis.password.file")
     if pw_file:
-        volumes = {v["name"]: v for v in pod_spec(b).get("volumes", [])}
+        volumes = {v["name"]: v for v in pod_spec(b, wl).get("volumes", [])}
         files = {os.path.join(m["mountPath"], it["path"])
-                 for m in container(b).get("volumeMounts", [])
+                 for m in container(b, wl).get("volumeMounts", [])
                  if "secret" in volumes.get(m["name"], {})
                  for it in volumes[m["name"]]["secret"].get("items", [])}
         assert pw_file in files, f"redis.password.file {pw_file} is no mounted Secret file"
     else:
         assert "secretKeyRef" in env.get("PINGUARD_REDIS_PASSWORD", {}).get("valueFrom", {}), \
             "the Redis password comes from no Secret"
-    if setting(b, "kafka.security.protocol").upper().startswith("SASL"):
+    if setting(b, "kafka.security.protocol", wl).upper().startswith("SASL"):
         for v in ("PINGUARD_KAFKA_SASL_USERNAME", "PINGUARD_KAFKA_SASL_PASSWORD"):
             assert "secretKeyRef" in env.get(v, {}).get("valueFrom", {}), f"{v} not from a Secret"
 
 
-def check_security_context(b):
-    spec = pod_spec(b)
-    psc, csc = spec.get("securityContext", {}), container(b).get("securityContext", {})
+def check_security_context(b, name=WORKER):
+    spec = pod_spec(b, name)
+    psc, csc = spec.get("securityContext", {}), container(b, name).get("securityContext", {})
     merged = {**psc, **csc}
     assert merged.get("runAsNonRoot") is True, "runAsNonRoot"
     assert merged.get("runAsUser", 0) != 0, "runAsUser must not be root"
@@ -624,8 +685,8 @@ def check_security_context(b):
         f"runAsUser {merged['runAsUser']} differs from the image's USER {user}"
 
 
-def check_resources(b):
-    r = container(b).get("resources", {})
+def check_resources(b, name=WORKER):
+    r = container(b, name).get("resources", {})
     req, lim = r.get("requests", {}), r.get("limits", {})
     for k in ("cpu", "memory"):
         assert k in req and k in lim, f"resources need {k} requests and limits"
@@ -662,7 +723,7 @@ def check_rollout(b):
 
 
 def check_service(b):
-    svc = one(b, "Service")
+    svc = named(b, "Service", WORKER)
     c = container(b)
     assert selects(svc["spec"]["selector"], pod_labels(b)), "Service does not select the pods"
     ports = [p for p in svc["spec"]["ports"] if p.get("name") == "metrics"]
@@ -677,7 +738,7 @@ def check_service(b):
 
 
 def check_podmonitor(b):
-    pm = one(b, "PodMonitor")
+    pm = named(b, "PodMonitor", WORKER)
     assert pm["apiVersion"] == "monitoring.coreos.com/v1", pm["apiVersion"]
     assert selects(pm["spec"]["selector"]["matchLabels"], pod_labels(b)), \
         "PodMonitor does not select the pods"
@@ -692,9 +753,133 @@ def check_podmonitor(b):
 
 def check_disruption_budget(b):
     for pdb in objects(b, "PodDisruptionBudget"):
+        if pdb["metadata"]["name"] != WORKER:
+            continue
         assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels(b)), \
             "PodDisruptionBudget does not select the pods"
         assert pdb["spec"].get("maxUnavailable") == 1, "one pod at a time"
+
+
+# --------------------------------------------------------------------------
+# `pinguard sync`: a Deployment of its own beside the worker, on the same
+# settings file, with its own port, group and objects.
+
+def check_sync_workload(b):
+    w, c = workload(b, SYNC), container(b, SYNC)
+    assert w["kind"] == "Deployment", f"sync is a {w['kind']}: it needs no stable identity"
+    assert c["image"] == container(b)["image"], "sync runs the worker's image (one binary)"
+    assert c.get("args") == ["sync"], f"sync container args {c.get('args')} != ['sync']"
+    cmd = c.get("command")
+    assert cmd is None or (len(cmd) == 1 and os.path.basename(cmd[0]) == "pinguard"), \
+        f"command {cmd} overrides the image's ENTRYPOINT pinguard"
+    env = env_map(c)
+    for v in ("PINGUARD_KAFKA_TRANSACTIONAL_ID", "PINGUARD_KAFKA_GROUP_INSTANCE_ID"):
+        # No transactions (dead letters only, at least once); a static member
+        # on a Deployment would leave a ghost member at every pod replacement.
+        assert v not in env, f"sync sets {v}"
+    replicas = w["spec"].get("replicas", 1)
+    assert 1 <= replicas <= PARTITIONS_PER_TOPIC, \
+        f"sync replicas {replicas}: 1 to the feed's {PARTITIONS_PER_TOPIC} partitions"
+    st = w["spec"].get("strategy", {})
+    assert st.get("type", "RollingUpdate") == "RollingUpdate", f"strategy {st}"
+    # Readiness = caught up: a replica goes only once its successor applies.
+    assert st.get("rollingUpdate", {}).get("maxUnavailable", "25%") in (0, "0%"), \
+        f"strategy {st}: maxUnavailable 0 keeps the feed applied through a rollout"
+    grace = pod_spec(b, SYNC).get("terminationGracePeriodSeconds", 30)
+    assert grace >= SYNC_MIN_STOP_SECONDS, \
+        f"sync terminationGracePeriodSeconds {grace} < {SYNC_MIN_STOP_SECONDS}"
+    for so in objects(b, "ScaledObject"):
+        assert so["spec"]["scaleTargetRef"]["name"] != SYNC, "KEDA scales the worker only"
+
+
+def check_sync_metrics_port(b):
+    c = container(b, SYNC)
+    ports = [p for p in c.get("ports", []) if p.get("name") == "metrics"]
+    assert len(ports) == 1 and ports[0]["containerPort"] == SYNC_METRICS_PORT, \
+        f"the sync container needs port 'metrics' = {SYNC_METRICS_PORT}"
+    listen = env_map(c).get("PINGUARD_SYNC_METRICS_LISTEN", {}).get("value")
+    assert listen == f"0.0.0.0:{SYNC_METRICS_PORT}", \
+        f"PINGUARD_SYNC_METRICS_LISTEN={listen!r}: must bind 0.0.0.0:{SYNC_METRICS_PORT}"
+    assert setting(b, "sync.metrics.listen", SYNC) == listen, \
+        "sync.metrics.listen is overridden elsewhere"
+
+
+def check_sync_probes(b):
+    check_probes(b, SYNC, SYNC_METRICS_PORT)
+
+
+def check_sync_config(b):
+    conf = parse_conf(config_map_file(b, SYNC))
+    keys = documented_keys(b)
+    for k in conf:
+        assert k in keys or k.startswith("kafka."), f"sync's pinguard.conf: unknown setting {k}"
+    for k in SHARED_KEYS:
+        assert setting(b, k, SYNC) == setting(b, k), \
+            f"{k}: sync has {setting(b, k, SYNC)!r}, the worker {setting(b, k)!r}"
+    assert setting(b, "sync.group.id", SYNC) != setting(b, "kafka.group.id"), \
+        "sync.group.id = kafka.group.id: sync would join the worker's group"
+    worker_topics = {setting(b, k) for k in INPUT_TOPIC_KEYS + OUTPUT_TOPIC_KEYS}
+    assert setting(b, "topic.bindings", SYNC) not in worker_topics, \
+        f"topic.bindings {setting(b, 'topic.bindings', SYNC)} is one of the worker's topics"
+
+
+def check_sync_secrets(b):
+    check_secrets(b, SYNC)
+
+
+def check_sync_security_context(b):
+    check_security_context(b, SYNC)
+
+
+def check_sync_resources(b):
+    check_resources(b, SYNC)
+
+
+def _apart(b, kind):
+    """The one object of `kind` selecting sync's pods, which selects no worker pod."""
+    mine = selecting(b, kind, SYNC)
+    assert len(mine) == 1, \
+        f"{kind}s selecting the sync pods: {[d['metadata']['name'] for d in mine]}; need one"
+    assert all(d is not mine[0] for d in selecting(b, kind, WORKER)), \
+        f"{kind} {mine[0]['metadata']['name']} selects the worker's pods too"
+    return mine[0]
+
+
+def check_sync_service(b):
+    svc = _apart(b, "Service")
+    ports = [p for p in svc["spec"]["ports"] if p.get("name") == "metrics"]
+    assert len(ports) == 1 and ports[0]["port"] == SYNC_METRICS_PORT, \
+        f"the sync Service needs port metrics = {SYNC_METRICS_PORT}"
+    assert resolve_port(container(b, SYNC), ports[0].get("targetPort", ports[0]["port"])) == \
+        SYNC_METRICS_PORT, "the sync Service's targetPort is not sync's metrics port"
+
+
+def check_sync_podmonitor(b):
+    pm = _apart(b, "PodMonitor")
+    eps = pm["spec"]["podMetricsEndpoints"]
+    assert eps and all(e.get("path") == "/metrics" for e in eps), "PodMonitor path must be /metrics"
+    for e in eps:
+        assert resolve_port(container(b, SYNC), e["port"]) == SYNC_METRICS_PORT, \
+            "the sync PodMonitor does not scrape sync's metrics port"
+
+
+def check_sync_disruption_budget(b):
+    pdb = _apart(b, "PodDisruptionBudget")
+    assert pdb["spec"].get("maxUnavailable") == 1, "one sync pod at a time"
+
+
+def _exec_config(unit):
+    argv = shlex.split(unit_values(parse_unit(unit), "ExecStart")[0])
+    return argv[argv.index("--config") + 1] if "--config" in argv else None
+
+
+def check_sync_systemd_unit(b):
+    check_systemd_unit(b, "sync_unit", "sync", SYNC_MIN_STOP_SECONDS)
+    w, u = parse_unit(b["unit"]), parse_unit(b["sync_unit"])
+    assert _exec_config(b["sync_unit"]) == _exec_config(b["unit"]), \
+        "the sync unit reads another settings file than the worker's"
+    for key in ("LoadCredential", "EnvironmentFile"):
+        assert unit_values(u, key) == unit_values(w, key), f"the units differ in {key}"
 
 
 def check_scaledobject(b):
@@ -741,8 +926,8 @@ def check_scaledobject(b):
         f"triggers cover {topics}; need each input topic {sorted(inputs)} once, or one without topic"
 
 
-def check_systemd_unit(b):
-    u = parse_unit(b["unit"])
+def check_systemd_unit(b, unit="unit", command="run", min_stop=MIN_STOP_SECONDS):
+    u = parse_unit(b[unit])
     for k, v in UNIT_HARDENING.items():
         got = unit_values(u, k)
         assert got and got[-1] == v, f"unit: {k}={v} expected, got {got}"
@@ -756,11 +941,11 @@ def check_systemd_unit(b):
     exec_start = unit_values(u, "ExecStart")
     assert len(exec_start) == 1, f"ExecStart {exec_start}"
     argv = shlex.split(exec_start[0])
-    assert argv[0] == "/usr/local/bin/pinguard" and argv[1] == "run", f"ExecStart {argv}"
+    assert argv[0] == "/usr/local/bin/pinguard" and argv[1] == command, f"ExecStart {argv}"
     assert unit_values(u, "KillSignal") == ["SIGTERM"], "KillSignal=SIGTERM"
     assert unit_values(u, "Restart") == ["on-failure"], "Restart=on-failure"
     stop = unit_values(u, "TimeoutStopSec")
-    assert stop and systemd_seconds(stop[-1]) >= MIN_STOP_SECONDS, f"TimeoutStopSec {stop}"
+    assert stop and systemd_seconds(stop[-1]) >= min_stop, f"TimeoutStopSec {stop}"
     # The Redis password arrives as a credential and is read from its file.
     creds = [v.split(":", 1)[0] for v in unit_values(u, "LoadCredential")]
     assert creds, "unit: LoadCredential for the Redis password"
@@ -809,13 +994,14 @@ def check_metric_names(b):
     for where, e in exprs:
         for name in re.findall(r"\bpinguard_[a-z0-9_]+", e):
             base, is_bucket = metric_base(name)
-            assert base in METRICS, f"{where}: unknown metric {name}"
+            assert base in METRICS or base in SYNC_METRICS, f"{where}: unknown metric {name}"
             used.add(name)
             if base in HISTOGRAMS:
                 assert name != base, f"{where}: {name} is a histogram; use _bucket/_sum/_count"
         for name, body in re.findall(r"\b(pinguard_[a-z0-9_]+)\s*\{([^}]*)\}", e):
             base, is_bucket = metric_base(name)
-            allowed = METRICS[base] | TARGET_LABELS | ({"le"} if is_bucket else set())
+            allowed = {**METRICS, **SYNC_METRICS}[base] | TARGET_LABELS | \
+                ({"le"} if is_bucket else set())
             for label, _, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', body):
                 assert label in allowed, f"{where}: {name} has no label {label}"
                 if label in LABEL_VALUES and re.fullmatch(r"\w+", value):
@@ -880,15 +1066,18 @@ def check_alerts(b):
         "Redis down": lambda e: re.search(r"pinguard_redis_up\s*==\s*0", e),
         "DLQ rate": lambda e: re.search(r'rate\(pinguard_inputs_total\{[^}]*outcome="dlq"', e),
         "transaction aborts": lambda e: "pinguard_transaction_aborts_total" in e,
+        "no worker": lambda e: re.search(r"absent\(pinguard_decisions_total", e),
+        "sync dead letters": lambda e: "rate(pinguard_sync_dead_letters_total" in e,
+        "sync not caught up": lambda e: re.search(r"pinguard_sync_caught_up\s*==\s*0", e),
+        "no sync": lambda e: re.search(r"absent\(pinguard_sync_caught_up", e),
     }
     for what, pred in need.items():
         assert any(pred(e) for e in exprs), f"no alert on {what}"
 
 
-def check_exporter(b):
-    """The names the dashboard and alerts are checked against are the ones the
-    worker renders (worker/metrics.c), with their labels."""
-    src = re.sub(r'"\s*\n\s*"', "", b["metrics_c"])  # "a" "b" -> "ab"
+def rendered_metrics(source):
+    """metric name -> labels, of every metric a C source renders."""
+    src = re.sub(r'"\s*\n\s*"', "", source)  # "a" "b" -> "ab"
     literals = re.findall(r'"((?:[^"\\\n]|\\.)*)"', src)
     rendered = {}
     for lit in literals:
@@ -897,10 +1086,27 @@ def check_exporter(b):
             base, _ = metric_base(m.group(1))
             labels = set(re.findall(r'(\w+)=\\"', m.group(2) or "")) - {"le"}
             rendered.setdefault(base, set()).update(labels)
+    return rendered
+
+
+def check_exporter(b):
+    """The names the dashboard and alerts are checked against are the ones the
+    worker renders (worker/metrics.c), with their labels."""
+    rendered = rendered_metrics(b["metrics_c"])
     for name, labels in METRICS.items():
         assert name in rendered, f"worker/metrics.c does not render {name}"
         assert rendered[name] == labels, \
             f"worker/metrics.c renders {name} with labels {sorted(rendered[name])}, not {sorted(labels)}"
+
+
+def check_sync_exporter(b):
+    """The same for `pinguard sync`'s own metrics, wherever in worker/ they
+    are rendered."""
+    rendered = rendered_metrics(b["worker_c"])
+    for name, labels in SYNC_METRICS.items():
+        assert name in rendered, f"no source in worker/ renders {name}"
+        assert rendered[name] == labels, \
+            f"worker/ renders {name} with labels {sorted(rendered[name])}, not {sorted(labels)}"
 
 
 def check_readme(b):
@@ -908,10 +1114,11 @@ def check_readme(b):
     m = re.search(r"^## Operations\n(.*?)(?=^## |\Z)", text, re.M | re.S)
     assert m, "README.md has no '## Operations' section"
     ops = m.group(1)
-    for name in METRICS:
+    for name in list(METRICS) + list(SYNC_METRICS):
         assert name in ops, f"README Operations does not explain {name}"
     for word in ("pinguard.dlq", "pinguard-error", "pinguard-source-topic", "kcat",
-                 "maxReplicaCount"):
+                 "maxReplicaCount", "pinguard sync --rebuild", "pinguard impact",
+                 "pinguard-sync.service", "sync-deployment.yaml"):
         assert word in ops, f"README Operations does not mention {word}"
 
 
@@ -964,14 +1171,21 @@ CHECKS = {f.__name__[len("check_"):]: f for f in [
     check_manifests, check_kustomization, check_image_and_args, check_metrics_port,
     check_probes, check_config, check_identity, check_secrets, check_security_context,
     check_resources, check_shutdown, check_rollout, check_service, check_podmonitor, check_disruption_budget,
+    check_sync_workload, check_sync_metrics_port, check_sync_probes, check_sync_config,
+    check_sync_secrets, check_sync_security_context, check_sync_resources, check_sync_service,
+    check_sync_podmonitor, check_sync_disruption_budget, check_sync_systemd_unit,
     check_scaledobject, check_systemd_unit, check_dockerfile, check_metric_names,
-    check_dashboard, check_alerts, check_exporter, check_readme, check_local_env]}
+    check_dashboard, check_alerts, check_exporter, check_sync_exporter, check_readme,
+    check_local_env]}
 
 
 # The checks that look at the Kubernetes manifests; they run on both variants.
 K8S_CHECKS = {"manifests", "kustomization", "image_and_args", "metrics_port", "probes", "config",
               "identity", "secrets", "security_context", "resources", "shutdown", "rollout",
-              "service", "podmonitor", "disruption_budget", "scaledobject"}
+              "service", "podmonitor", "disruption_budget", "scaledobject",
+              "sync_workload", "sync_metrics_port", "sync_probes", "sync_config", "sync_secrets",
+              "sync_security_context", "sync_resources", "sync_service", "sync_podmonitor",
+              "sync_disruption_budget"}
 VARIANTS = ("base", "deployment")
 
 
@@ -999,8 +1213,10 @@ def test_variants_differ_only_in_the_workload(variants):
     """The overlay is the base as a Deployment: same objects otherwise."""
     base, dep = variants["base"], variants["deployment"]
     assert workload(base)["kind"] == "StatefulSet" and workload(dep)["kind"] == "Deployment"
-    assert [(d["file"], d["doc"]["kind"]) for d in base["docs"] if d["doc"]["kind"] != "StatefulSet"] == \
-        [(d["file"], d["doc"]["kind"]) for d in dep["docs"] if d["doc"]["kind"] != "Deployment"]
+
+    def others(b):
+        return [(d["file"], d["doc"]["kind"]) for d in b["docs"] if d["doc"] is not workload(b)]
+    assert others(base) == others(dep), "the overlay changes more than the worker's workload"
     assert workload(dep)["metadata"] == workload(base)["metadata"]
     assert pod_labels(dep) == pod_labels(base)
     cb, cd = container(base), container(dep)
@@ -1044,6 +1260,13 @@ def _sub_docker(old, new):
         assert re.search(old, b["dockerfile"], re.M)
         b["dockerfile"] = re.sub(old, new, b["dockerfile"], count=1, flags=re.M)
     return f
+
+
+def _literal(c, name, value):
+    """Turns the container's variable `name` into a literal value."""
+    e = env_map(c)[name]
+    e.clear()
+    e.update(name=name, value=value)
 
 
 def _first_panel(b):
@@ -1168,6 +1391,80 @@ FAULTS = [
         readme=b["readme"].replace("PGLOCAL_KAFKA_SASL_PORT", "PGLOCAL_SASL_PORT"))),
     ("local_env", "README documents deploy/local without PGLOCAL_ names", lambda b: b.update(
         readme=re.sub(r"\(`PGLOCAL_[A-Z_]+`; ", "(", b["readme"]))),
+    # pinguard sync
+    ("sync_workload", "a StatefulSet", lambda b: workload(b, SYNC).update(kind="StatefulSet")),
+    ("sync_workload", "runs the worker", lambda b: container(b, SYNC).update(args=["run"])),
+    ("sync_workload", "another image", lambda b: container(b, SYNC).update(
+        image=container(b, SYNC)["image"].rsplit(":", 1)[0] + ":0.0.1")),
+    ("sync_workload", "a transactional id", lambda b: container(b, SYNC)["env"].append(
+        {"name": "PINGUARD_KAFKA_TRANSACTIONAL_ID",
+         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})),
+    ("sync_workload", "a pod down during rollouts", lambda b: workload(b, SYNC)["spec"]["strategy"]
+     ["rollingUpdate"].update(maxUnavailable=1)),
+    ("sync_workload", "a short grace period",
+     lambda b: pod_spec(b, SYNC).update(terminationGracePeriodSeconds=5)),
+    ("sync_workload", "more replicas than partitions",
+     lambda b: workload(b, SYNC)["spec"].update(replicas=8)),
+    ("sync_metrics_port", "loopback listen",
+     lambda b: env_map(container(b, SYNC))["PINGUARD_SYNC_METRICS_LISTEN"].update(
+         value="127.0.0.1:9465")),
+    ("sync_metrics_port", "the worker's port",
+     lambda b: container(b, SYNC)["ports"][0].update(containerPort=METRICS_PORT)),
+    ("sync_metrics_port", "the worker's variable", lambda b: env_map(container(b, SYNC))[
+        "PINGUARD_SYNC_METRICS_LISTEN"].update(name="PINGUARD_METRICS_LISTEN")),
+    ("sync_probes", "readiness on /healthz",
+     lambda b: container(b, SYNC)["readinessProbe"]["httpGet"].update(path="/healthz")),
+    ("sync_probes", "liveness on the worker's port",
+     lambda b: container(b, SYNC)["livenessProbe"]["httpGet"].update(port=METRICS_PORT)),
+    ("sync_config", "another Redis", lambda b: container(b, SYNC)["env"].append(
+        {"name": "PINGUARD_REDIS_HOST", "value": "redis-2"})),
+    ("sync_config", "the worker's group", lambda b: container(b, SYNC)["env"].append(
+        {"name": "PINGUARD_SYNC_GROUP_ID", "value": "pinguard"})),
+    ("sync_config", "an input topic as the feed",
+     lambda b: _set_conf(b, "topic.bindings = drs.advice\n")),
+    ("sync_secrets", "a literal SASL password", lambda b: _literal(
+        container(b, SYNC), "PINGUARD_KAFKA_SASL_PASSWORD", "hunter2")),
+    ("sync_secrets", "password file outside the Secret mount", lambda b: env_map(
+        container(b, SYNC))["PINGUARD_REDIS_PASSWORD_FILE"].update(value="/etc/pinguard/pw")),
+    ("sync_security_context", "root",
+     lambda b: pod_spec(b, SYNC)["securityContext"].update(runAsUser=0)),
+    ("sync_security_context", "writable root fs",
+     lambda b: container(b, SYNC)["securityContext"].update(readOnlyRootFilesystem=False)),
+    ("sync_resources", "no limits", lambda b: container(b, SYNC)["resources"].pop("limits")),
+    ("sync_service", "wrong target port",
+     lambda b: named(b, "Service", SYNC)["spec"]["ports"][0].update(targetPort=METRICS_PORT)),
+    ("sync_service", "selects the worker", lambda b: named(b, "Service", SYNC)["spec"][
+        "selector"].update({"app.kubernetes.io/component": "worker"})),
+    ("sync_service", "the worker's Service selects sync too",
+     lambda b: named(b, "Service", WORKER)["spec"]["selector"].pop("app.kubernetes.io/component")),
+    ("sync_podmonitor", "wrong path", lambda b: named(b, "PodMonitor", SYNC)["spec"][
+        "podMetricsEndpoints"][0].update(path="/metricz")),
+    ("sync_podmonitor", "none", lambda b: b["docs"].remove(next(
+        d for d in b["docs"] if d["doc"] is named(b, "PodMonitor", SYNC)))),
+    ("sync_disruption_budget", "two at a time",
+     lambda b: named(b, "PodDisruptionBudget", SYNC)["spec"].update(maxUnavailable=2)),
+    ("sync_systemd_unit", "ExecStart run", lambda b: b.update(
+        sync_unit=b["sync_unit"].replace("pinguard sync --config", "pinguard run --config"))),
+    ("sync_systemd_unit", "another settings file", lambda b: b.update(
+        sync_unit=b["sync_unit"].replace("--config /etc/pinguard/pinguard.conf",
+                                         "--config /etc/pinguard/sync.conf"))),
+    ("sync_systemd_unit", "no ProtectSystem", lambda b: b.update(
+        sync_unit=re.sub(r"^ProtectSystem=.*\n", "", b["sync_unit"], flags=re.M))),
+    ("sync_exporter", "a sync metric renamed", lambda b: b.update(
+        worker_c=b["worker_c"].replace("pinguard_sync_caught_up", "pinguard_sync_ready"))),
+    ("sync_exporter", "a sync label renamed", lambda b: b.update(
+        worker_c=b["worker_c"].replace('result=\\"', 'outcome=\\"'))),
+    ("alerts", "no sync-absent alert", lambda b: [
+        g["rules"].remove(r) for g in _doc(b, "PrometheusRule")["spec"]["groups"]
+        for r in list(g["rules"]) if "absent(pinguard_sync" in str(r["expr"])]),
+    ("alerts", "workers absent hidden by sync", lambda b: [
+        r.update(expr="absent(pinguard_build_info)")
+        for g in _doc(b, "PrometheusRule")["spec"]["groups"]
+        for r in g["rules"] if "absent(pinguard_decisions_total" in str(r["expr"])]),
+    ("readme", "a sync metric unexplained", lambda b: b.update(
+        readme=b["readme"].replace("pinguard_sync_caught_up", "sync_caught_up"))),
+    ("readme", "no rebuild", lambda b: b.update(
+        readme=b["readme"].replace("pinguard sync --rebuild", "a rebuild"))),
 ]
 
 
@@ -1266,21 +1563,22 @@ def _pinguard_bin():
     return p if os.access(p, os.X_OK) else None
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_worker_accepts_the_pod_configuration(variant, variants, tmp_path):
-    """`pinguard run --check-config` with the ConfigMap's file and the pod's
-    literal environment, as the container would start."""
+@pytest.mark.parametrize("variant,wl", [(v, w) for v in VARIANTS for w in (WORKER, SYNC)])
+def test_worker_accepts_the_pod_configuration(variant, wl, variants, tmp_path):
+    """`pinguard run --check-config` (sync's pods: `pinguard sync
+    --check-config`) with the ConfigMap's file and the pod's literal
+    environment, as the container would start."""
     binary = _pinguard_bin()
     if binary is None:
         pytest.skip("pinguard is not built (set PINGUARD_BIN)")
     b = variants[variant]
     conf = tmp_path / "pinguard.conf"
-    conf.write_text(config_map_file(b))
+    conf.write_text(config_map_file(b, wl))
     pw = tmp_path / "redis-password"
     pw.write_text("redis-secret-value\n")
     secrets = ["redis-secret-value"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINGUARD_")}
-    for name, e in env_map(container(b)).items():
+    for name, e in env_map(container(b, wl)).items():
         if "value" in e:
             env[name] = e["value"]
         elif "fieldRef" in e.get("valueFrom", {}):
@@ -1291,36 +1589,43 @@ def test_worker_accepts_the_pod_configuration(variant, variants, tmp_path):
                 secrets.append(env[name])
     env["PINGUARD_CONFIG"] = str(conf)
     env["PINGUARD_REDIS_PASSWORD_FILE"] = str(pw)
-    r = subprocess.run([binary] + container(b)["args"] + ["--check-config"], env=env,
+    r = subprocess.run([binary] + container(b, wl)["args"] + ["--check-config"], env=env,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     shown = dict(line.split(" = ", 1) for line in r.stdout.splitlines() if " = " in line)
-    assert shown["metrics.listen"].split()[0] == f"0.0.0.0:{METRICS_PORT}"
-    assert shown["kafka.group.id"].split()[0] == setting(b, "kafka.group.id")
-    assert shown["kafka.transactional.id"].split()[0] == "pinguard-0"
+    if wl == WORKER:
+        assert shown["metrics.listen"].split()[0] == f"0.0.0.0:{METRICS_PORT}"
+        assert shown["kafka.group.id"].split()[0] == setting(b, "kafka.group.id")
+        assert shown["kafka.transactional.id"].split()[0] == "pinguard-0"
+    else:
+        assert shown["sync.metrics.listen"].split()[0] == f"0.0.0.0:{SYNC_METRICS_PORT}"
+        assert shown["sync.group.id"].split()[0] == setting(b, "sync.group.id", SYNC)
+        assert shown["topic.bindings"].split()[0] == setting(b, "topic.bindings", SYNC)
     for v in secrets:
         assert v not in r.stdout + r.stderr, "a secret was printed"
 
 
-def test_systemd_analyze_verify(pristine, tmp_path):
-    """systemd-analyze verify on the unit, with ExecStart and the credential's
-    source pointed at files that exist here (the unit names install paths)."""
+@pytest.mark.parametrize("unit,file", [("unit", "pinguard.service"),
+                                       ("sync_unit", "pinguard-sync.service")])
+def test_systemd_analyze_verify(unit, file, pristine, tmp_path):
+    """systemd-analyze verify on each unit, with ExecStart and the credential's
+    source pointed at files that exist here (the units name install paths)."""
     tool = shutil.which("systemd-analyze")
     if tool is None:
         pytest.skip("systemd-analyze is not installed")
     binary = _pinguard_bin() or shutil.which("true")
     cred = tmp_path / "redis-password"
     cred.write_text("placeholder\n")
-    text = pristine["unit"].replace("/usr/local/bin/pinguard", binary)
+    text = pristine[unit].replace("/usr/local/bin/pinguard", binary)
     text = re.sub(r"^(LoadCredential=[^:]+):.*$", rf"\1:{cred}", text, flags=re.M)
-    unit = tmp_path / "pinguard.service"
-    unit.write_text(text)
+    path = tmp_path / file
+    path.write_text(text)
     # Documentation=man:pinguard(1) is checked too: the man page as installed.
     man1 = tmp_path / "man" / "man1"
     man1.mkdir(parents=True)
     shutil.copy(os.path.join(ROOT, "docs", "pinguard.1"), man1 / "pinguard.1")
     env = dict(os.environ, MANPATH=str(tmp_path / "man"))
-    r = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60,
+    r = subprocess.run([tool, "verify", str(path)], capture_output=True, text=True, timeout=60,
                        env=env)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "nknown" not in out and "gnoring" not in out, out
@@ -1384,6 +1689,25 @@ def test_cmake_install(staged, tmp_path):
     assert f"file://{prefix}/share/doc/pinguard/README.md" in unit_values(unit, "Documentation", "Unit")
     # Everything else in the unit is the checked-in file's.
     pristine = [e for e in parse_unit(_read(UNIT)) if e[1] not in ("ExecStart", "Documentation")]
+    assert [e for e in unit if e[1] not in ("ExecStart", "Documentation")] == pristine
+
+
+def test_cmake_install_sync_unit(tmp_path):
+    """`cmake --install` puts pinguard-sync.service beside pinguard.service,
+    its ExecStart and Documentation naming the install prefix like the
+    worker's, everything else the checked-in file's."""
+    build = _build_dir()
+    if build is None or shutil.which("cmake") is None:
+        pytest.skip("no CMake build beside PINGUARD_BIN, or no cmake")
+    prefix = str(tmp_path / "prefix")
+    out = _install(build, prefix)
+    installed = tmp_path / "prefix" / "lib" / "systemd" / "system" / "pinguard-sync.service"
+    assert installed.is_file(), f"cmake --install does not install pinguard-sync.service:\n{out}"
+    unit = parse_unit(installed.read_text())
+    argv = shlex.split(unit_values(unit, "ExecStart")[0])
+    assert argv[:2] == [f"{prefix}/bin/pinguard", "sync"], argv
+    assert f"file://{prefix}/share/doc/pinguard/README.md" in unit_values(unit, "Documentation", "Unit")
+    pristine = [e for e in parse_unit(_read(SYNC_UNIT)) if e[1] not in ("ExecStart", "Documentation")]
     assert [e for e in unit if e[1] not in ("ExecStart", "Documentation")] == pristine
 
 
