@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # Install-time step (install(SCRIPT), after install(CODE) set the PG_UNIT_*
-# variables): copies deploy/systemd/pinguard.service into the unit directory
+# variables): copies a unit of deploy/systemd (pinguard.service, then
+# pinguard-sync.service) into the unit directory
 # with ExecStart and Documentation pointing at where this install put the
 # binary and the docs. Runs at install time, so `cmake --install --prefix P`
 # gets paths under P; DESTDIR staging keeps the final paths in the unit.
@@ -33,6 +34,7 @@ endforeach()
 string(REPLACE "ExecStart=/usr/local/bin/pinguard " "ExecStart=${bindir}/pinguard " text "${text}")
 string(REPLACE "Documentation=file:///usr/local/share/doc/pinguard/README.md"
                "Documentation=file://${docdir}/README.md" text "${text}")
-file(WRITE "${PG_UNIT_TMP}/pinguard.service" "${text}")
-file(INSTALL "${PG_UNIT_TMP}/pinguard.service" DESTINATION "${unitdir}"
+get_filename_component(unit "${PG_UNIT_IN}" NAME)
+file(WRITE "${PG_UNIT_TMP}/${unit}" "${text}")
+file(INSTALL "${PG_UNIT_TMP}/${unit}" DESTINATION "${unitdir}"
   FILE_PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)

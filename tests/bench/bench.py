@@ -304,7 +304,15 @@ def scrape(port):
         text = r.read().decode()
     def total(name):
         return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    # Kafka requests by client and type (librdkafka statistics, which the
+    # bench turns on with kafka.statistics.interval.ms).
+    requests = {}
+    for client, req, v in re.findall(
+            r'^pinguard_kafka_requests_total\{client="(\w+)",request="(\w+)"\} (\S+)$',
+            text, re.M):
+        requests[(client, req)] = float(v)
     return {"round_trips": total("pinguard_redis_round_trips_total"),
+            "requests": requests,
             "batches": total("pinguard_batches_total"),
             "decided": sum(float(v) for v in re.findall(
                 r'^pinguard_inputs_total\{[^}]*outcome="decided"\} (\S+)$', text, re.M))}
@@ -424,7 +432,7 @@ def main():
     for mode in modes:
         for k in [x for x in args.streams.split(",") if x]:
             outs = {o: f"{tag}.{mode}.{k}.out.{o}" for o in
-                    ("advice.filtered", "decisions", "release", "dlq")}
+                    ("advice.filtered", "decisions", "release", "dlq", "audit")}
             create_topics(admin, list(outs.values()))
             topics = {kk: (inputs[kk] if kk == k else empty[kk]) for kk in STREAMS}
             group = f"{tag}-{mode}-{k}"
@@ -432,7 +440,8 @@ def main():
             settings += [f"topic.{o}={v}" for o, v in outs.items()]
             settings += [f"kafka.group.id={group}", f"delivery={mode}",
                          f"kafka.transactional.id={group}",
-                         f"advice.max.migrations={max(1000, 10)}"]
+                         f"advice.max.migrations={max(1000, 10)}",
+                         "kafka.statistics.interval.ms=500"]
             before = redis_cmdstats()
             cpu0, busy0 = service_cpu(), machine_busy()
             w = Worker(pg, settings + args.set, f"{group}")
@@ -447,6 +456,7 @@ def main():
             elapsed = time.time() - w.started
             cpu1, busy1 = service_cpu(), machine_busy()
             committed.close()
+            time.sleep(1.2)  # the statistics' next report: the requests of the drain
             m = scrape(port)
             rc, rss, cpu = w.stop()
             after = redis_cmdstats()
@@ -467,6 +477,8 @@ def main():
                  "batches": m["batches"], "rt_per_batch": m["round_trips"] / max(m["batches"], 1),
                  "rt_per_decision": m["round_trips"] / max(m["decided"], 1),
                  "redis_cmds_per_item": cmds / items, "redis_calls_per_item": calls / items,
+                 "kafka_requests": {key: v * 1000 / max(m["decided"], 1)
+                                    for key, v in m["requests"].items() if v > 0},
                  "exit": rc}
             drains.append(d)
             log(f"{mode} {k}: {d['rate']:.0f}/s ({d['ratio']:.2f}x raw {raw[k][0]:.0f}/s), "
@@ -480,7 +492,7 @@ def main():
     for mode in ([] if args.no_latency else modes + ["relay"]):
         lat_in = {kk: f"{tag}.lat.{mode}.in.{kk}" for kk in STREAMS}
         lat_out = {o: f"{tag}.lat.{mode}.out.{o}" for o in
-                   ("advice.filtered", "decisions", "release", "dlq")}
+                   ("advice.filtered", "decisions", "release", "dlq", "audit")}
         # Both sides stamped by the broker: the latency is from the input
         # being in Kafka to the decision being in Kafka, on one clock.
         create_topics(admin, list(lat_in.values()) + list(lat_out.values()), log_append=True)
@@ -605,6 +617,19 @@ def write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, rela
                  f"{d['rt_per_batch']:.2f} | {d['rt_per_decision']:.4f} | "
                  f"{d['redis_cmds_per_item']:.2f} | {d['redis_calls_per_item']:.3f} | "
                  f"{d['rss_mb']:.1f} MB |")
+    L.append("\n### Kafka requests per 1,000 decisions during each drain\n")
+    L.append("From librdkafka's statistics (`pinguard_kafka_requests_total`, every 500 ms), "
+             "consumer and producer together, from the worker's start to the end of the "
+             "drain (the start's metadata and group requests included).\n")
+    kinds = sorted({r for d in drains for (_, r) in d["kafka_requests"]})
+    if kinds:
+        L.append("| mode | stream | " + " | ".join(kinds) + " |")
+        L.append("| --- | --- | " + " | ".join("---" for _ in kinds) + " |")
+        for d in drains:
+            per = {r: sum(v for (c, rr), v in d["kafka_requests"].items() if rr == r)
+                   for r in kinds}
+            L.append(f"| {d['mode']} | {d['stream']} | "
+                     + " | ".join(f"{per[r]:.2f}" for r in kinds) + " |")
     L.append("\n### Where the CPU went during each drain\n")
     L.append(f"CPU time per decision of each process (worker from `/usr/bin/time`, broker and "
              f"Redis from /proc), and how busy the machine's {os.cpu_count()} cores were. "

@@ -17,8 +17,11 @@
  * most a consume+produce loop can reach, for the ceiling.
  *
  * Exits 0 once COUNT inputs are relayed and their offsets committed, printing
- * "relayed N in S s"; COUNT 0 relays until SIGTERM.
+ * "relayed N in S s" and, from librdkafka's statistics, the requests both
+ * clients sent by type ("requests Fetch=N Produce=M ..."); COUNT 0 relays
+ * until SIGTERM.
  */
+#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -75,6 +78,48 @@ static int kick(rd_kafka_t *c)
     return kicked;
 }
 
+/* Requests by type, summed over the brokers, per client (the statistics'
+ * counts are totals since the client started). */
+enum { N_REQ = 16 };
+static const char *const req_names[N_REQ] = {"Produce",
+                                             "Fetch",
+                                             "ListOffsets",
+                                             "Metadata",
+                                             "OffsetCommit",
+                                             "OffsetFetch",
+                                             "FindCoordinator",
+                                             "JoinGroup",
+                                             "Heartbeat",
+                                             "LeaveGroup",
+                                             "SyncGroup",
+                                             "InitProducerId",
+                                             "AddPartitionsToTxn",
+                                             "AddOffsetsToTxn",
+                                             "EndTxn",
+                                             "TxnOffsetCommit"};
+static long long req_counts[2][N_REQ];
+
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    (void)opaque;
+    int client = rd_kafka_type(rk) == RD_KAFKA_CONSUMER ? 0 : 1;
+    json_t *root = json_loadb(json, len, 0, NULL), *b;
+    const char *name;
+    long long sum[N_REQ] = {0};
+    json_object_foreach(json_object_get(root, "brokers"), name, b)
+    {
+        for (int r = 0; r < N_REQ; r++) {
+            json_t *v = json_object_get(json_object_get(b, "req"), req_names[r]);
+            if (json_is_integer(v))
+                sum[r] += (long long)json_integer_value(v);
+        }
+    }
+    if (root != NULL)
+        memcpy(req_counts[client], sum, sizeof(sum));
+    json_decref(root);
+    return 0;
+}
+
 static int set(rd_kafka_conf_t *conf, const char *k, const char *v)
 {
     char err[256];
@@ -114,7 +159,9 @@ int main(int argc, char **argv)
         set(cc, "max.partition.fetch.bytes", "131072") ||
         set(cc, "fetch.wait.max.ms", "10") || set(pc, "bootstrap.servers", argv[1]) ||
         set(pc, "linger.ms", "1") || set(pc, "compression.type", "lz4") ||
-        set(pc, "enable.idempotence", "true")) {
+        set(pc, "enable.idempotence", "true") ||
+        set(cc, "statistics.interval.ms", "500") ||
+        set(pc, "statistics.interval.ms", "500")) {
         rd_kafka_conf_destroy(cc);
         rd_kafka_conf_destroy(pc);
         goto out;
@@ -138,6 +185,8 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    rd_kafka_conf_set_stats_cb(cc, on_stats);
+    rd_kafka_conf_set_stats_cb(pc, on_stats);
     if ((p = rd_kafka_new(RD_KAFKA_PRODUCER, pc, err, sizeof(err))) == NULL) {
         fprintf(stderr, "relay: producer: %s\n", err);
         rd_kafka_conf_destroy(pc);
@@ -212,6 +261,17 @@ int main(int argc, char **argv)
         goto out;
     }
     printf("relayed %lld in %.3f s (%lld kicks)\n", done, now_s() - t0, kicks);
+    /* The next statistics report counts the drain's last requests. */
+    for (double until = now_s() + 0.6; now_s() < until;) {
+        rd_kafka_poll(p, 50);
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 50);
+        if (m != NULL)
+            rd_kafka_message_destroy(m);
+    }
+    printf("requests");
+    for (int r = 0; r < N_REQ; r++)
+        printf(" %s=%lld", req_names[r], req_counts[0][r] + req_counts[1][r]);
+    printf("\n");
     rc = 0;
 out:
     if (c != NULL) {
