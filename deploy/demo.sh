@@ -7,7 +7,10 @@
 # expected one. Then the binding feed: publishes bindings for three VMs, runs
 # `pinguard sync` until it has caught up, decides a request, publishes a newer
 # generation that attaches a dGPU, decides again once synced, and shows the
-# host's impact report. Exits non-zero if any decision is missing or wrong.
+# host's impact report. Then a quarantine: three FAILED results of one VM, a
+# DRS request vetoed QUARANTINED beside an HA one approved, `pinguard
+# unquarantine`, the DRS request approved again, and the VM's audit trail.
+# Exits non-zero if any decision is missing or wrong.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -184,5 +187,57 @@ if [ "$(jq -c '.summary | [.vms, .canMove, .stay]' <<<"$impact")" != "[3,1,2]" ]
   echo "demo: FAILED: impact host-d should list 3 VMs, 1 that can move: $impact" >&2
   exit 1
 fi
+
+# --- quarantine -----------------------------------------------------------
+# A VM with a NIC VF only (it may migrate) whose migrations keep failing:
+# after quarantine.failures (3) FAILED results DRS may not move it for
+# quarantine.base.ms (10 min); HA still may. The operator lifts it.
+vm_q=6f1c0a52-00e1-4000-8000-00000000a0e1
+echo
+echo "== quarantine: $vm_q fails to migrate three times"
+"$pg" place "$vm_q" host-f --actor demo
+"$pg" bind "$vm_q" 0000:18:00.2 pci+vf --actor demo
+now=$(date +%s%3N)
+# failed ID AT: one FAILED MigrationResult of vm_q, finished at AT (ms).
+failed() {
+  jq -nc --arg id "$1" --arg vm "$vm_q" --argjson at "$2" \
+    '{topic: "results", type: "MigrationResult", key: $vm,
+      record: {requestId: $id, vmUuid: $vm, srcHostUuid: "host-f", dstHostUuid: "host-g",
+               outcome: "FAILED", observedHostUuid: "host-f",
+               error: "migration aborted: dirty page rate too high", finishedAtMs: $at},
+      expect: {action: "KEEP", reason: "STILL_ON_SOURCE"}}'
+}
+# qrequest ID ORIGIN VERDICT REASON: a MigrateVmRequest of vm_q.
+qrequest() {
+  jq -nc --arg id "$1" --arg vm "$vm_q" --arg origin "$2" --arg verdict "$3" --argjson reason "$4" \
+    '{topic: "requests", type: "MigrateVmRequest", key: $vm,
+      record: {requestId: $id, vmUuid: $vm, srcHostUuid: "host-f", dstHostUuid: "host-g",
+               origin: $origin, requestedAtMs: 0},
+      expect: {verdict: $verdict, reason: $reason}}'
+}
+quarantined() { [ "$("$pg" explain "$vm_q" --json | jq -r .quarantine.quarantined)" = true ]; }
+for i in 1 2 3; do failed "res-q$i-$run" $((now + i)); done >"$work/q-fail.jsonl"
+produce "$work/q-fail.jsonl"
+await "$work/q-fail.jsonl" collect_no_dlq
+wait_for "the quarantine did not start" "$work/worker.log" "$worker_pid" quarantined
+echo
+"$pg" explain "$vm_q"
+{
+  qrequest "req-q-drs-$run" DRS VETOED '"QUARANTINED"'
+  qrequest "req-q-ha-$run" HA APPROVED null
+} >"$work/q-req-1.jsonl"
+produce "$work/q-req-1.jsonl"
+await "$work/q-req-1.jsonl" collect_no_dlq
+
+echo
+echo "== the operator lifts it: pinguard unquarantine $vm_q"
+"$pg" unquarantine "$vm_q" --actor demo
+qrequest "req-q-drs2-$run" DRS APPROVED null >"$work/q-req-2.jsonl"
+produce "$work/q-req-2.jsonl"
+await "$work/q-req-2.jsonl" collect_no_dlq
+echo
+echo "== the audit trail of $vm_q (pinguard audit $vm_q --since 5m)"
+"$pg" audit "$vm_q" --since 5m
+
 echo
 echo "Services keep running; stop them with: bash deploy/local/down.sh"

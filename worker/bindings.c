@@ -27,6 +27,10 @@
  * command may still have run; so every failure drops the context and the next
  * call reconnects, re-applying AUTH, SELECT, the socket timeouts and SCRIPT
  * LOAD (which also heals a NOSCRIPT after a SCRIPT FLUSH or a failover).
+ * Operators read a VM by one more script (INSPECT_LUA: every key with its
+ * type, the pin's expiry and the quarantine keys, bounded) and lift a
+ * quarantine by another (UNQUARANTINE_LUA); the worker's quarantine notes
+ * live in bindings_quarantine.c.
  * The binding feed's writes and the host index live in bindings_feed.c; the
  * connection and the struct are shared through bindings_internal.h.
  */
@@ -65,6 +69,10 @@ pg_bindings_opts_t pg_bindings_opts(const pg_config_t *c)
         .max_devices = (size_t)c->redis_max_devices_per_vm,
         .max_len = (size_t)c->max_string_length,
         .chunk = (size_t)c->redis_lookup_chunk,
+        .sentinels = c->redis_sentinels,
+        .master_name = c->redis_master_name,
+        .sentinel_user = c->redis_sentinel_user,
+        .sentinel_password = c->redis_sentinel_password,
         .quarantine = {c->quarantine_failures, c->quarantine_window_ms,
                        c->quarantine_base_ms, c->quarantine_max_ms}};
 }
@@ -83,9 +91,27 @@ pg_bindings_t *pg_bindings_new(const pg_bindings_opts_t *o)
     b->host = dup_or_empty(o->host);
     b->user = dup_or_empty(o->user);
     b->password = dup_or_empty(o->password);
-    if (b->host == NULL || b->user == NULL || b->password == NULL) {
+    b->master_name = dup_or_empty(o->master_name);
+    b->sentinel_user = dup_or_empty(o->sentinel_user);
+    b->sentinel_password = dup_or_empty(o->sentinel_password);
+    if (b->host == NULL || b->user == NULL || b->password == NULL ||
+        b->master_name == NULL || b->sentinel_user == NULL ||
+        b->sentinel_password == NULL) {
         pg_bindings_destroy(b);
         return NULL;
+    }
+    if (o->sentinels != NULL && o->sentinels[0] != '\0') {
+        char err[256];
+        /* Checked with the configuration: a list that does not parse here
+         * leaves no sentinel, and the host setting stands. */
+        if (pg_sentinel_parse_list(o->sentinels, b->sentinel.sentinels, PG_SENTINEL_MAX,
+                                   &b->sentinel.n, err, sizeof(err)) != PG_OK)
+            b->sentinel.n = 0;
+        b->sentinel.master_name = b->master_name;
+        b->sentinel.user = b->sentinel_user;
+        b->sentinel.password = b->sentinel_password;
+        b->sentinel.connect_timeout_ms = o->connect_timeout_ms;
+        b->sentinel.timeout_ms = o->timeout_ms;
     }
     b->port = o->port;
     b->db = o->db;
@@ -123,6 +149,9 @@ void pg_bindings_destroy(pg_bindings_t *b)
     free(b->user);
     if (b->password != NULL)
         memset(b->password, 0, strlen(b->password));
+    free(b->master_name);
+    free(b->sentinel_user);
+    free(b->sentinel_password);
     free(b->password);
     free(b);
 }
@@ -246,11 +275,19 @@ static const char LOOKUP_LUA[] =
     "return out\n";
 
 /* For operators: every key with its type, values up to ARGV[1] devices.
- * KEYS: :host, :pin, :devices, :generation. Reply: {type of :host, of :pin,
- * of :devices, host, pin, n, devs, type of :generation, generation}. */
+ * KEYS: :host, :pin, :devices, :generation, :failures, :quarantine,
+ * :backoff (one VM: one hash slot). ARGV: the most devices returned, the
+ * window's first score (now - quarantine.window.ms), the most failures
+ * listed, the longest requestId or back-off field returned (longer ones are
+ * cut). Reply: {type of :host, of :pin, of :devices, host, pin, n, devs,
+ * type of :generation, generation, type of :failures, of :quarantine, of
+ * :backoff, PTTL of :pin, members of :failures, of them in the window, the
+ * newest of those (id, score pairs, newest first), :quarantine's value (cut
+ * to 64 bytes), its PTTL, :backoff's last, since, started_by, lifted_by}. */
 static const char INSPECT_LUA[] =
     "local t = {}\n"
-    "for i = 1, 4 do t[i] = redis.call('TYPE', KEYS[i]).ok end\n"
+    "for i = 1, 7 do t[i] = redis.call('TYPE', KEYS[i]).ok end\n"
+    "local max_len = tonumber(ARGV[4])\n"
     "local host, pin, n, devs, gen = false, false, 0, {}, false\n"
     "if t[1] == 'string' then host = redis.call('GET', KEYS[1]) end\n"
     "if t[2] == 'string' then pin = redis.call('GET', KEYS[2]) end\n"
@@ -259,7 +296,36 @@ static const char INSPECT_LUA[] =
     "  if n <= tonumber(ARGV[1]) then devs = redis.call('HGETALL', KEYS[3]) end\n"
     "end\n"
     "if t[4] == 'string' then gen = redis.call('GET', KEYS[4]) end\n"
-    "return {t[1], t[2], t[3], host, pin, n, devs, t[4], gen}\n";
+    "local nf, nw, fl = 0, 0, {}\n"
+    "if t[5] == 'zset' then\n"
+    "  nf = redis.call('ZCARD', KEYS[5])\n"
+    "  nw = redis.call('ZCOUNT', KEYS[5], ARGV[2], '+inf')\n"
+    "  fl = redis.call('ZREVRANGEBYSCORE', KEYS[5], '+inf', ARGV[2], 'WITHSCORES', "
+    "'LIMIT', 0, tonumber(ARGV[3]))\n"
+    "  for i = 1, #fl, 2 do fl[i] = string.sub(fl[i], 1, max_len) end\n"
+    "end\n"
+    "local q = false\n"
+    "if t[6] == 'string' then q = string.sub(redis.call('GET', KEYS[6]), 1, 64) end\n"
+    "local bo = {false, false, false, false}\n"
+    "if t[7] == 'hash' then\n"
+    "  bo = redis.call('HMGET', KEYS[7], 'last', 'since', 'started_by', 'lifted_by')\n"
+    "  for i = 1, 4 do if bo[i] then bo[i] = string.sub(bo[i], 1, max_len) end end\n"
+    "end\n"
+    "return {t[1], t[2], t[3], host, pin, n, devs, t[4], gen, t[5], t[6], t[7], "
+    "redis.call('PTTL', KEYS[2]), nf, nw, fl, q, redis.call('PTTL', KEYS[6]), bo}\n";
+
+/* Lifts a quarantine. KEYS: :failures, :quarantine, :backoff. Reply:
+ * {whether :quarantine existed, its PTTL, its value (cut to 64 bytes) or
+ * nil, the members :failures had}. */
+static const char UNQUARANTINE_LUA[] =
+    "local kf, kq, kb = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local had, ttl, v = redis.call('EXISTS', kq), redis.call('PTTL', kq), false\n"
+    "if redis.call('TYPE', kq).ok == 'string' then v = string.sub(redis.call('GET', "
+    "kq), 1, 64) end\n"
+    "local nf = 0\n"
+    "if redis.call('TYPE', kf).ok == 'zset' then nf = redis.call('ZCARD', kf) end\n"
+    "redis.call('DEL', kf, kq, kb)\n"
+    "return {had, ttl, v, nf}\n";
 
 /* Loads one script, its SHA1 into sha (41 bytes). */
 static int load_one(pg_bindings_t *b, const char *script, char *sha, char *errbuf,
@@ -298,10 +364,80 @@ static int load_script(pg_bindings_t *b, char *errbuf, size_t errlen)
                    : load_one(b, PG_BINDINGS_RESULT_LUA, b->note_sha, errbuf, errlen);
 }
 
+/* With Sentinel: which server to connect to, asked of the sentinels on
+ * every (re)connect (a failover moves the primary). */
+static int resolve_primary(pg_bindings_t *b, char *errbuf, size_t errlen)
+{
+    pg_redis_addr_t a;
+    int rc = pg_sentinel_resolve(&b->sentinel, &b->sentinel_next, &a, errbuf, errlen);
+    if (rc != PG_OK)
+        return rc;
+    char *host = strdup(a.host);
+    if (host == NULL) {
+        pg_errf(errbuf, errlen, "out of memory");
+        return PG_FATAL;
+    }
+    free(b->host);
+    b->host = host;
+    b->port = a.port;
+    return PG_OK;
+}
+
+/* With Sentinel, a sentinel's answer is only a candidate: the server must
+ * say it is a primary (ROLE) before anything is read from or written to it.
+ * Its replication id, compared with the last primary's, tells a failover
+ * (after which writes the old primary had not replicated are lost). */
+static int check_primary(pg_bindings_t *b, char *errbuf, size_t errlen)
+{
+    const char *role_argv[1] = {"ROLE"};
+    redisReply *r = redisCommandArgv(b->ctx, 1, role_argv, NULL);
+    bool primary = false;
+    char err[128];
+    int rc =
+        r == NULL ? PG_RETRY : pg_sentinel_parse_role(r, &primary, err, sizeof(err));
+    freeReplyObject(r);
+    if (rc != PG_OK || !primary) {
+        pg_errf(errbuf, errlen, "redis %s:%d is not the primary of %s (%s)", b->host,
+                b->port, b->master_name,
+                rc != PG_OK ? "no ROLE answer" : "ROLE says it is not a master");
+        drop(b);
+        return PG_RETRY;
+    }
+    const char *info_argv[2] = {"INFO", "replication"};
+    r = redisCommandArgv(b->ctx, 2, info_argv, NULL);
+    char replid[41] = "";
+    if (r != NULL && r->type == REDIS_REPLY_STRING)
+        pg_sentinel_parse_replid(r->str, (size_t)r->len, replid);
+    freeReplyObject(r);
+    char where[sizeof(b->primary)];
+    snprintf(where, sizeof(where), "%s:%d", b->host, b->port);
+    if (b->replid[0] != '\0' && replid[0] != '\0' && strcmp(b->replid, replid) != 0) {
+        b->failovers++;
+        pg_log_warn("redis_failover", "master", b->master_name, "old_primary",
+                    b->primary, "new_primary", where, "old_replid", b->replid,
+                    "new_replid", replid, "note",
+                    "writes the old primary had not replicated are lost", NULL);
+    }
+    if (replid[0] != '\0')
+        memcpy(b->replid, replid, sizeof(b->replid));
+    memcpy(b->primary, where, sizeof(b->primary));
+    return PG_OK;
+}
+
+unsigned long long pg_bindings_failovers(const pg_bindings_t *b)
+{
+    return b->failovers;
+}
+
 static int ensure_connected(pg_bindings_t *b, char *errbuf, size_t errlen)
 {
     if (b->ctx != NULL)
         return 0;
+    if (b->sentinel.n > 0) {
+        int rc = resolve_primary(b, errbuf, errlen);
+        if (rc != PG_OK)
+            return rc;
+    }
     redisContext *c =
         redisConnectWithTimeout(b->host, b->port, ms_to_tv(b->connect_timeout_ms));
     if (c == NULL) {
@@ -344,6 +480,8 @@ static int ensure_connected(pg_bindings_t *b, char *errbuf, size_t errlen)
         if (rc != 0)
             return rc;
     }
+    if (b->sentinel.n > 0 && (rc = check_primary(b, errbuf, errlen)) != 0)
+        return rc;
     return load_script(b, errbuf, errlen);
 }
 
@@ -544,6 +682,14 @@ int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t
     if (rc != 0 || n == 0)
         return rc;
     pg_buf_reset(&b->cmd);
+    /* With Sentinel every batch starts with ROLE: a primary demoted since the
+     * connection was made (a paused one that came back as a replica) is not
+     * read from, and the lookups right behind it ran on the primary. */
+    bool role = b->sentinel.n > 0;
+    if (role && pg_buf_append(&b->cmd, "*1\r\n$4\r\nROLE\r\n", 14) != 0) {
+        pg_errf(errbuf, errlen, "out of memory formatting the lookups");
+        return PG_FATAL;
+    }
     rc = pg_bindings_format_lookups(&b->cmd, b->sha, b->args, b->args_len, b->chunk,
                                     vm_uuids, n, errbuf, errlen);
     if (rc == 0 && n_notes > 0)
@@ -565,6 +711,23 @@ int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t
             drop(b);
             return PG_RETRY;
         }
+    if (role) {
+        redisReply *r = NULL;
+        bool primary = false;
+        char err[128];
+        rc = read_reply(b, &r, errbuf, errlen);
+        if (rc == PG_OK &&
+            (pg_sentinel_parse_role(r, &primary, err, sizeof(err)) != 0 || !primary)) {
+            pg_errf(errbuf, errlen, "redis %s:%d is no longer the primary of %s",
+                    b->host, b->port, b->master_name);
+            rc = PG_RETRY;
+        }
+        freeReplyObject(r);
+        if (rc != PG_OK) {
+            drop(b); /* the next call asks the sentinels again */
+            return rc;
+        }
+    }
     b->expected = n;
     b->notes_expected = n_notes;
     b->stats.round_trips++;
@@ -1048,23 +1211,69 @@ int pg_bindings_place(pg_bindings_t *b, const char *vm, const char *host, char *
     return one_command(b, vm, 3, argv, NULL, errbuf, errlen);
 }
 
-int pg_bindings_pin(pg_bindings_t *b, const char *vm, const char *reason, char *errbuf,
-                    size_t errlen)
+int pg_bindings_pin(pg_bindings_t *b, const char *vm, const char *reason,
+                    int64_t ttl_ms, char *errbuf, size_t errlen)
 {
-    char key[KEY_MAX];
+    char key[KEY_MAX], ms[24];
     if (vm == NULL || vm_key(key, vm, "pin") < 0)
         return check_uuid("vm uuid", "", 0, errbuf, errlen);
-    const char *argv[3] = {"SET", key, reason ? reason : ""};
-    return one_command(b, vm, 3, argv, NULL, errbuf, errlen);
+    /* A SET without PX also drops an expiry an earlier pin had. */
+    snprintf(ms, sizeof(ms), "%" PRId64, ttl_ms);
+    const char *argv[5] = {"SET", key, reason ? reason : "", "PX", ms};
+    return one_command(b, vm, ttl_ms > 0 ? 5 : 3, argv, NULL, errbuf, errlen);
 }
 
-int pg_bindings_unpin(pg_bindings_t *b, const char *vm, char *errbuf, size_t errlen)
+int pg_bindings_unpin(pg_bindings_t *b, const char *vm, bool *removed, char *errbuf,
+                      size_t errlen)
 {
     char key[KEY_MAX];
     if (vm == NULL || vm_key(key, vm, "pin") < 0)
         return check_uuid("vm uuid", "", 0, errbuf, errlen);
     const char *argv[2] = {"DEL", key};
-    return one_command(b, vm, 2, argv, NULL, errbuf, errlen);
+    redisReply *r = NULL;
+    int rc = one_command(b, vm, 2, argv, &r, errbuf, errlen);
+    if (rc == 0) {
+        if (removed != NULL)
+            *removed = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+        freeReplyObject(r);
+    }
+    return rc;
+}
+
+int pg_bindings_unquarantine(pg_bindings_t *b, const char *vm, pg_unquarantine_t *out,
+                             char *errbuf, size_t errlen)
+{
+    char kf[KEY_MAX], kq[KEY_MAX], kb[KEY_MAX];
+    if (vm == NULL || vm_key(kf, vm, "failures") < 0)
+        return check_uuid("vm uuid", "", 0, errbuf, errlen);
+    vm_key(kq, vm, "quarantine");
+    vm_key(kb, vm, "backoff");
+    const char *argv[6] = {"EVAL", UNQUARANTINE_LUA, "3", kf, kq, kb};
+    redisReply *r = NULL;
+    int rc = one_command(b, vm, 6, argv, &r, errbuf, errlen);
+    if (rc != 0)
+        return rc;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER ||
+        r->element[1]->type != REDIS_REPLY_INTEGER ||
+        r->element[3]->type != REDIS_REPLY_INTEGER) {
+        /* The script ran: the keys are gone, only its answer is unclear. */
+        pg_errf(errbuf, errlen,
+                "redis: unexpected reply lifting the quarantine of vm %s", vm);
+        freeReplyObject(r);
+        return PG_RETRY;
+    }
+    if (out != NULL) {
+        memset(out, 0, sizeof(*out));
+        out->was_quarantined = r->element[0]->integer > 0;
+        out->ttl_ms = r->element[1]->integer >= 0 ? r->element[1]->integer : -1;
+        if (is_bulk(r->element[2]))
+            pg_bindings_parse_quarantine(bytes_of(r->element[2]), NULL,
+                                         &out->duration_ms);
+        out->failures = r->element[3]->integer > 0 ? (size_t)r->element[3]->integer : 0;
+    }
+    freeReplyObject(r);
+    return 0;
 }
 
 /* Each VM is one MULTI/EXEC block, so a reader (the lookup script) sees its
@@ -1134,27 +1343,132 @@ int pg_bindings_store(pg_bindings_t *b, const char *const *vm_uuids,
     return pipeline(b, ncmd, errbuf, errlen);
 }
 
+/* A reply element as an integer: an integer reply, or a bulk string holding
+ * a decimal number (a sorted set's score, a hash field); false otherwise. */
+static bool reply_i64(const redisReply *r, int64_t *out)
+{
+    if (r->type == REDIS_REPLY_INTEGER) {
+        *out = r->integer;
+        return true;
+    }
+    if (!is_bulk(r) || r->len == 0 || r->len > 40)
+        return false;
+    char buf[48], *end;
+    memcpy(buf, r->str, r->len);
+    buf[r->len] = '\0';
+    double d = strtod(buf, &end);
+    if (*end != '\0' || !(d > -9.2e18 && d < 9.2e18))
+        return false;
+    *out = (int64_t)d;
+    return true;
+}
+
+/* A bulk reply copied into the arena; false when out of memory. */
+static bool copy_bulk(const redisReply *v, pg_arena_t *arena, pg_bytes_t *out)
+{
+    char *copy = pg_arena_strndup(arena, v->str, (size_t)v->len);
+    if (copy == NULL)
+        return false;
+    *out = (pg_bytes_t){copy, (size_t)v->len};
+    return true;
+}
+
+static void set_reply_type(char *dst, const redisReply *t)
+{
+    set_type(dst, t->type == REDIS_REPLY_STRING || t->type == REDIS_REPLY_STATUS
+                      ? t->str
+                      : "?");
+}
+
+/* The quarantine half of INSPECT_LUA's reply (elements 9 to 18) into
+ * out->inspect, bytes in arena. PG_OK, PG_RETRY for a reply not the script's,
+ * PG_FATAL when out of memory. */
+static int parse_inspect_extra(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t *out)
+{
+    pg_vm_inspect_t *in = &out->inspect;
+    const redisReply *fl = r->element[15], *bo = r->element[18];
+    int64_t pin_ttl, q_ttl, nf, nw;
+    if (!reply_i64(r->element[12], &pin_ttl) || !reply_i64(r->element[13], &nf) ||
+        !reply_i64(r->element[14], &nw) || fl->type != REDIS_REPLY_ARRAY ||
+        fl->elements % 2 != 0 || fl->elements > 2 * PG_BINDINGS_INSPECT_FAILURES ||
+        !reply_i64(r->element[17], &q_ttl) || bo->type != REDIS_REPLY_ARRAY ||
+        bo->elements != 4 || nf < 0 || nw < 0)
+        return PG_RETRY;
+    set_reply_type(in->failures_type, r->element[9]);
+    set_reply_type(in->quarantine_type, r->element[10]);
+    set_reply_type(in->backoff_type, r->element[11]);
+    in->read = true;
+    in->pin_ttl_ms = pin_ttl >= 0 ? pin_ttl : -1;
+    in->quarantine_ttl_ms = q_ttl >= 0 ? q_ttl : -1;
+    in->failures_total = (size_t)nf;
+    in->failures_in_window = (size_t)nw;
+    /* The quarantine quarantines whatever its type (as in the lookup). */
+    out->has_quarantine = strcmp(in->quarantine_type, "none") != 0;
+    if (is_bulk(r->element[16]) && !copy_bulk(r->element[16], arena, &out->quarantine))
+        return PG_FATAL;
+    size_t n = fl->elements / 2;
+    if (n > 0 &&
+        (in->failures = pg_arena_calloc(arena, n, sizeof(*in->failures))) == NULL)
+        return PG_FATAL;
+    for (size_t i = 0; i < n; i++) {
+        /* Newest first in the reply; oldest first for the reader. */
+        pg_raw_failure_t *f = &in->failures[n - 1 - i];
+        if (!is_bulk(fl->element[2 * i]) ||
+            !reply_i64(fl->element[2 * i + 1], &f->finished_at_ms))
+            return PG_RETRY;
+        if (!copy_bulk(fl->element[2 * i], arena, &f->request_id))
+            return PG_FATAL;
+    }
+    in->n_failures = n;
+    for (size_t i = 0; i < 4; i++)
+        if (bo->element[i]->type != REDIS_REPLY_NIL && !is_bulk(bo->element[i]))
+            return PG_RETRY;
+    in->has_backoff_last = reply_i64(bo->element[0], &in->backoff_last_ms);
+    in->has_backoff_since = reply_i64(bo->element[1], &in->backoff_since_ms);
+    if (is_bulk(bo->element[2])) {
+        in->has_started_by = true;
+        if (!copy_bulk(bo->element[2], arena, &in->started_by))
+            return PG_FATAL;
+    }
+    if (is_bulk(bo->element[3])) {
+        in->has_lifted_by = true;
+        if (!copy_bulk(bo->element[3], arena, &in->lifted_by))
+            return PG_FATAL;
+    }
+    return PG_OK;
+}
+
 /* Every key of one VM with its type, in one atomic script. */
 int pg_bindings_inspect(pg_bindings_t *b, const char *vm, size_t max_fetch,
                         pg_arena_t *arena, pg_vm_raw_t *out, char *errbuf,
                         size_t errlen)
 {
-    char k_host[KEY_MAX], k_pin[KEY_MAX], k_dev[KEY_MAX], k_gen[KEY_MAX], nmax[24];
+    static const char *const suffixes[7] = {
+        "host", "pin", "devices", "generation", "failures", "quarantine", "backoff"};
+    char keys[7][KEY_MAX], nmax[24], since[24], nlist[24], maxlen[24];
     int rc = check_uuid("vm uuid", vm, PG_BINDINGS_MAX_VM_LEN, errbuf, errlen);
     if (rc != 0)
         return rc;
-    vm_key(k_host, vm, "host");
-    vm_key(k_pin, vm, "pin");
-    vm_key(k_dev, vm, "devices");
-    vm_key(k_gen, vm, "generation");
+    const char *argv[14] = {"EVAL", INSPECT_LUA, "7"};
+    for (int i = 0; i < 7; i++) {
+        vm_key(keys[i], vm, suffixes[i]);
+        argv[3 + i] = keys[i];
+    }
     snprintf(nmax, sizeof(nmax), "%zu", max_fetch);
-    const char *argv[8] = {"EVAL", INSPECT_LUA, "4", k_host, k_pin, k_dev, k_gen, nmax};
+    snprintf(since, sizeof(since), "%" PRId64,
+             pg_now_wall_ms() - (int64_t)b->quarantine.window_ms);
+    snprintf(nlist, sizeof(nlist), "%d", PG_BINDINGS_INSPECT_FAILURES);
+    snprintf(maxlen, sizeof(maxlen), "%zu", b->max_len);
+    argv[10] = nmax;
+    argv[11] = since;
+    argv[12] = nlist;
+    argv[13] = maxlen;
     redisReply *r = NULL;
-    if ((rc = one_command(b, vm, 8, argv, &r, errbuf, errlen)) != 0)
+    if ((rc = one_command(b, vm, 14, argv, &r, errbuf, errlen)) != 0)
         return rc;
     memset(out, 0, sizeof(*out));
     rc = PG_RETRY;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 9 ||
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 19 ||
         r->element[5]->type != REDIS_REPLY_INTEGER ||
         r->element[6]->type != REDIS_REPLY_ARRAY) {
         pg_errf(errbuf, errlen, "redis: unexpected reply inspecting vm %s", vm);
@@ -1163,12 +1477,8 @@ int pg_bindings_inspect(pg_bindings_t *b, const char *vm, size_t max_fetch,
     char *types[4] = {out->host_type, out->pin_type, out->devices_type,
                       out->generation_type};
     const size_t type_at[4] = {0, 1, 2, 7};
-    for (int i = 0; i < 4; i++) {
-        const redisReply *t = r->element[type_at[i]];
-        set_type(types[i],
-                 t->type == REDIS_REPLY_STRING || t->type == REDIS_REPLY_STATUS ? t->str
-                                                                                : "?");
-    }
+    for (int i = 0; i < 4; i++)
+        set_reply_type(types[i], r->element[type_at[i]]);
     /* Copy what the reply holds into the arena: the reply is freed below. */
     pg_bytes_t *vals[3] = {&out->host, &out->pin, &out->generation};
     bool *has[3] = {&out->has_host, &out->has_pin, &out->has_generation};
@@ -1177,10 +1487,8 @@ int pg_bindings_inspect(pg_bindings_t *b, const char *vm, size_t max_fetch,
         const redisReply *v = r->element[val_at[i]];
         if (!is_bulk(v))
             continue;
-        char *copy = pg_arena_strndup(arena, v->str, (size_t)v->len);
-        if (copy == NULL)
+        if (!copy_bulk(v, arena, vals[i]))
             goto oom;
-        *vals[i] = (pg_bytes_t){copy, (size_t)v->len};
         *has[i] = true;
     }
     out->n_devices = (size_t)r->element[5]->integer;
@@ -1197,10 +1505,19 @@ int pg_bindings_inspect(pg_bindings_t *b, const char *vm, size_t max_fetch,
             d->kind.data = k;
         }
     }
+    int xrc = parse_inspect_extra(r, arena, out);
+    if (xrc == PG_FATAL)
+        goto oom;
+    if (xrc != PG_OK) {
+        pg_errf(errbuf, errlen, "redis: unexpected quarantine reply inspecting vm %s",
+                vm);
+        goto out;
+    }
     rc = 0;
     goto out;
 oom:
     pg_errf(errbuf, errlen, "out of memory reading vm %s", vm);
+    rc = PG_FATAL;
 out:
     freeReplyObject(r);
     return rc;

@@ -37,6 +37,13 @@ typedef struct {
     size_t max_len;     /* longest host, device uuid or kind; 0: PG_BINDINGS_MAX_LEN */
     size_t chunk;       /* VMs per lookup script call; 0: PG_BINDINGS_CHUNK */
     pg_quarantine_opts_t quarantine; /* for pg_bindings_send_notes */
+    /* Sentinel (SPEC "Redis: standalone or Sentinel"): sentinels "host:port,..."
+     * (NULL or empty: host and port name a standalone server), the primary's
+     * name, and the sentinels' credentials. */
+    const char *sentinels;
+    const char *master_name;
+    const char *sentinel_user;
+    const char *sentinel_password;
 } pg_bindings_opts_t;
 
 /* PG_BINDINGS_MAX_VM_LEN: the longest VM uuid that names cache keys (the
@@ -64,6 +71,32 @@ typedef struct {
     pg_bytes_t uuid, kind;
 } pg_raw_device_t;
 
+/* What pg_bindings_inspect reads beyond the lookup's keys, for operators
+ * (explain): the pin's expiry and the quarantine keys. Zero elsewhere. */
+enum { PG_BINDINGS_INSPECT_FAILURES = 20 }; /* requestIds listed at most */
+typedef struct {
+    pg_bytes_t request_id; /* cut to the longest value the limits admit */
+    int64_t finished_at_ms;
+} pg_raw_failure_t;
+typedef struct {
+    bool read; /* filled by pg_bindings_inspect */
+    /* Redis TYPE of :failures (a zset), :quarantine (a string), :backoff (a
+     * hash); a key of another type is not read. */
+    char failures_type[16], quarantine_type[16], backoff_type[16];
+    int64_t pin_ttl_ms;        /* ms until :pin expires; -1: no expiry or no pin */
+    int64_t quarantine_ttl_ms; /* ms until :quarantine expires; -1: none */
+    size_t failures_total;     /* members of :failures */
+    size_t failures_in_window; /* of them scored within quarantine.window.ms of now */
+    /* The newest of those, at most PG_BINDINGS_INSPECT_FAILURES, oldest first. */
+    size_t n_failures;
+    pg_raw_failure_t *failures;
+    /* :backoff's fields where present: last (the last quarantine's length),
+     * since (the newest failure it counted), started_by, lifted_by. */
+    bool has_backoff_last, has_backoff_since, has_started_by, has_lifted_by;
+    int64_t backoff_last_ms, backoff_since_ms;
+    pg_bytes_t started_by, lifted_by;
+} pg_vm_inspect_t;
+
 typedef struct {
     /* Redis TYPE of each key: "none", "string", "hash", "list", ...; an
      * empty generation_type (an entry built in memory) reads as "none". */
@@ -77,6 +110,7 @@ typedef struct {
                                   not fetched (generation is then empty) */
     size_t n_devices;          /* fields in the :devices hash */
     pg_raw_device_t *devices;  /* NULL when not fetched (too many, or oversized) */
+    pg_vm_inspect_t inspect;   /* pg_bindings_inspect only */
 } pg_vm_raw_t;
 
 typedef struct {
@@ -119,6 +153,10 @@ void pg_bindings_destroy(pg_bindings_t *b); /* NULL-safe */
 /* Connects if needed and sends PING. */
 int pg_bindings_ping(pg_bindings_t *b, char *errbuf, size_t errlen);
 
+/* Failovers seen: with Sentinel, times the primary's replication id changed
+ * between two connections (recent writes may have been lost). */
+unsigned long long pg_bindings_failovers(const pg_bindings_t *b);
+
 /* Reads the bindings of n VMs in one round trip, each VM's keys (:host, :pin,
  * :devices and :generation) as one atomic snapshot, in two halves so that the
  * caller can use the first answers while Redis computes the rest:
@@ -152,6 +190,8 @@ typedef enum {
     PG_NOTE_STARTED,  /* this failure started a quarantine (duration_ms long) */
     PG_NOTE_LIFTED,   /* this success lifted the VM's quarantine */
     PG_NOTE_BAD_KEYS, /* a quarantine key of the VM has the wrong type: untouched */
+    PG_NOTE_STARTED_AGAIN, /* a replay of the failure that started the quarantine */
+    PG_NOTE_LIFTED_AGAIN,  /* a replay of the success that lifted it */
 } pg_note_result_t;
 typedef struct {
     pg_note_result_t what;
@@ -179,8 +219,10 @@ int pg_bindings_to_binding(const pg_vm_raw_t *raw, const pg_bindings_limits_t *l
                            size_t errlen);
 
 /* Reads one VM's entry (every key, whatever its type; at most max_fetch
- * devices copied) into out, its bytes in arena. For operators: one atomic
- * read. */
+ * devices copied) into out, its bytes in arena, with out->inspect: the pin's
+ * time left and the quarantine keys (the failures counted from now back over
+ * quarantine.window.ms). For operators: one atomic read, one hash slot, a
+ * bounded reply apart from the entry's own values. */
 int pg_bindings_inspect(pg_bindings_t *b, const char *vm, size_t max_fetch,
                         pg_arena_t *arena, pg_vm_raw_t *out, char *errbuf,
                         size_t errlen);
@@ -193,9 +235,23 @@ int pg_bindings_unbind(pg_bindings_t *b, const char *vm, const char *device,
                        bool *removed, char *errbuf, size_t errlen);
 int pg_bindings_place(pg_bindings_t *b, const char *vm, const char *host, char *errbuf,
                       size_t errlen);
-int pg_bindings_pin(pg_bindings_t *b, const char *vm, const char *reason, char *errbuf,
-                    size_t errlen);
-int pg_bindings_unpin(pg_bindings_t *b, const char *vm, char *errbuf, size_t errlen);
+/* Sets :pin to reason, expiring after ttl_ms (Redis removes it then), or
+ * never for ttl_ms <= 0: one SET, which also clears an earlier expiry. */
+int pg_bindings_pin(pg_bindings_t *b, const char *vm, const char *reason,
+                    int64_t ttl_ms, char *errbuf, size_t errlen);
+/* *removed (may be NULL) is set to whether the VM was pinned. */
+int pg_bindings_unpin(pg_bindings_t *b, const char *vm, bool *removed, char *errbuf,
+                      size_t errlen);
+/* Lifts a quarantine: deletes :quarantine, :backoff and :failures in one
+ * atomic script. out (may be NULL) says what there was. */
+typedef struct {
+    bool was_quarantined; /* :quarantine existed */
+    int64_t ttl_ms;       /* the ms it had left; -1 when none or no expiry */
+    int64_t duration_ms;  /* its length, from its value; 0 when unknown */
+    size_t failures;      /* requestIds :failures held */
+} pg_unquarantine_t;
+int pg_bindings_unquarantine(pg_bindings_t *b, const char *vm, pg_unquarantine_t *out,
+                             char *errbuf, size_t errlen);
 
 /* Replaces whole VM entries (host, devices, pin) for n VMs in one pipelined
  * round trip. bindings[i].host may be NULL to leave the VM unplaced. */

@@ -11,6 +11,7 @@
 #define PG_BINDINGS_INTERNAL_H
 
 #include "bindings.h"
+#include "bindings_sentinel.h"
 
 #include <hiredis/hiredis.h>
 
@@ -26,6 +27,15 @@ typedef struct {
 struct pg_bindings {
     redisContext *ctx;
     char *host, *user, *password;
+    /* Sentinel: where to ask for the primary (n == 0: standalone), which
+     * sentinel answered last, and the primary's replication id when last
+     * connected (a change is a failover). */
+    pg_sentinel_opts_t sentinel;
+    char *master_name, *sentinel_user, *sentinel_password;
+    size_t sentinel_next;
+    char replid[41];
+    char primary[PG_SENTINEL_HOST_LEN + 8]; /* "host:port" of the primary in use */
+    unsigned long long failovers;
     int port, db, connect_timeout_ms, timeout_ms;
     bool ever_connected;
     size_t max_devices, max_len;

@@ -13,9 +13,11 @@
  *                next), since (the newest failure the last quarantine counted:
  *                only later ones count towards the next), started_by and
  *                lifted_by (the requestId that started or lifted it).
- * A requestId noted twice counts once (ZADD NX), and a replayed note answers
- * what the first one did (started_by, lifted_by), so that the decision it
- * rides with, redone after an abort, produces the same audit event again.
+ * A requestId noted twice counts once (ZADD NX), and a replayed note says
+ * what the first one did (started_by, lifted_by: STARTED_AGAIN, LIFTED_AGAIN),
+ * so that the decision it rides with, redone, produces the same audit event
+ * again without counting the change twice. :backoff lives at least as long
+ * as the window, so the failures a quarantine counted never count again.
  * A key of the wrong type is reported and left alone: a data error of one
  * VM, not a reason to stop the batch.
  */
@@ -29,8 +31,9 @@
 
 /* KEYS: :failures, :quarantine, :backoff. ARGV: F or S, requestId,
  * finishedAtMs, now_ms, failures, window_ms, base_ms, max_ms.
- * Reply: {what, duration_ms}; what: 0 nothing, 1 started, 2 lifted, -1 a key
- * of the wrong type. */
+ * Reply: {what, duration_ms}; what: 0 nothing, 1 started, 2 lifted, 3 this
+ * requestId started the quarantine before (a replay), 4 it lifted it before,
+ * -1 a key of the wrong type. */
 const char PG_BINDINGS_RESULT_LUA[] =
     "local kf, kq, kb = KEYS[1], KEYS[2], KEYS[3]\n"
     "if (redis.call('TYPE', kf).ok ~= 'zset' and redis.call('TYPE', kf).ok ~= 'none') "
@@ -39,13 +42,13 @@ const char PG_BINDINGS_RESULT_LUA[] =
     "local rid, now = ARGV[2], tonumber(ARGV[4])\n"
     "local window = tonumber(ARGV[6])\n"
     "if ARGV[1] == 'S' then\n"
-    "  local had = redis.call('EXISTS', kq) == 1 or "
-    "redis.call('HGET', kb, 'lifted_by') == rid\n"
+    "  local had = redis.call('EXISTS', kq) == 1\n"
+    "  local again = not had and redis.call('HGET', kb, 'lifted_by') == rid\n"
     "  redis.call('DEL', kf, kq, kb)\n"
-    "  if not had then return {0, 0} end\n"
+    "  if not had and not again then return {0, 0} end\n"
     "  redis.call('HSET', kb, 'lifted_by', rid)\n"
     "  redis.call('PEXPIRE', kb, window)\n"
-    "  return {2, 0}\n"
+    "  return {had and 2 or 4, 0}\n"
     "end\n"
     "local added = redis.call('ZADD', kf, 'NX', ARGV[3], rid)\n"
     "redis.call('ZREMRANGEBYSCORE', kf, '-inf', '(' .. (now - window))\n"
@@ -53,7 +56,7 @@ const char PG_BINDINGS_RESULT_LUA[] =
     "local q = redis.call('EXISTS', kq) == 1\n"
     "if added == 0 then\n"
     "  if q and redis.call('HGET', kb, 'started_by') == rid then\n"
-    "    return {1, tonumber(redis.call('HGET', kb, 'last') or '0')}\n"
+    "    return {3, tonumber(redis.call('HGET', kb, 'last') or '0')}\n"
     "  end\n"
     "  return {0, 0}\n"
     "end\n"
@@ -69,7 +72,7 @@ const char PG_BINDINGS_RESULT_LUA[] =
     "local top = redis.call('ZREVRANGE', kf, 0, 0, 'WITHSCORES')[2]\n"
     "redis.call('HSET', kb, 'last', dur, 'since', top, 'started_by', rid)\n"
     "redis.call('HDEL', kb, 'lifted_by')\n"
-    "redis.call('PEXPIRE', kb, dur + tonumber(ARGV[8]))\n"
+    "redis.call('PEXPIRE', kb, math.max(dur + tonumber(ARGV[8]), window))\n"
     "return {1, dur}\n";
 
 static int resp_head(pg_buf_t *b, size_t n)
@@ -141,7 +144,7 @@ int pg_bindings_parse_note(const redisReply *r, pg_note_outcome_t *out, char *er
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_INTEGER ||
         r->element[1]->type != REDIS_REPLY_INTEGER || r->element[0]->integer < -1 ||
-        r->element[0]->integer > 2 || r->element[1]->integer < 0) {
+        r->element[0]->integer > 4 || r->element[1]->integer < 0) {
         pg_errf(errbuf, errlen, "unexpected reply to a result note");
         return PG_RETRY;
     }
@@ -151,6 +154,12 @@ int pg_bindings_parse_note(const redisReply *r, pg_note_outcome_t *out, char *er
         break;
     case 2:
         out->what = PG_NOTE_LIFTED;
+        break;
+    case 3:
+        out->what = PG_NOTE_STARTED_AGAIN;
+        break;
+    case 4:
+        out->what = PG_NOTE_LIFTED_AGAIN;
         break;
     case -1:
         out->what = PG_NOTE_BAD_KEYS;

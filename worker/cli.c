@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef PINGUARD_VERSION
@@ -40,17 +41,29 @@ static const char usage_text[] =
     "  sync [--rebuild]             apply the binding feed (topic.bindings) to the\n"
     "                               cache; --rebuild replays the whole topic and\n"
     "                               exits when caught up (for a new or flushed Redis)\n"
-    "  explain VM [--json]          is the VM host-bound, and which devices pin it;\n"
-    "                               shows the cache entry as stored and whether it\n"
-    "                               is valid (a malformed entry is an unknown VM); a\n"
-    "                               value holding bytes that are not UTF-8, or NUL,\n"
-    "                               shows them, and any \\, as \\xNN\n"
+    "  explain VM [--json]          is the VM host-bound, and which devices pin it\n"
+    "                               (and by which rule: built-in, site or none);\n"
+    "                               the pin's time left, the quarantine, the failed\n"
+    "                               migrations in quarantine.window.ms and the\n"
+    "                               back-off; shows the cache entry as stored and\n"
+    "                               whether it is valid (a malformed entry is an\n"
+    "                               unknown VM); a value holding bytes that are not\n"
+    "                               UTF-8, or NUL, shows them, and any \\, as \\xNN\n"
     "  bind VM DEVICE KIND          bind a device (pci, dgpu, mdev, usb, pci+vf,\n"
-    "                               pci+vf2, pci+vdpa) to a VM\n"
+    "                               pci+vf2, pci+vdpa, or a kind of device.kinds)\n"
+    "                               to a VM\n"
     "  unbind VM DEVICE             remove a device binding\n"
     "  place VM HOST                record the host the VM runs on\n"
-    "  pin VM REASON...             pin the VM to its host (operator pin)\n"
+    "  pin VM REASON... [--for DURATION]\n"
+    "                               pin the VM to its host (operator pin), until\n"
+    "                               unpin, or for DURATION (500ms, 90s, 15m, 2h, 1d)\n"
     "  unpin VM                     remove the operator pin\n"
+    "  unquarantine VM              lift the VM's quarantine (its failures and\n"
+    "                               back-off too)\n"
+    "  audit [VM] [--since DURATION] [--json]\n"
+    "                               the audit trail (topic.audit) since DURATION ago\n"
+    "                               (default 24h), oldest first: operator edits and\n"
+    "                               quarantine changes, of one VM or all\n"
     "  import FILE|-                load VMs from JSON lines (each replaces the VM's\n"
     "                               entry): "
     "{\"vmUuid\":..,\"hostUuid\":..,\"pin\":..,\n"
@@ -92,7 +105,12 @@ static const char usage_text[] =
     "kafka.PROP=VALUE\n"
     "  --check-config               with run and sync: validate the settings, print\n"
     "                               them, exit\n"
-    "  --json                       with explain, impact and lag: JSON output\n"
+    "  --json                       with explain, impact, lag and audit: JSON output\n"
+    "  --for DURATION               with pin: the pin expires after DURATION\n"
+    "  --actor NAME                 with the edits (bind, unbind, place, pin, unpin,\n"
+    "                               import, unquarantine): who makes it, for the\n"
+    "                               audit trail (default: $SUDO_USER, else $USER)\n"
+    "  --since DURATION             with audit: how far back (default 24h)\n"
     "  --rebuild                    with sync: replay the topic from the beginning\n"
     "  --type T, --framed           with avro: record type / framed input\n"
     "  -h, --help                   this text\n"
@@ -111,13 +129,72 @@ int pg_cli_usage_error(const char *fmt, ...)
     return PG_EXIT_USAGE;
 }
 
+int pg_cli_parse_duration(const char *s, int64_t *ms)
+{
+    static const struct {
+        const char *unit;
+        int64_t ms;
+    } units[] = {{"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}};
+    if (s == NULL || *s < '0' || *s > '9')
+        return -1;
+    int64_t v = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (PG_CLI_MAX_DURATION_MS - (*p - '0')) / 10)
+            return -1; /* past any duration accepted: no overflow below */
+        v = v * 10 + (*p - '0');
+    }
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(p, units[i].unit) != 0)
+            continue;
+        if (v == 0 || v > PG_CLI_MAX_DURATION_MS / units[i].ms)
+            return -1;
+        *ms = v * units[i].ms;
+        return 0;
+    }
+    return -1;
+}
+
+void pg_cli_format_ms(int64_t ms, char *buf, size_t len)
+{
+    if (ms < 1000) {
+        snprintf(buf, len, "%lldms", (long long)(ms > 0 ? ms : 0));
+        return;
+    }
+    static const struct {
+        char unit;
+        int64_t ms;
+    } parts[] = {{'d', 86400000}, {'h', 3600000}, {'m', 60000}, {'s', 1000}};
+    size_t off = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]) && off < len; i++) {
+        int64_t n = ms / parts[i].ms;
+        ms %= parts[i].ms;
+        if (n > 0) {
+            int w =
+                snprintf(buf + off, len - off, "%lld%c", (long long)n, parts[i].unit);
+            off += w > 0 ? (size_t)w : 0;
+        }
+    }
+}
+
+void pg_cli_format_time(int64_t at_ms, char *buf, size_t len)
+{
+    time_t t = (time_t)(at_ms >= 0 ? at_ms / 1000 : (at_ms - 999) / 1000);
+    struct tm tm;
+    if (gmtime_r(&t, &tm) == NULL || strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(buf, len, "%lld", (long long)at_ms);
+}
+
 static int parse_args(int argc, char **argv, pg_cli_args_t *a)
 {
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         bool needs_value = strcmp(s, "--config") == 0 || strcmp(s, "--set") == 0 ||
                            strcmp(s, "-X") == 0 || strcmp(s, "--type") == 0 ||
-                           strcmp(s, "--schema-version") == 0;
+                           strcmp(s, "--schema-version") == 0 ||
+                           strcmp(s, "--for") == 0 || strcmp(s, "--actor") == 0 ||
+                           strcmp(s, "--since") == 0;
         if (needs_value && i + 1 >= argc)
             return pg_cli_usage_error("%s needs a value", s);
         if (strcmp(s, "--config") == 0) {
@@ -137,6 +214,12 @@ static int parse_args(int argc, char **argv, pg_cli_args_t *a)
             a->type = argv[++i];
         } else if (strcmp(s, "--schema-version") == 0) {
             a->schema_version = argv[++i];
+        } else if (strcmp(s, "--for") == 0) {
+            a->for_duration = argv[++i];
+        } else if (strcmp(s, "--actor") == 0) {
+            a->actor = argv[++i];
+        } else if (strcmp(s, "--since") == 0) {
+            a->since = argv[++i];
         } else if (strcmp(s, "--check-config") == 0) {
             a->check_config = true;
         } else if (strcmp(s, "--json") == 0) {
@@ -324,6 +407,126 @@ static json_t *json_generation(const pg_vm_raw_t *raw, pg_arena_t *arena)
     return json_bytes(raw->has_generation, raw->generation, arena);
 }
 
+/* The rule that classifies a kind as the cache holds it, and whether it
+ * pins: a kind holding a NUL byte is declared nowhere (and the entry is
+ * malformed anyway). */
+static pg_kind_rule_t classify_raw(const pg_policy_opts_t *po, pg_bytes_t kind,
+                                   pg_arena_t *arena, bool *pins)
+{
+    *pins = true;
+    char *k = memchr(kind.data, '\0', kind.len) == NULL
+                  ? pg_arena_strndup(arena, kind.data, kind.len)
+                  : NULL;
+    return k != NULL ? pg_policy_classify(po, k, pins) : PG_KIND_RULE_NONE;
+}
+
+/* The origins a quarantine blocks (quarantine.origins), "DRS, HA". */
+static void origins_text(unsigned mask, char *buf, size_t len)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    for (int o = PG_ORIGIN_DRS; o <= PG_ORIGIN_OTHER && off < len; o++)
+        if (mask & (1u << (unsigned)o)) {
+            int w = snprintf(buf + off, len - off, "%s%s", off ? ", " : "",
+                             pg_origin_name((pg_origin_t)o));
+            off += w > 0 ? (size_t)w : 0;
+        }
+    if (buf[0] == '\0')
+        snprintf(buf, len, "nothing");
+}
+
+/* explain --json's "quarantine": the state, the failures and the back-off. */
+static json_t *json_quarantine(const pg_vm_raw_t *raw, const pg_config_t *c,
+                               pg_arena_t *arena)
+{
+    const pg_vm_inspect_t *in = &raw->inspect;
+    int64_t until = 0, dur = 0;
+    bool parsed = raw->has_quarantine &&
+                  pg_bindings_parse_quarantine(raw->quarantine, &until, &dur);
+    json_t *fails = json_array(), *blocks = json_array();
+    for (size_t i = 0; i < in->n_failures; i++) {
+        const char *id = pg_cli_shown(in->failures[i].request_id, false, arena);
+        json_array_append_new(
+            fails, json_pack("{s:s, s:I}", "requestId", id ? id : "", "finishedAtMs",
+                             (json_int_t)in->failures[i].finished_at_ms));
+    }
+    for (int o = PG_ORIGIN_DRS; o <= PG_ORIGIN_OTHER; o++)
+        if (c->quarantine_origins & (1u << (unsigned)o))
+            json_array_append_new(blocks, json_string(pg_origin_name((pg_origin_t)o)));
+    return json_pack(
+        "{s:b, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:o}",
+        "quarantined", raw->has_quarantine, "expiresInMs",
+        raw->has_quarantine && in->quarantine_ttl_ms >= 0
+            ? json_integer((json_int_t)in->quarantine_ttl_ms)
+            : json_null(),
+        "durationMs", parsed ? json_integer((json_int_t)dur) : json_null(), "untilMs",
+        parsed ? json_integer((json_int_t)until) : json_null(), "blocks", blocks,
+        "windowMs", (json_int_t)c->quarantine_window_ms, "failuresToQuarantine",
+        (json_int_t)c->quarantine_failures, "failuresInWindow",
+        (json_int_t)in->failures_in_window, "failuresTotal",
+        (json_int_t)in->failures_total, "failures", fails, "backoffLastMs",
+        in->has_backoff_last ? json_integer((json_int_t)in->backoff_last_ms)
+                             : json_null(),
+        "startedBy", json_bytes(in->has_started_by, in->started_by, arena), "liftedBy",
+        json_bytes(in->has_lifted_by, in->lifted_by, arena));
+}
+
+/* explain's quarantine lines. NULL-free: out of memory shows "?". */
+static void print_quarantine(const pg_vm_raw_t *raw, const pg_config_t *c,
+                             pg_arena_t *arena)
+{
+    const pg_vm_inspect_t *in = &raw->inspect;
+    char left[48], dur[48], window[48], blocks[64], at[32];
+    int64_t until = 0, d = 0;
+    origins_text(c->quarantine_origins, blocks, sizeof(blocks));
+    pg_cli_format_ms(c->quarantine_window_ms, window, sizeof(window));
+    if (!raw->has_quarantine) {
+        printf("  quarantine: none\n");
+    } else if (strcmp(in->quarantine_type, "string") != 0) {
+        printf("  quarantine: QUARANTINED (:quarantine is a %s, not a string; it "
+               "quarantines all the same), blocks %s\n",
+               in->quarantine_type, blocks);
+    } else {
+        bool parsed = pg_bindings_parse_quarantine(raw->quarantine, &until, &d);
+        pg_cli_format_ms(in->quarantine_ttl_ms, left, sizeof(left));
+        pg_cli_format_ms(d, dur, sizeof(dur));
+        printf("  quarantine: QUARANTINED, %s left",
+               in->quarantine_ttl_ms >= 0 ? left : "no expiry,");
+        if (parsed)
+            printf(" of %s", dur);
+        printf(", blocks %s\n", blocks);
+    }
+    if (strcmp(in->failures_type, "zset") != 0 &&
+        strcmp(in->failures_type, "none") != 0)
+        printf("  failures: (a %s, not a zset: the worker leaves it alone)\n",
+               in->failures_type);
+    else
+        printf("  failed migrations within %s: %zu (quarantine.failures: %d)\n", window,
+               in->failures_in_window, c->quarantine_failures);
+    for (size_t i = 0; i < in->n_failures; i++) {
+        const char *id = pg_cli_shown(in->failures[i].request_id, true, arena);
+        pg_cli_format_time(in->failures[i].finished_at_ms, at, sizeof(at));
+        printf("    %s  %s\n", at, id ? id : "?");
+    }
+    if (in->failures_in_window > in->n_failures)
+        printf("    ... and %zu earlier\n", in->failures_in_window - in->n_failures);
+    if (strcmp(in->backoff_type, "hash") != 0 &&
+        strcmp(in->backoff_type, "none") != 0) {
+        printf("  back-off: (a %s, not a hash: the worker leaves it alone)\n",
+               in->backoff_type);
+    } else if (in->has_backoff_last && in->backoff_last_ms > 0) {
+        int64_t next = 2 * in->backoff_last_ms;
+        if (next > c->quarantine_max_ms)
+            next = c->quarantine_max_ms;
+        pg_cli_format_ms(in->backoff_last_ms, dur, sizeof(dur));
+        pg_cli_format_ms(next, left, sizeof(left));
+        printf("  back-off: the last quarantine lasted %s; the next would last %s\n",
+               dur, left);
+    } else {
+        printf("  back-off: none\n");
+    }
+}
+
 static int cmd_explain(const pg_cli_args_t *a, const pg_config_t *c)
 {
     char err[512], why[256] = "";
@@ -361,9 +564,14 @@ static int cmd_explain(const pg_cli_args_t *a, const pg_config_t *c)
         goto oom;
     const pg_policy_opts_t po = pg_config_policy_opts(c);
     pg_policy_verdict_t v;
-    /* As the worker decides advice, and a request without minGeneration. */
+    /* As the worker decides advice (origin DRS), and a request without
+     * minGeneration. */
     pg_policy_judge(&po, &vb, NULL, pinning, &v);
-    bool bound = v.verdict == PG_VERDICT_VETOED;
+    bool vetoed = v.verdict == PG_VERDICT_VETOED;
+    bool quarantined_only = vetoed && v.reason == PG_VETO_QUARANTINED;
+    bool bound = vetoed && !quarantined_only;
+    /* The pin's time left, when it has one. */
+    int64_t pin_ttl = raw.has_pin ? raw.inspect.pin_ttl_ms : -1;
 
     if (a->json) {
         json_t *devs = json_array(), *pins = json_array();
@@ -376,30 +584,34 @@ static int cmd_explain(const pg_cli_args_t *a, const pg_config_t *c)
                 json_decref(pins);
                 goto oom;
             }
-            /* An escaped kind is no kind policy knows: it pins. */
-            pg_device_kind_t kind = pg_policy_kind_parse(k);
-            json_array_append_new(devs,
-                                  json_pack("{s:s, s:s, s:b}", "deviceUuid", u, "kind",
-                                            k, "pins", pg_policy_kind_pins(kind)));
+            bool p;
+            pg_kind_rule_t rule = classify_raw(&po, d->kind, arena, &p);
+            json_array_append_new(devs, json_pack("{s:s, s:s, s:b, s:s}", "deviceUuid",
+                                                  u, "kind", k, "pins", p, "rule",
+                                                  pg_policy_kind_rule_name(rule)));
         }
         for (size_t i = 0; i < v.n_devices; i++)
             json_array_append_new(pins, json_pack("{s:s, s:s}", "deviceUuid",
                                                   pinning[i].device_uuid, "kind",
                                                   pinning[i].kind));
-        json_t *o =
-            json_pack("{s:s, s:b, s:o, s:{s:s, s:s, s:s, s:s}, s:b, s:o, s:o, s:o, "
-                      "s:b, s:s, s:o, s:o, s:I, s:o}",
-                      "vmUuid", vm, "valid", valid, "invalidReason",
-                      valid ? json_null() : json_string(why), "keyTypes", "host",
-                      raw.host_type, "pin", raw.pin_type, "devices", raw.devices_type,
-                      "generation", raw.generation_type, "known", vb.known, "host",
-                      json_bytes(raw.has_host, raw.host, arena), "pin",
-                      json_bytes(raw.has_pin, raw.pin, arena), "generation",
-                      json_generation(&raw, arena), "hostBound", bound, "verdict",
-                      pg_verdict_name(v.verdict), "reason",
-                      bound ? json_string(pg_veto_reason_name(v.reason)) : json_null(),
-                      "pinningDevices", pins, "deviceCount", (json_int_t)raw.n_devices,
-                      "devices", devs);
+        json_t *types = json_pack(
+            "{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "host", raw.host_type, "pin",
+            raw.pin_type, "devices", raw.devices_type, "generation",
+            raw.generation_type, "failures", raw.inspect.failures_type, "quarantine",
+            raw.inspect.quarantine_type, "backoff", raw.inspect.backoff_type);
+        json_t *o = json_pack(
+            "{s:s, s:b, s:o, s:o, s:b, s:o, s:o, s:o, s:o, s:b, s:s, s:o, s:o, s:I, "
+            "s:o, s:o}",
+            "vmUuid", vm, "valid", valid, "invalidReason",
+            valid ? json_null() : json_string(why), "keyTypes", types, "known",
+            vb.known, "host", json_bytes(raw.has_host, raw.host, arena), "pin",
+            json_bytes(raw.has_pin, raw.pin, arena), "pinExpiresInMs",
+            pin_ttl >= 0 ? json_integer((json_int_t)pin_ttl) : json_null(),
+            "generation", json_generation(&raw, arena), "hostBound", bound, "verdict",
+            pg_verdict_name(v.verdict), "reason",
+            vetoed ? json_string(pg_veto_reason_name(v.reason)) : json_null(),
+            "pinningDevices", pins, "deviceCount", (json_int_t)raw.n_devices, "devices",
+            devs, "quarantine", json_quarantine(&raw, c, arena));
         char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         if (text == NULL)
@@ -414,18 +626,27 @@ static int cmd_explain(const pg_cli_args_t *a, const pg_config_t *c)
         if ((raw.has_host && host == NULL) || (raw.has_pin && pin == NULL) ||
             (raw.has_generation && gen == NULL))
             goto oom;
-        printf("vm %s: %s", vm,
-               bound ? "HOST-BOUND, migration is vetoed" : "migratable");
-        if (bound)
-            printf(" (%s)", pg_veto_reason_name(v.reason));
-        printf("\n");
+        char blocks[64], left[48];
+        origins_text(c->quarantine_origins, blocks, sizeof(blocks));
+        if (quarantined_only)
+            printf("vm %s: QUARANTINED, migrations from %s are vetoed (QUARANTINED)\n",
+                   vm, blocks);
+        else if (bound)
+            printf("vm %s: HOST-BOUND, migration is vetoed (%s)\n", vm,
+                   pg_veto_reason_name(v.reason));
+        else
+            printf("vm %s: migratable\n", vm);
         if (!valid)
             printf("  cache entry: MALFORMED (%s): decided as an unknown VM\n", why);
         printf("  host: %s\n", host != NULL ? host
                                : valid      ? "(not in the cache: unknown VM)"
                                             : "(none)");
-        printf("  operator pin: %s\n",
+        pg_cli_format_ms(pin_ttl, left, sizeof(left));
+        printf("  operator pin: %s",
                pin ? (pin[0] ? pin : "(no reason given)") : "none");
+        if (pin != NULL)
+            printf(pin_ttl >= 0 ? " (expires in %s)" : " (no expiry)", left);
+        printf("\n");
         if (strcmp(raw.generation_type, "none") != 0 &&
             strcmp(raw.generation_type, "string") != 0)
             printf("  generation: (a %s, not a string)\n", raw.generation_type);
@@ -439,11 +660,14 @@ static int cmd_explain(const pg_cli_args_t *a, const pg_config_t *c)
                        *k = pg_cli_shown(d->kind, true, arena);
             if (u == NULL || k == NULL)
                 goto oom;
-            pg_device_kind_t kind = pg_policy_kind_parse(k);
+            bool p;
+            pg_kind_rule_t rule = classify_raw(&po, d->kind, arena, &p);
             printf("    %-38s %-9s %s\n", u, k,
-                   kind == PG_KIND_UNKNOWN     ? "PINS (unknown kind, fail closed)"
-                   : pg_policy_kind_pins(kind) ? "PINS"
-                                               : "migrates");
+                   rule == PG_KIND_RULE_NONE ? "PINS (declared nowhere: fail closed)"
+                   : rule == PG_KIND_RULE_SITE
+                       ? (p ? "PINS (site: device.kinds)"
+                            : "migrates (site: device.kinds)")
+                       : (p ? "PINS (built-in)" : "migrates (built-in)"));
         }
         if (bound && v.n_devices > 0) {
             printf("  pinned by:");
@@ -459,6 +683,7 @@ static int cmd_explain(const pg_cli_args_t *a, const pg_config_t *c)
             }
             printf("\n");
         }
+        print_quarantine(&raw, c, arena);
     }
     rc = PG_EXIT_OK;
     goto out;
@@ -470,9 +695,22 @@ out:
     return rc;
 }
 
+/* Formats into buf and cuts it after its last whole UTF-8 character (a
+ * value cut short by the buffer must still be a valid Avro string). */
+__attribute__((format(printf, 3, 4))) static const char *text_of(char *buf, size_t len,
+                                                                 const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    buf[pg_utf8_check((const uint8_t *)buf, strlen(buf))] = '\0';
+    return buf;
+}
+
 static int cmd_edit(const pg_cli_args_t *a, const pg_config_t *c)
 {
-    char err[512] = "";
+    char err[512] = "", detail[4096], done[4096], left[48];
     const char *cmd = a->pos[0];
     int rc;
     static const struct {
@@ -482,40 +720,123 @@ static int cmd_edit(const pg_cli_args_t *a, const pg_config_t *c)
     } shapes[] = {{"bind", 4, 4, "bind VM DEVICE KIND"},
                   {"unbind", 3, 3, "unbind VM DEVICE"},
                   {"place", 3, 3, "place VM HOST"},
-                  {"pin", 3, 16, "pin VM REASON..."},
-                  {"unpin", 2, 2, "unpin VM"}};
+                  {"pin", 3, 16, "pin VM REASON... [--for DURATION]"},
+                  {"unpin", 2, 2, "unpin VM"},
+                  {"unquarantine", 2, 2, "unquarantine VM"}};
     for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
         if (strcmp(cmd, shapes[i].name) == 0 &&
             (a->n_pos < shapes[i].min || a->n_pos > shapes[i].max))
             return pg_cli_usage_error("usage: pinguard %s", shapes[i].usage);
+    int64_t ttl_ms = 0;
+    if (a->for_duration != NULL && pg_cli_parse_duration(a->for_duration, &ttl_ms) != 0)
+        return pg_cli_usage_error("--for: '%s' is not a duration: a whole number above "
+                                  "0 with ms, s, m, h or d (500ms, 90s, 15m, 2h, 1d), "
+                                  "at most 36500d",
+                                  a->for_duration);
+    char reason[PG_MAX_STRING + 1] = "";
+    size_t len = 0;
+    for (size_t i = 2; strcmp(cmd, "pin") == 0 && i < a->n_pos; i++)
+        len += (size_t)snprintf(reason + len,
+                                len < sizeof(reason) ? sizeof(reason) - len : 0, "%s%s",
+                                i > 2 ? " " : "", a->pos[i]);
+    if (len >= sizeof(reason))
+        return pg_cli_usage_error("the pin's reason is %zu bytes, more than %d", len,
+                                  PG_MAX_STRING);
+    const char *actor = pg_cli_actor(a);
+    if (actor == NULL)
+        return pg_cli_usage_error("%s", "--actor needs a non-empty UTF-8 name of at "
+                                        "most 256 bytes");
 
     pg_bindings_t *b = pg_cli_open_bindings(c);
     if (b == NULL)
         return PG_EXIT_RUNTIME;
     const char *vm = a->pos[1];
+    pg_audit_action_t action = PG_AUDIT_BIND;
     if (strcmp(cmd, "bind") == 0) {
-        rc = pg_bindings_bind(b, vm, a->pos[2], a->pos[3], err, sizeof(err));
-        if (rc == 0 && pg_policy_kind_parse(a->pos[3]) == PG_KIND_UNKNOWN)
-            fprintf(stderr, "pinguard: warning: kind '%s' is unknown and pins the VM\n",
-                    a->pos[3]);
+        const char *kind = a->pos[3];
+        rc = pg_bindings_bind(b, vm, a->pos[2], kind, err, sizeof(err));
+        /* A kind of the built-in table or of device.kinds is known; any other
+         * pins the VM (fail closed), which may not be what was meant. */
+        const pg_policy_opts_t po = pg_config_policy_opts(c);
+        bool pins;
+        pg_kind_rule_t rule = pg_policy_classify(&po, kind, &pins);
+        if (rc == 0 && rule == PG_KIND_RULE_NONE)
+            fprintf(stderr,
+                    "pinguard: warning: kind '%s' is neither built in nor declared in "
+                    "device.kinds: it pins the VM\n",
+                    kind);
+        text_of(detail, sizeof(detail), "bound %s (%s, %s: %s)", a->pos[2], kind,
+                pg_policy_kind_rule_name(rule), pins ? "pins" : "migrates");
+        text_of(done, sizeof(done), "device %s (%s) was bound to vm %s", a->pos[2],
+                kind, vm);
     } else if (strcmp(cmd, "unbind") == 0) {
         bool removed = false;
+        action = PG_AUDIT_UNBIND;
         rc = pg_bindings_unbind(b, vm, a->pos[2], &removed, err, sizeof(err));
         if (rc == 0 && !removed)
             fprintf(stderr, "pinguard: device %s was not bound to vm %s\n", a->pos[2],
                     vm);
+        text_of(detail, sizeof(detail),
+                removed ? "unbound %s" : "%s was not bound (nothing changed)",
+                a->pos[2]);
+        text_of(done, sizeof(done),
+                removed ? "device %s was unbound from vm %s"
+                        : "device %s was not bound to vm %s (nothing changed)",
+                a->pos[2], vm);
     } else if (strcmp(cmd, "place") == 0) {
+        action = PG_AUDIT_PLACE;
         rc = pg_bindings_place(b, vm, a->pos[2], err, sizeof(err));
+        text_of(detail, sizeof(detail), "placed on %s", a->pos[2]);
+        text_of(done, sizeof(done), "vm %s was placed on %s", vm, a->pos[2]);
     } else if (strcmp(cmd, "pin") == 0) {
-        char reason[1024] = "";
-        size_t len = 0;
-        for (size_t i = 2; i < a->n_pos; i++)
-            len += (size_t)snprintf(reason + len,
-                                    len < sizeof(reason) ? sizeof(reason) - len : 0,
-                                    "%s%s", i > 2 ? " " : "", a->pos[i]);
-        rc = pg_bindings_pin(b, vm, reason, err, sizeof(err));
+        action = PG_AUDIT_PIN;
+        rc = pg_bindings_pin(b, vm, reason, ttl_ms, err, sizeof(err));
+        pg_cli_format_ms(ttl_ms, left, sizeof(left));
+        if (ttl_ms > 0) {
+            text_of(detail, sizeof(detail), "pinned: %s (expires in %lld ms)", reason,
+                    (long long)ttl_ms);
+            text_of(done, sizeof(done), "vm %s was pinned for %s", vm, left);
+        } else {
+            text_of(detail, sizeof(detail), "pinned: %s (no expiry)", reason);
+            text_of(done, sizeof(done), "vm %s was pinned", vm);
+        }
+    } else if (strcmp(cmd, "unpin") == 0) {
+        bool removed = false;
+        action = PG_AUDIT_UNPIN;
+        rc = pg_bindings_unpin(b, vm, &removed, err, sizeof(err));
+        text_of(detail, sizeof(detail), "%s",
+                removed ? "unpinned" : "was not pinned (nothing changed)");
+        text_of(done, sizeof(done),
+                removed ? "vm %s was unpinned"
+                        : "vm %s was not pinned (nothing changed)",
+                vm);
     } else {
-        rc = pg_bindings_unpin(b, vm, err, sizeof(err));
+        pg_unquarantine_t q = {0};
+        action = PG_AUDIT_UNQUARANTINE;
+        rc = pg_bindings_unquarantine(b, vm, &q, err, sizeof(err));
+        char dur[48], cleared[160];
+        pg_cli_format_ms(q.ttl_ms, left, sizeof(left));
+        pg_cli_format_ms(q.duration_ms, dur, sizeof(dur));
+        snprintf(cleared, sizeof(cleared), "its %zu failure%s and back-off cleared",
+                 q.failures, q.failures == 1 ? "" : "s");
+        if (q.was_quarantined && q.ttl_ms >= 0)
+            text_of(detail, sizeof(detail),
+                    "quarantine lifted (%lld ms left of %lld ms); %s",
+                    (long long)q.ttl_ms, (long long)q.duration_ms, cleared);
+        else if (q.was_quarantined)
+            text_of(detail, sizeof(detail), "quarantine lifted; %s", cleared);
+        else
+            text_of(detail, sizeof(detail), "was not quarantined; %s", cleared);
+        if (q.was_quarantined && q.ttl_ms >= 0)
+            text_of(done, sizeof(done), "vm %s: quarantine lifted (%s left of %s); %s",
+                    vm, left, q.duration_ms > 0 ? dur : "?", cleared);
+        else
+            text_of(done, sizeof(done), "vm %s %s; %s", vm,
+                    q.was_quarantined ? "had its quarantine lifted"
+                                      : "was not quarantined",
+                    cleared);
+        if (rc == 0)
+            printf("%s\n", done);
     }
     pg_bindings_destroy(b);
     if (rc == PG_INPUT)
@@ -524,7 +845,7 @@ static int cmd_edit(const pg_cli_args_t *a, const pg_config_t *c)
         fprintf(stderr, "pinguard: %s %s: %s\n", cmd, vm, err);
         return PG_EXIT_RUNTIME;
     }
-    return PG_EXIT_OK;
+    return pg_cli_audit_edit(a, c, action, vm, detail, done);
 }
 
 /* Why a JSON string cannot be a value of the cache, into err; NULL-safe on
@@ -731,12 +1052,16 @@ static int cmd_import(const pg_cli_args_t *a, const pg_config_t *c)
     char *line = NULL;
     size_t cap = 0, bad = 0, first_bad = 0;
     import_count_t n = {0};
+    size_t written = 0; /* VMs stored so far */
     pg_bindings_t *b = NULL;
     const char **vms = NULL;
     pg_vm_binding_t *vbs = NULL;
     FILE *spool = NULL;
     if (a->n_pos != 2)
         return pg_cli_usage_error("%s", "usage: pinguard import FILE|-");
+    if (pg_cli_actor(a) == NULL)
+        return pg_cli_usage_error("%s", "--actor needs a non-empty UTF-8 name of at "
+                                        "most 256 bytes");
     const char *name = strcmp(a->pos[1], "-") == 0 ? "stdin" : a->pos[1];
     FILE *f = strcmp(a->pos[1], "-") == 0 ? stdin : fopen(a->pos[1], "r");
     if (f == NULL) {
@@ -813,7 +1138,7 @@ static int cmd_import(const pg_cli_args_t *a, const pg_config_t *c)
     if (b == NULL || vms == NULL || vbs == NULL)
         goto oom;
     pg_arena_reset(arena);
-    size_t k = 0, written = 0, lineno = 0;
+    size_t k = 0, lineno = 0;
     for (;;) {
         ssize_t len = getline(&line, &cap, in);
         bool eof = len < 0;
@@ -869,6 +1194,25 @@ out:
         fclose(spool);
     if (f != stdin)
         fclose(f);
+    /* What was written is audited, a run stopped part-way included. */
+    if (written > 0) {
+        char detail[PG_MAX_STRING + 256], done[PG_MAX_STRING + 256];
+        if (rc == PG_EXIT_OK) {
+            text_of(detail, sizeof(detail),
+                    "imported %zu VMs (%zu devices, %zu pins) from %s", written,
+                    n.devices, n.pins, name);
+            text_of(done, sizeof(done), "%zu VMs were imported from %s", written, name);
+        } else {
+            text_of(detail, sizeof(detail),
+                    "import from %s stopped: %zu of %zu VMs written", name, written,
+                    n.vms);
+            text_of(done, sizeof(done), "%zu of %zu VMs were imported from %s", written,
+                    n.vms, name);
+        }
+        int arc = pg_cli_audit_edit(a, c, PG_AUDIT_IMPORT, NULL, detail, done);
+        if (rc == PG_EXIT_OK)
+            rc = arc;
+    }
     return rc;
 }
 
@@ -1116,14 +1460,29 @@ int pg_cli_main(int argc, char **argv, char *const *envp, volatile sig_atomic_t 
         return a.help ? PG_EXIT_OK : PG_EXIT_USAGE;
     }
     const char *cmd = a.pos[0];
-    static const char *const known[] = {
-        "run",   "sync",   "explain", "bind",    "unbind", "place", "pin",
-        "unpin", "import", "impact",  "publish", "config", "lag",   "avro"};
-    bool ok = false;
+    static const char *const known[] = {"run",     "sync",         "explain", "bind",
+                                        "unbind",  "place",        "pin",     "unpin",
+                                        "import",  "unquarantine", "audit",   "impact",
+                                        "publish", "config",       "lag",     "avro"};
+    /* The operator edits: each is audited. */
+    static const char *const edits[] = {"bind",  "unbind", "place",       "pin",
+                                        "unpin", "import", "unquarantine"};
+    bool ok = false, edit = false;
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
         ok |= strcmp(cmd, known[i]) == 0;
+    for (size_t i = 0; i < sizeof(edits) / sizeof(edits[0]); i++)
+        edit |= strcmp(cmd, edits[i]) == 0;
     if (!ok)
         return pg_cli_usage_error("unknown command %s", cmd);
+    if (a.for_duration != NULL && strcmp(cmd, "pin") != 0)
+        return pg_cli_usage_error("%s", "--for goes with pin only");
+    if (a.since != NULL && strcmp(cmd, "audit") != 0)
+        return pg_cli_usage_error("%s", "--since goes with audit only");
+    if (a.actor != NULL && !edit)
+        return pg_cli_usage_error("--actor goes with the edits (bind, unbind, place, "
+                                  "pin, unpin, import, unquarantine), not %s",
+                                  cmd);
+    a.envp = envp;
 
     pg_config_t *c = load_config(&a, envp, &rc);
     if (c == NULL)
@@ -1140,6 +1499,8 @@ int pg_cli_main(int argc, char **argv, char *const *envp, volatile sig_atomic_t 
         rc = cmd_explain(&a, c);
     else if (strcmp(cmd, "import") == 0)
         rc = cmd_import(&a, c);
+    else if (strcmp(cmd, "audit") == 0)
+        rc = pg_cli_audit(&a, c);
     else if (strcmp(cmd, "config") == 0)
         rc = cmd_config(&a, c);
     else if (strcmp(cmd, "lag") == 0)

@@ -2,7 +2,8 @@
 /*
  * What the files of the command line share: the parsed arguments, a few
  * helpers, and the commands that live outside cli.c (cli_feed.c: `impact`
- * and `publish`). Not part of any other module's interface.
+ * and `publish`; cli_audit.c: the audit trail of operator edits and
+ * `audit`). Not part of any other module's interface.
  */
 #ifndef PG_CLI_INTERNAL_H
 #define PG_CLI_INTERNAL_H
@@ -13,6 +14,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct {
     const char *config_file;
@@ -22,6 +24,10 @@ typedef struct {
     bool check_config, json, framed, help, version, rebuild;
     const char *schema_version; /* avro: --schema-version N */
     const char *type;
+    const char *for_duration; /* pin: --for DURATION */
+    const char *actor;        /* operator edits: --actor NAME */
+    const char *since;        /* audit: --since DURATION */
+    char *const *envp;        /* the process's environment */
     const char *pos[16];
     size_t n_pos;
 } pg_cli_args_t;
@@ -49,6 +55,32 @@ void pg_cli_progress(bool tty, const char *text);
 
 /* The limits the worker decodes its input with. */
 pg_codec_limits_t pg_cli_codec_limits(const pg_config_t *c);
+
+/* A duration as operators write it: a whole number of ms, s, m, h or d
+ * ("500ms", "90s", "15m", "2h", "1d"), more than 0 and at most
+ * PG_CLI_MAX_DURATION_MS: 0 with *ms set, -1 for anything else (a sign, a
+ * blank, a fraction, another unit, an overflow). */
+#define PG_CLI_MAX_DURATION_MS (36500LL * 86400000LL) /* 100 years */
+int pg_cli_parse_duration(const char *s, int64_t *ms);
+/* A number of ms for people: "850ms", "1h59m58s", "2d3h" (below a second
+ * the ms, above it whole seconds, zero parts left out). */
+void pg_cli_format_ms(int64_t ms, char *buf, size_t len);
+/* Wall-clock ms as UTC, "2026-12-04T19:00:00Z". */
+void pg_cli_format_time(int64_t at_ms, char *buf, size_t len);
+
+/* cli_audit.c */
+/* Who makes an edit: --actor, else SUDO_USER, else USER, else "unknown". */
+const char *pg_cli_actor(const pg_cli_args_t *a);
+/* Writes the AuditEvent of an edit already made to topic.audit and waits
+ * for the broker's acknowledgement. vm NULL: not one VM's (import); detail
+ * says what changed. When the record cannot be written it says so on
+ * stderr naming the edit ("<done>, but its audit record could not be
+ * written: <why>") and returns PG_EXIT_RUNTIME; PG_EXIT_OK otherwise. */
+int pg_cli_audit_edit(const pg_cli_args_t *a, const pg_config_t *c,
+                      pg_audit_action_t action, const char *vm, const char *detail,
+                      const char *done);
+/* `audit [VM] [--since DURATION] [--json]`. */
+int pg_cli_audit(const pg_cli_args_t *a, const pg_config_t *c);
 
 /* cli_feed.c */
 int pg_cli_impact(const pg_cli_args_t *a, const pg_config_t *c);

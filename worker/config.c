@@ -6,6 +6,8 @@
  */
 #include "config.h"
 
+#include "bindings_sentinel.h"
+
 #include "types.h"
 #include "util.h"
 
@@ -77,6 +79,20 @@ static const entry_t table[] = {
      "Password (prefer redis.password.file or PINGUARD_REDIS_PASSWORD)."},
     STR("redis.password.file", redis_password_file, "",
         "File whose first line is the Redis password."),
+    STR("redis.sentinels", redis_sentinels, "",
+        "Sentinels of a Sentinel-managed Redis, host:port,...: pinguard asks them for "
+        "the primary of redis.master.name and checks ROLE before using it (empty: "
+        "redis.host and redis.port name a standalone server)."),
+    STR("redis.master.name", redis_master_name, "pinguard",
+        "Name under which the sentinels monitor the primary."),
+    STR("redis.sentinel.user", redis_sentinel_user, "",
+        "ACL user for the sentinels (empty: the password alone)."),
+    {"redis.sentinel.password", T_STRING, OFF(redis_sentinel_password), "", 0, 0, NULL,
+     true,
+     "Password of the sentinels (prefer redis.sentinel.password.file or "
+     "PINGUARD_REDIS_SENTINEL_PASSWORD)."},
+    STR("redis.sentinel.password.file", redis_sentinel_password_file, "",
+        "File whose first line is the sentinels' password."),
     INT("redis.connect.timeout.ms", redis_connect_timeout_ms, "1000", 10, 60000,
         "Bound on connecting to Redis."),
     INT("redis.timeout.ms", redis_timeout_ms, "1000", 10, 60000,
@@ -519,6 +535,22 @@ int pg_config_finish(pg_config_t *c, char *errbuf, size_t errlen)
         check_listen("sync.metrics.listen", c->sync_metrics_listen, errbuf, errlen) !=
             0)
         return PG_INPUT;
+    if (c->redis_sentinel_password_file[0] != '\0' &&
+        read_secret_file(c->redis_sentinel_password_file, &c->redis_sentinel_password,
+                         errbuf, errlen) != 0)
+        return PG_INPUT;
+    if (c->redis_sentinels[0] != '\0') {
+        pg_redis_addr_t addrs[PG_SENTINEL_MAX];
+        size_t n;
+        if (pg_sentinel_parse_list(c->redis_sentinels, addrs, PG_SENTINEL_MAX, &n,
+                                   errbuf, errlen) != PG_OK)
+            return PG_INPUT;
+        if (c->redis_master_name[0] == '\0') {
+            pg_errf(errbuf, errlen,
+                    "redis.master.name is empty but redis.sentinels is set");
+            return PG_INPUT;
+        }
+    }
     if (c->redis_password_file[0] != '\0' &&
         read_secret_file(c->redis_password_file, &c->redis_password, errbuf, errlen) !=
             0)

@@ -48,6 +48,11 @@ typedef struct {
     char *redis_user;
     char *redis_password;
     char *redis_password_file;
+    char *redis_sentinels;   /* host:port,... ; empty: a standalone server */
+    char *redis_master_name; /* the primary's name the sentinels monitor */
+    char *redis_sentinel_user;
+    char *redis_sentinel_password;
+    char *redis_sentinel_password_file;
     int redis_connect_timeout_ms;
     int redis_timeout_ms;
     int redis_max_devices_per_vm;

@@ -277,4 +277,32 @@ int pg_kafka_publisher_flush(pg_kafka_publisher_t *p, int timeout_ms, size_t *ac
                              size_t *failed, char *errbuf, size_t errlen);
 void pg_kafka_publisher_destroy(pg_kafka_publisher_t *p); /* NULL-safe; flushes 5 s */
 
+/* One record handed over by pg_kafka_read_topic; its bytes are valid during
+ * the call only. */
+typedef struct {
+    int32_t partition;
+    int64_t offset;
+    int64_t timestamp_ms; /* -1 when the broker gave none */
+    const void *key;      /* NULL when the record has none */
+    size_t key_len;
+    const uint8_t *value; /* NULL for a tombstone */
+    size_t len;
+} pg_kafka_record_t;
+/* Returns 0 to go on; anything else stops the read, which returns it. */
+typedef int (*pg_kafka_record_fn)(void *ctx, const pg_kafka_record_t *rec);
+
+/* Reads a topic back for the CLI (`pinguard audit`): every partition from
+ * the first record stamped at or after since_ms (offsets_for_times; a
+ * partition with none is skipped) up to the end offsets read at the start,
+ * read_committed (records of aborted transactions are never handed over;
+ * a transaction still open is read up to where it starts), without
+ * joining or committing to any group. fn sees each partition's records in
+ * order, the partitions interleaved. Gives up after timeout_ms. PG_OK;
+ * PG_INPUT when the topic does not exist; PG_RETRY when no broker answered,
+ * the read failed or timed out (errbuf says which); PG_FATAL for a client
+ * that cannot be made or fatal client states; fn's own non-zero answer. */
+int pg_kafka_read_topic(const pg_config_t *cfg, const char *topic, int64_t since_ms,
+                        int timeout_ms, pg_kafka_record_fn fn, void *ctx, char *errbuf,
+                        size_t errlen);
+
 #endif

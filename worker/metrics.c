@@ -75,6 +75,7 @@ typedef struct {
     counter_t batches_redone, cache_invalid;
     counter_t feed[PG_M_FEED_RESULTS];
     counter_t quarantines_started, quarantines_lifted;
+    counter_t redis_failovers;
     _Atomic bool caught_up;
     counter_t redis_hist[N_BUCKETS + 1];
     counter_t redis_sum_ns;
@@ -308,6 +309,12 @@ void pg_metrics_commit(pg_metrics_t *m, const pg_metrics_tally_t *t)
         for (int r = 0; r < N_REASONS; r++)
             if (t->verdicts[v][r] > 0)
                 ADD(m->v.decisions[t->input][v][r], t->verdicts[v][r]);
+}
+
+void pg_metrics_redis_failovers(pg_metrics_t *m, unsigned long long total)
+{
+    if (m != NULL)
+        atomic_store_explicit(&m->v.redis_failovers, total, memory_order_relaxed);
 }
 
 void pg_metrics_batch_redone(pg_metrics_t *m)
@@ -779,7 +786,8 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
     if (!m->feed) {
         head(b, "pinguard_quarantines_started_total", "counter",
              "Quarantines started: a VM's FAILED results reached quarantine.failures "
-             "within quarantine.window.ms (counted once committed).");
+             "within quarantine.window.ms (counted once committed; a replayed result "
+             "repeats the audit event, not the count).");
         put(b, "pinguard_quarantines_started_total %llu\n",
             GET(s->quarantines_started));
         head(
@@ -819,6 +827,10 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
     put(b, "pinguard_redis_latency_seconds_sum %.6f\n",
         (double)GET(s->redis_sum_ns) / 1e9);
     put(b, "pinguard_redis_latency_seconds_count %llu\n", cum);
+    head(b, "pinguard_redis_failovers_total", "counter",
+         "Changes of the Redis primary's replication id seen on reconnecting (a "
+         "Sentinel failover; writes the old primary had not replicated are lost).");
+    put(b, "pinguard_redis_failovers_total %llu\n", GET(s->redis_failovers));
     head(b, "pinguard_redis_up", "gauge", "1 when the binding cache answers.");
     put(b, "pinguard_redis_up %d\n", redis_up ? 1 : 0);
 

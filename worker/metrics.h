@@ -161,6 +161,8 @@ void pg_metrics_batch_redone(pg_metrics_t *m);
 /* VMs whose cache entry could not be read as the SPEC's layout says. */
 void pg_metrics_cache_invalid(pg_metrics_t *m, unsigned long long n);
 void pg_metrics_redis_exchange(pg_metrics_t *m, double seconds, bool ok);
+/* Redis failovers the loop's connection has seen so far (Sentinel). */
+void pg_metrics_redis_failovers(pg_metrics_t *m, unsigned long long total);
 void pg_metrics_tick(pg_metrics_t *m);  /* the loop is alive */
 void pg_metrics_batch(pg_metrics_t *m); /* one consumed batch was processed */
 

@@ -444,6 +444,7 @@ int pg_sync_run(const pg_config_t *cfg, const pg_sync_opts_t *opts,
         if (n > 0) {
             int brc = process_batch(&s, (size_t)n, errbuf, errlen);
             pg_metrics_batch(s.metrics);
+            pg_metrics_redis_failovers(s.metrics, pg_bindings_failovers(s.bindings));
             pg_kafka_batch_release(s.msgs, (size_t)n);
             pg_arena_reset(s.arena);
             if (brc != PG_OK)

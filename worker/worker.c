@@ -645,9 +645,10 @@ static int produce_audit(worker_t *w, size_t i, int64_t now, char *errbuf,
     slot_t *s = &w->slots[i];
     const pg_migration_result_t *r = &s->rec.u.migration_result;
     const pg_note_outcome_t *o = &w->note_out[s->note];
-    if (o->what != PG_NOTE_STARTED && o->what != PG_NOTE_LIFTED)
+    bool again = o->what == PG_NOTE_STARTED_AGAIN || o->what == PG_NOTE_LIFTED_AGAIN;
+    if (o->what != PG_NOTE_STARTED && o->what != PG_NOTE_LIFTED && !again)
         return PG_OK;
-    bool started = o->what == PG_NOTE_STARTED;
+    bool started = o->what == PG_NOTE_STARTED || o->what == PG_NOTE_STARTED_AGAIN;
     char id[PG_MAX_STRING + 32], detail[512];
     snprintf(id, sizeof(id), "%s:%s", started ? "quarantine" : "unquarantine",
              r->request_id);
@@ -668,10 +669,13 @@ static int produce_audit(worker_t *w, size_t i, int64_t now, char *errbuf,
                                                           : PG_AUDIT_UNQUARANTINE,
                                         .vm_uuid = r->vm_uuid,
                                         .detail = detail}};
-    pg_log_info(started ? "quarantine_started" : "quarantine_lifted", "vm", r->vm_uuid,
-                "request", r->request_id, "#duration_ms", (long long)o->duration_ms,
-                NULL);
-    s->tally.quarantine = started ? 1 : 2;
+    /* A replay repeats the event (same eventId) but is no new change. */
+    if (!again) {
+        pg_log_info(started ? "quarantine_started" : "quarantine_lifted", "vm",
+                    r->vm_uuid, "request", r->request_id, "#duration_ms",
+                    (long long)o->duration_ms, NULL);
+        s->tally.quarantine = started ? 1 : 2;
+    }
     w->audit.len = 0;
     int rc = pg_codec_encode(w->codec, &ev, &w->audit, errbuf, errlen);
     if (rc != 0) {
@@ -925,6 +929,7 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         w.batch_redone = false;
         int brc = process_batch(&w, (size_t)n, errbuf, errlen);
         pg_metrics_batch(w.metrics);
+        pg_metrics_redis_failovers(w.metrics, pg_bindings_failovers(w.bindings));
         pg_kafka_batch_release(w.msgs, (size_t)n);
         pg_arena_reset(w.arena);
         if (brc != PG_OK)

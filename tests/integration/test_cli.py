@@ -377,7 +377,8 @@ def test_explain_malformed_entry(cache_env):
     out = json.loads(run_cli("explain", vm, "--json", check=0).stdout)
     assert out["valid"] is True and out["invalidReason"] is None
     assert out["verdict"] == "APPROVED" and out["known"] is True
-    assert out["devices"] == [{"deviceUuid": "dev-ok", "kind": "pci+vf", "pins": False}]
+    assert out["devices"] == [{"deviceUuid": "dev-ok", "kind": "pci+vf", "pins": False,
+                               "rule": "built-in"}]
 
 
 def test_explain_shows_the_generation(cache_env):

@@ -136,6 +136,57 @@ START_TEST(cross_field_checks)
 }
 END_TEST
 
+/* device.kinds and quarantine.origins are parsed when the settings are
+ * finished: a malformed value fails there, so --check-config refuses it. */
+START_TEST(site_kinds_and_origins_checked)
+{
+    static const char *const bad[][2] = {{"device.kinds", "gpu-vf=sometimes"},
+                                         {"device.kinds", "gpu-vf"},
+                                         {"device.kinds", "a=pins,a=migrates"},
+                                         {"device.kinds", "gpu vf=pins"},
+                                         {"device.kinds", ","},
+                                         {"device.kinds", "=pins"},
+                                         {"quarantine.origins", "drs"},
+                                         {"quarantine.origins", "DRS;HA"},
+                                         {"quarantine.origins", "NOBODY"}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        pg_config_t *c = pg_config_new();
+        ck_assert_int_eq(pg_config_set(c, bad[i][0], bad[i][1], 3, err, sizeof(err)),
+                         0);
+        ck_assert_msg(pg_config_finish(c, err, sizeof(err)) == PG_INPUT,
+                      "%s = %s accepted", bad[i][0], bad[i][1]);
+        ck_assert_msg(strstr(err, bad[i][0]) != NULL, "'%s' does not name %s", err,
+                      bad[i][0]);
+        pg_config_destroy(c);
+    }
+    pg_config_t *c = pg_config_new();
+    pg_config_set(c, "device.kinds", " gpu-vf=pins , pci=migrates", 3, err,
+                  sizeof(err));
+    pg_config_set(c, "quarantine.origins", "DRS, API", 3, err, sizeof(err));
+    ck_assert_int_eq(pg_config_finish(c, err, sizeof(err)), 0);
+    ck_assert_uint_eq(c->site_kinds.n, 2);
+    ck_assert_str_eq(c->site_kinds.kinds[0].kind, "gpu-vf");
+    ck_assert(c->site_kinds.kinds[0].pins && !c->site_kinds.kinds[1].pins);
+    ck_assert_uint_eq(c->quarantine_origins,
+                      (1u << PG_ORIGIN_DRS) | (1u << PG_ORIGIN_API));
+    const pg_policy_opts_t po = pg_config_policy_opts(c);
+    bool pins;
+    ck_assert_int_eq(pg_policy_classify(&po, "pci", &pins), PG_KIND_RULE_SITE);
+    ck_assert(!pins);
+    ck_assert_int_eq(pg_policy_classify(&po, "dgpu", &pins), PG_KIND_RULE_BUILTIN);
+    ck_assert(pins);
+    ck_assert_int_eq(pg_policy_classify(&po, "fpga", &pins), PG_KIND_RULE_NONE);
+    ck_assert(pins);
+    pg_config_destroy(c);
+    /* The defaults: no site kind, quarantine blocks DRS. */
+    c = pg_config_new();
+    ck_assert_int_eq(pg_config_finish(c, err, sizeof(err)), 0);
+    ck_assert_uint_eq(c->site_kinds.n, 0);
+    ck_assert_uint_eq(c->quarantine_origins, 1u << PG_ORIGIN_DRS);
+    pg_config_destroy(c);
+}
+END_TEST
+
 /* metrics.listen is checked when the settings are finished, by the rules the
  * metrics server binds with, so --check-config refuses what run would. */
 START_TEST(metrics_listen_checked)
@@ -281,6 +332,7 @@ int main(void)
     tcase_add_test(t, bounds_and_types);
     tcase_add_test(t, cross_field_checks);
     tcase_add_test(t, metrics_listen_checked);
+    tcase_add_test(t, site_kinds_and_origins_checked);
     tcase_add_test(t, integers_from_every_source);
     tcase_add_test(t, secrets_hidden);
     tcase_add_test(t, bad_file);
