@@ -148,7 +148,10 @@ START_TEST(site_kinds_and_origins_checked)
                                          {"device.kinds", "=pins"},
                                          {"quarantine.origins", "drs"},
                                          {"quarantine.origins", "DRS;HA"},
-                                         {"quarantine.origins", "NOBODY"}};
+                                         {"quarantine.origins", "NOBODY"},
+                                         {"redis.sentinels", "127.0.0.1"},
+                                         {"redis.sentinels", "a:1,b:0"},
+                                         {"redis.sentinels", "a:1,,b:2"}};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         pg_config_t *c = pg_config_new();
         ck_assert_int_eq(pg_config_set(c, bad[i][0], bad[i][1], 3, err, sizeof(err)),
@@ -189,6 +192,25 @@ END_TEST
 
 /* metrics.listen is checked when the settings are finished, by the rules the
  * metrics server binds with, so --check-config refuses what run would. */
+/* A Sentinel set needs the primary's name; a good list is accepted. */
+START_TEST(sentinels_checked)
+{
+    pg_config_t *c = pg_config_new();
+    ck_assert_int_eq(pg_config_set(c, "redis.sentinels", "127.0.0.1:26379, s2:26380", 3,
+                                   err, sizeof(err)),
+                     0);
+    ck_assert_int_eq(pg_config_finish(c, err, sizeof(err)), 0);
+    ck_assert_str_eq(c->redis_master_name, "pinguard");
+    pg_config_destroy(c);
+    c = pg_config_new();
+    pg_config_set(c, "redis.sentinels", "127.0.0.1:26379", 3, err, sizeof(err));
+    pg_config_set(c, "redis.master.name", "", 3, err, sizeof(err));
+    ck_assert_int_eq(pg_config_finish(c, err, sizeof(err)), PG_INPUT);
+    ck_assert_ptr_nonnull(strstr(err, "redis.master.name"));
+    pg_config_destroy(c);
+}
+END_TEST
+
 START_TEST(metrics_listen_checked)
 {
     static const char *const good[] = {"127.0.0.1:9464", "0.0.0.0:0", "10.1.2.3:65535",
@@ -333,6 +355,7 @@ int main(void)
     tcase_add_test(t, cross_field_checks);
     tcase_add_test(t, metrics_listen_checked);
     tcase_add_test(t, site_kinds_and_origins_checked);
+    tcase_add_test(t, sentinels_checked);
     tcase_add_test(t, integers_from_every_source);
     tcase_add_test(t, secrets_hidden);
     tcase_add_test(t, bad_file);
