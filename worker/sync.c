@@ -125,7 +125,9 @@ static int apply_holding(sync_t *s, size_t n_apply, size_t n_msgs, char *errbuf,
                 return HOLD_DROPPED; /* resuming failed: redo from the group */
             return HOLD_OK;
         }
-        if (rc == PG_FATAL) {
+        if (rc == PG_FATAL || rc == PG_INPUT) {
+            /* PG_INPUT: a record the check above let through and the apply
+             * refuses; retrying would never end. */
             pg_errf(errbuf, errlen, "%s", err);
             return HOLD_FATAL;
         }
