@@ -72,11 +72,7 @@ typedef struct pg_kafka pg_kafka_t;
  * `pinguard sync --rebuild`, every partition of topic.bindings from its
  * beginning, assigned rather than subscribed, in a throwaway group that is
  * never committed to. In SYNC and REBUILD a message's `input` is 0. */
-typedef enum {
-    PG_KAFKA_WORKER = 0,
-    PG_KAFKA_SYNC,
-    PG_KAFKA_REBUILD
-} pg_kafka_role_t;
+typedef enum { PG_KAFKA_WORKER = 0, PG_KAFKA_SYNC, PG_KAFKA_REBUILD } pg_kafka_role_t;
 
 /* A consumer in the configured group that neither subscribes nor produces:
  * for reading the group's offsets (`pinguard lag`). NULL with errbuf filled. */
