@@ -6,17 +6,32 @@
 # (6 partitions each; device.bindings compacted, see PG_TOPIC_CONFIG in
 # lib.sh) and a check that the group / transaction coordinators work. Idempotent: services that already answer are reused (even ones this
 # script did not start), existing topics are kept.
-# State lives under ${PGLOCAL_RUN:-<repo>/.cache/run}; see lib.sh for the
-# layout and environment overrides. deploy/local/down.sh undoes it.
+# Clusters, for failover tests (see lib.sh for every variable):
+#   PGLOCAL_KAFKA_BROKERS=3   three broker/controller nodes on 9092, 9192,
+#                             9292 (controllers +1, SASL +2), one static
+#                             three-voter quorum; topics and internal topics
+#                             with replication factor 3, min ISR 2
+#   PGLOCAL_REDIS_MODE=sentinel   a primary on 6379, replicas on 6380 and
+#                             6381, sentinels on 26379-26381 (master name
+#                             "pinguard", quorum 2); up.sh returns once all
+#                             three sentinels see the primary, both replicas
+#                             and each other
+# The variables are PGLOCAL_*, never PINGUARD_*: pinguard reads PINGUARD_<KEY>
+# as its own settings. A private set beside the shared one: PGLOCAL_RUN=<dir>
+# with its own PGLOCAL_KAFKA_PORT, PGLOCAL_REDIS_PORT, PGLOCAL_SENTINEL_PORT.
+# State lives under ${PGLOCAL_RUN:-<repo>/.cache/run}; what was set up there is
+# recorded in its topology file, so that kafka.sh, redis.sh and down.sh act on
+# the same set. deploy/local/down.sh undoes it.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 pg_lock
+pg_topology_save
 t0=$SECONDS
 
-# The two services are independent: start Redis while the JVM warms up.
-pg_redis_start &
+# The two services are independent: start Redis while the JVMs warm up.
+pg_redis_start_all &
 redis_job=$!
 pg_kafka_start
 wait "$redis_job" || pg_die "redis did not come up"
@@ -43,7 +58,7 @@ if ((${#missing[@]})); then
     for kv in ${PG_TOPIC_CONFIG[$t]:-}; do cfg+=(--config "$kv"); done
     pg_java_tool "$libs" org.apache.kafka.tools.TopicCommand \
       --bootstrap-server "$PG_BOOTSTRAP" --create --if-not-exists \
-      --topic "$t" --partitions "$PG_PARTITIONS" --replication-factor 1 "${cfg[@]}" \
+      --topic "$t" --partitions "$PG_PARTITIONS" --replication-factor "$PG_KAFKA_RF" "${cfg[@]}" \
       >"$PG_RUN/topic-$t.out" 2>&1 &
     pids+=($!)
   done
@@ -74,7 +89,7 @@ while :; do
   ((SECONDS < deadline)) || pg_die "topics: still absent after creation: ${bad[*]}"
   sleep 0.2
 done
-pg_log "topics: ${#PG_TOPICS[@]} SPEC topics with $PG_PARTITIONS partitions"
+pg_log "topics: ${#PG_TOPICS[@]} SPEC topics with $PG_PARTITIONS partitions (replication factor $PG_KAFKA_RF, min ISR $PG_KAFKA_MIN_ISR)"
 
 # --- internal topics: group coordinator + transaction coordinator -------------
 # Both are created on first use; do that now so that the first test does not
@@ -109,4 +124,9 @@ if [ -z "$(partitions __consumer_offsets "$md")" ] || [ -z "$(partitions __trans
 fi
 pg_log "coordinators: __consumer_offsets and __transaction_state present"
 
-pg_log "up in $((SECONDS - t0))s: redis $PG_HOST:$PG_REDIS_PORT, kafka $PG_BOOTSTRAP, run dir $PG_RUN"
+if [ "$PG_REDIS_MODE" = sentinel ]; then
+  redis_what="redis primary $PG_HOST:$(pg_sentinel_primary 1) (sentinels $PG_HOST:$PG_SENTINEL_PORT-$((PG_SENTINEL_PORT + PG_SENTINELS - 1)), master name $PG_SENTINEL_MASTER)"
+else
+  redis_what="redis $PG_HOST:$PG_REDIS_PORT"
+fi
+pg_log "up in $((SECONDS - t0))s: $redis_what, kafka $PG_BOOTSTRAP, run dir $PG_RUN"

@@ -164,7 +164,7 @@ class Mix:
         count a transaction that is still to commit or abort. The final
         check is assert_all_committed()."""
         if self._offsets is None:
-            self._offsets = Consumer({"bootstrap.servers": BOOTSTRAP,
+            self._offsets = Consumer({"bootstrap.servers": self.env.bootstrap,
                                       "group.id": self.env.group,
                                       "isolation.level": "read_uncommitted"})
             weakref.finalize(self, self._offsets.close)
@@ -181,16 +181,17 @@ class Mix:
     def read_outputs(self, timeout=120):
         """Every committed output record, read to the end (read_committed):
         call once no worker can still commit."""
-        out = {}
+        out, b = {}, self.env.bootstrap
         for topic in INPUT_OF.values():
-            out[topic] = read_to_end(self.env.topics[topic], timeout)
-        dlq = read_to_end(self.env.topics["dlq"], timeout)
+            out[topic] = read_to_end(self.env.topics[topic], timeout, bootstrap=b)
+        dlq = read_to_end(self.env.topics["dlq"], timeout, bootstrap=b)
         assert not dlq, f"{len(dlq)} inputs went to the DLQ"
         return out
 
     def written(self, timeout=120):
         """Every decision record written, aborted transactions included."""
-        return sum(len(read_to_end(self.env.topics[t], timeout, committed=False))
+        return sum(len(read_to_end(self.env.topics[t], timeout, committed=False,
+                                   bootstrap=self.env.bootstrap))
                    for t in INPUT_OF.values())
 
     def check(self, outputs, allow_duplicates=False):
@@ -230,11 +231,11 @@ class Mix:
             assert got == self.sent[t], f"{t}: committed {got} of {self.sent[t]}"
 
 
-def read_to_end(topic, timeout=120, partitions=PARTITIONS, committed=True):
+def read_to_end(topic, timeout=120, partitions=PARTITIONS, committed=True, bootstrap=BOOTSTRAP):
     """All records of a topic from the start to its end, decoded;
     read_committed, or with committed=False every record written, those of
     aborted transactions included."""
-    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"reader-{uid()}",
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uid()}",
                   "enable.auto.commit": False, "enable.partition.eof": True,
                   "isolation.level": "read_committed" if committed else "read_uncommitted"})
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])

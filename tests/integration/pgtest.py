@@ -159,11 +159,14 @@ def metric(text, name, **labels):
 
 
 # Every key of one VM (SPEC: the cache, v2's generation and quarantine).
-VM_KEYS = ("host", "devices", "pin", "generation", "failures", "quarantine")
+VM_KEYS = ("host", "devices", "pin", "generation", "failures", "quarantine", "backoff")
 
 
 class Env:
-    """Topics, groups and cache entries of one test."""
+    """Topics, groups and cache entries of one test. By default on the shared
+    services (BOOTSTRAP, REDIS_PORT); a private cluster (test_ha.py) passes its
+    own bootstrap list, a Redis client of its primary, the replication factor
+    of the test's topics and the settings that point workers at it."""
 
     INPUTS = ("advice", "requests", "results")
     OUTPUTS = ("advice.filtered", "decisions", "release", "dlq")
@@ -174,28 +177,40 @@ class Env:
     # compacted, and a test's segments stay open).
     TOPIC_CONFIG = {"bindings": {"cleanup.policy": "compact"}}
 
-    def __init__(self, partitions=6, delivery="exactly-once"):
+    def __init__(self, partitions=6, delivery="exactly-once", bootstrap=None, redis_client=None,
+                 replication_factor=1, replicas=None, worker_settings=()):
+        """replicas: topic key -> replica assignment (one list of broker ids
+        per partition, the preferred leader first) for topics to be placed;
+        worker_settings: more settings of every worker and sync process
+        (kafka.bootstrap.servers, redis.sentinels, ...)."""
         tag = uuid.uuid4().hex[:10]
         self.delivery = delivery
         self.tag = tag
+        self.bootstrap = bootstrap or BOOTSTRAP
+        self.worker_settings = list(worker_settings)
         self.topics = {k: f"it.{tag}.{k}" for k in self.INPUTS + self.OUTPUTS + self.FEED}
         self.group = f"it-{tag}"
         self.sync_group = f"it-sync-{tag}"
-        self.admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+        self.admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        replicas = replicas or {}
         fs = self.admin.create_topics(
-            [NewTopic(t, num_partitions=partitions, replication_factor=1,
+            [NewTopic(t, num_partitions=len(replicas[k]), replica_assignment=replicas[k],
+                      config=self.TOPIC_CONFIG.get(k, {}))
+             if k in replicas else
+             NewTopic(t, num_partitions=partitions, replication_factor=replication_factor,
                       config=self.TOPIC_CONFIG.get(k, {}))
              for k, t in self.topics.items()], operation_timeout=30)
         for f in fs.values():
             f.result()
         wait_until(self._topics_visible, 30, "topics in metadata")
-        self.redis = redis.Redis(host="127.0.0.1", port=REDIS_PORT, decode_responses=True)
+        self.redis = redis_client or redis.Redis(host="127.0.0.1", port=REDIS_PORT,
+                                                 decode_responses=True)
         self.vms = set()
         self.hosts = set()  # host index entries (pinguard:host:{<host>}:vms) to remove
         # Idempotent: a produce request retried under load (a timed-out batch
         # the broker did write) must not put the same inputs on a topic
         # twice, or a test would count their two decisions as duplicates.
-        self.producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5,
+        self.producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5,
                                   "partitioner": "murmur2_random",
                                   "enable.idempotence": True})
         self.workers = []
@@ -209,7 +224,7 @@ class Env:
         s = [f"topic.{k}={v}" for k, v in self.topics.items()]
         # Port 0: every worker gets a free metrics port (see Worker.metrics_port).
         return s + [f"kafka.group.id={self.group}", f"delivery={self.delivery}",
-                    "metrics.listen=127.0.0.1:0"]
+                    "metrics.listen=127.0.0.1:0"] + self.worker_settings
 
     def sync_settings(self):
         """The settings of `pinguard sync` (and `sync --rebuild`): this test's
@@ -271,7 +286,7 @@ class Env:
 
     def read(self, topic_key, count, timeout=60, extra_wait=0.0):
         """Reads the topic from the start until `count` messages (read_committed)."""
-        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"reader-{uid()}",
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"reader-{uid()}",
                       "auto.offset.reset": "earliest", "enable.auto.commit": False,
                       "isolation.level": "read_committed"})
         c.subscribe([self.topics[topic_key]])
@@ -304,7 +319,7 @@ class Env:
     def committed(self, topic_key, partitions=6, group=None):
         """partition -> the offset committed by the group (default: the
         worker's; env.sync_group for `pinguard sync`), negative for none."""
-        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group or self.group})
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group or self.group})
         try:
             tps = c.committed([TopicPartition(self.topics[topic_key], p)
                                for p in range(partitions)], timeout=10)
@@ -316,7 +331,7 @@ class Env:
         """Every message of the topic from the start to its end (read_committed),
         undecoded: call once no worker can still write to it, and the answer is
         complete without listening on for stragglers."""
-        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"reader-{uid()}",
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"reader-{uid()}",
                       "enable.auto.commit": False, "enable.partition.eof": True,
                       "isolation.level": "read_committed"})
         t = self.topics[topic_key]
@@ -341,11 +356,23 @@ class Env:
     def high_watermarks(self, topic_key, partitions=6):
         """partition -> end offset of the topic: any record written moves it,
         committed or not (and a transaction's commit or abort marker too)."""
-        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"hw-{uid()}"})
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"hw-{uid()}"})
+
+        def one(p):
+            # Just after a topic is created (or a broker restarted) the
+            # client's metadata may still name an old leader: ask again.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    return c.get_watermark_offsets(
+                        TopicPartition(self.topics[topic_key], p), timeout=10)[1]
+                except KafkaException as e:
+                    if (e.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION
+                            or time.monotonic() > deadline):
+                        raise
+                    time.sleep(0.2)
         try:
-            return {p: c.get_watermark_offsets(TopicPartition(self.topics[topic_key], p),
-                                               timeout=10)[1]
-                    for p in range(partitions)}
+            return {p: one(p) for p in range(partitions)}
         finally:
             c.close()
 
