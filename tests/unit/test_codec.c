@@ -552,23 +552,43 @@ START_TEST(roundtrip_edge_values)
 {
     static const pg_device_ref_t devs[] = {{"d1", ""}, {"d2", "\xe2\x82\xac"}};
     static const pg_migration_advice_t adv[] = {
-        {"vm-a", "h1", "h", true, 0.0},
-        {"vm-b", "h1", "h2", true, -0.0},
-        {"vm-c", "h1", "h2", true, 1e308},
-        {"vm-d", "h1", "h2", false, 0},
+        {"vm-a", "h1", "h", true, 0.0, {true, 0}},
+        {"vm-b", "h1", "h2", true, -0.0, {true, INT64_MIN}},
+        {"vm-c", "h1", "h2", true, 1e308, {true, INT64_MAX}},
+        {"vm-d", "h1", "h2", false, 0, {false, 0}},
     };
-    static const pg_veto_t vetoes[] = {
-        {{"vm-e", "h1", "h2", false, 0}, PG_VETO_UNKNOWN_DEVICE_KIND, 2, devs}};
+    static const pg_veto_t vetoes[] = {{{"vm-e", "h1", "h2", false, 0, {true, 1}},
+                                        PG_VETO_UNKNOWN_DEVICE_KIND,
+                                        2,
+                                        devs}};
     pg_record_t recs[] = {
         {.type = PG_REC_FILTERED_ADVICE,
          .u.filtered_advice = {"a", "c", INT64_MIN, INT64_MAX, 4, adv, 1, vetoes}},
         {.type = PG_REC_RELEASE_DECISION,
-         .u.release_decision = {"r", "v", PG_OUTCOME_SUCCEEDED, PG_ACTION_RELEASE,
-                                PG_RELEASE_CONFIRMED_ON_DESTINATION, "h", "h2", 2, devs,
-                                0}},
+         .u.release_decision = {"r",
+                                "v",
+                                PG_OUTCOME_SUCCEEDED,
+                                PG_ACTION_RELEASE,
+                                PG_RELEASE_CONFIRMED_ON_DESTINATION,
+                                "h",
+                                "h2",
+                                2,
+                                devs,
+                                0,
+                                {true, 3}}},
         {.type = PG_REC_MIGRATE_DECISION,
-         .u.migrate_decision = {"r", "v", "s", NULL, PG_ORIGIN_OTHER, PG_VERDICT_VETOED,
-                                true, PG_VETO_HOST_BOUND_DEVICE, 1, devs, -1}},
+         .u.migrate_decision = {"r",
+                                "v",
+                                "s",
+                                NULL,
+                                PG_ORIGIN_OTHER,
+                                PG_VERDICT_VETOED,
+                                true,
+                                PG_VETO_HOST_BOUND_DEVICE,
+                                1,
+                                devs,
+                                -1,
+                                {false, 0}}},
     };
     pg_buf_t b = {0};
     for (size_t i = 0; i < sizeof(recs) / sizeof(recs[0]); i++) {
@@ -602,18 +622,46 @@ START_TEST(encode_rejects_bad_structs)
     static const pg_device_ref_t null_kind[] = {{"d1", NULL}};
     pg_record_t recs[] = {
         {.type = PG_REC_MIGRATE_REQUEST,
-         .u.migrate_request = {NULL, "v", "s", NULL, PG_ORIGIN_DRS, 0}},
+         .u.migrate_request = {NULL, "v", "s", NULL, PG_ORIGIN_DRS, 0, {false, 0}}},
         {.type = PG_REC_MIGRATE_REQUEST,
-         .u.migrate_request = {"r", "v", "s", NULL, (pg_origin_t)5, 0}},
+         .u.migrate_request = {"r", "v", "s", NULL, (pg_origin_t)5, 0, {false, 0}}},
         {.type = PG_REC_MIGRATE_DECISION,
-         .u.migrate_decision = {"r", "v", "s", NULL, PG_ORIGIN_DRS, PG_VERDICT_VETOED,
-                                true, (pg_veto_reason_t)PG_VETO_REASONS, 0, NULL, 0}},
+         .u.migrate_decision = {"r",
+                                "v",
+                                "s",
+                                NULL,
+                                PG_ORIGIN_DRS,
+                                PG_VERDICT_VETOED,
+                                true,
+                                (pg_veto_reason_t)PG_VETO_REASONS,
+                                0,
+                                NULL,
+                                0,
+                                {false, 0}}},
         {.type = PG_REC_RELEASE_DECISION,
-         .u.release_decision = {"r", "v", PG_OUTCOME_FAILED, PG_ACTION_KEEP,
-                                PG_RELEASE_NO_DESTINATION, "h", NULL, 2, NULL, 0}},
+         .u.release_decision = {"r",
+                                "v",
+                                PG_OUTCOME_FAILED,
+                                PG_ACTION_KEEP,
+                                PG_RELEASE_NO_DESTINATION,
+                                "h",
+                                NULL,
+                                2,
+                                NULL,
+                                0,
+                                {false, 0}}},
         {.type = PG_REC_RELEASE_DECISION,
-         .u.release_decision = {"r", "v", PG_OUTCOME_FAILED, PG_ACTION_KEEP,
-                                PG_RELEASE_NO_DESTINATION, "h", NULL, 1, null_kind, 0}},
+         .u.release_decision = {"r",
+                                "v",
+                                PG_OUTCOME_FAILED,
+                                PG_ACTION_KEEP,
+                                PG_RELEASE_NO_DESTINATION,
+                                "h",
+                                NULL,
+                                1,
+                                null_kind,
+                                0,
+                                {false, 0}}},
         {.type = PG_REC_COUNT},
     };
     pg_buf_t b = {0};
@@ -625,9 +673,9 @@ START_TEST(encode_rejects_bad_structs)
         ck_assert_uint_eq(b.len, 0);
     }
     /* Strings from the cache are not trusted to be UTF-8 either. */
-    pg_record_t bad = {
-        .type = PG_REC_MIGRATE_REQUEST,
-        .u.migrate_request = {"r", "v\xc0\xaf", "s", NULL, PG_ORIGIN_DRS, 0}};
+    pg_record_t bad = {.type = PG_REC_MIGRATE_REQUEST,
+                       .u.migrate_request = {
+                           "r", "v\xc0\xaf", "s", NULL, PG_ORIGIN_DRS, 0, {false, 0}}};
     ck_assert_int_eq(pg_codec_encode(codec, &bad, &b, err, sizeof(err)),
                      PG_CODEC_EUTF8);
     ck_assert_uint_eq(b.len, 0);
