@@ -988,7 +988,8 @@ static int import_line(const char *line, size_t len, const pg_config_t *c,
         rd[i].kind = (pg_bytes_t){d[i].kind, strlen(d[i].kind)};
     }
     /* A uuid twice would leave one of its kinds to chance in the hash. */
-    qsort(d, nd, sizeof(*d), device_ref_cmp);
+    if (nd > 1)
+        qsort(d, nd, sizeof(*d), device_ref_cmp);
     for (size_t i = 1; i < nd; i++) {
         if (strcmp(d[i - 1].device_uuid, d[i].device_uuid) == 0) {
             snprintf(err, errlen, "device %.128s is listed twice", d[i].device_uuid);

@@ -277,7 +277,8 @@ int pg_cli_audit(const pg_cli_args_t *a, const pg_config_t *c)
     t.n = kept;
     /* An event written again (the worker redid a batch after a crash or an
      * abort: at least once, its eventId is the same) is shown once. */
-    qsort(t.v, t.n, sizeof(*t.v), id_cmp);
+    if (t.n > 1)
+        qsort(t.v, t.n, sizeof(*t.v), id_cmp);
     kept = 0;
     for (size_t i = 0; i < t.n; i++) {
         if (kept > 0 && strcmp(t.v[kept - 1].ev.event_id, t.v[i].ev.event_id) == 0) {
@@ -287,7 +288,8 @@ int pg_cli_audit(const pg_cli_args_t *a, const pg_config_t *c)
         t.v[kept++] = t.v[i];
     }
     t.n = kept;
-    qsort(t.v, t.n, sizeof(*t.v), event_cmp);
+    if (t.n > 1)
+        qsort(t.v, t.n, sizeof(*t.v), event_cmp);
     for (size_t i = 0; i < t.n; i++) {
         const pg_audit_event_t *ev = &t.v[i].ev;
         if (a->json) {

@@ -8,7 +8,8 @@ import os
 import re
 import subprocess
 
-from pgtest import BOOTSTRAP, ROOT, encode, now_ms, redis_ctl, run_cli, uid, wait_until
+from pgtest import (BOOTSTRAP, ROOT, TIME_SCALE, encode, now_ms, redis_ctl, run_cli, uid,
+                    wait_until)
 
 SRC, DST = uid(), uid()
 
@@ -144,5 +145,9 @@ def test_backlog_over_the_prefetch_bound_wakes_the_fetcher(env):
     wait_until(lambda: metric(w.http("/metrics")[1], "pinguard_inputs_total",
                               topic=env.topics["requests"], outcome="decided") == 3000,
                30, "3000 inputs counted as decided")
-    assert metric(w.http("/metrics")[1], "pinguard_fetch_wakeups_total") > 0
+    # Under a sanitizer or valgrind (PG_TIME_SCALE > 1) the worker is so slow
+    # that the prefetch queue seldom runs dry, and then rightly no wake-up is
+    # needed: the count is asserted in the plain run only.
+    if TIME_SCALE <= 1:
+        assert metric(w.http("/metrics")[1], "pinguard_fetch_wakeups_total") > 0
     assert w.stop() == 0
