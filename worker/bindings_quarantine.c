@@ -18,8 +18,9 @@
  * so that the decision it rides with, redone, produces the same audit event
  * again without counting the change twice. :backoff lives at least as long
  * as the window, so the failures a quarantine counted never count again.
- * A key of the wrong type is reported and left alone: a data error of one
- * VM, not a reason to stop the batch.
+ * A key of the wrong type is reported and left alone, and a :backoff field
+ * that is no number reads as absent: a data error of one VM, never a script
+ * error that would hold the batch for ever.
  */
 #include "bindings_internal.h"
 
@@ -56,16 +57,16 @@ const char PG_BINDINGS_RESULT_LUA[] =
     "local q = redis.call('EXISTS', kq) == 1\n"
     "if added == 0 then\n"
     "  if q and redis.call('HGET', kb, 'started_by') == rid then\n"
-    "    return {3, tonumber(redis.call('HGET', kb, 'last') or '0')}\n"
+    "    return {3, tonumber(redis.call('HGET', kb, 'last') or '0') or 0}\n"
     "  end\n"
     "  return {0, 0}\n"
     "end\n"
     "if q then return {0, 0} end\n"
-    "local since = redis.call('HGET', kb, 'since') or '-inf'\n"
-    "if since ~= '-inf' then since = '(' .. since end\n"
+    "local since = tonumber(redis.call('HGET', kb, 'since') or '')\n"
+    "since = since and ('(' .. string.format('%d', since)) or '-inf'\n"
     "if redis.call('ZCOUNT', kf, since, '+inf') < tonumber(ARGV[5]) then return {0, 0} "
     "end\n"
-    "local last = tonumber(redis.call('HGET', kb, 'last') or '0')\n"
+    "local last = tonumber(redis.call('HGET', kb, 'last') or '0') or 0\n"
     "local dur = tonumber(ARGV[7])\n"
     "if last > 0 then dur = math.min(last * 2, tonumber(ARGV[8])) end\n"
     "redis.call('SET', kq, string.format('%d %d', now + dur, dur), 'PX', dur)\n"

@@ -277,6 +277,31 @@ def test_success_lifts_the_quarantine(env):
     assert w.stop() == 0
 
 
+@pytest.mark.parametrize("junk", [{"last": "x"}, {"since": "y"}, {"last": "", "since": "x"}],
+                         ids=["last", "since", "both"])
+def test_junk_backoff_fields_neither_stall_nor_block(eos_env, junk):
+    """A :backoff hash whose fields are no numbers (written by hand, or by an
+    older tool) reads as no back-off: the results are decided, the partition
+    moves on, and three failures still quarantine. A :failures key of another
+    type is a data error of that VM: its results are decided, not counted."""
+    env = eos_env
+    vm = env.vm(host=SRC, devices=[("n1", "pci+vf")])
+    env.redis.hset(key(vm, "backoff"), mapping=junk)
+    flow = Flow(env)
+    w = env.worker()
+    quarantine(env, flow, vm)
+    (d,) = flow.requests(request(vm, "DRS"))
+    assert (d["verdict"], d["reason"]) == ("VETOED", "QUARANTINED"), d
+    other = env.vm(host=SRC, devices=[("n2", "pci+vf")])
+    env.redis.set(key(other, "failures"), "not a zset")
+    rels = flow.results(*[result(other) for _ in range(3)])
+    assert [r["action"] for r in rels] == ["KEEP"] * 3
+    assert not env.redis.exists(key(other, "quarantine"))
+    assert env.redis.get(key(other, "failures")) == "not a zset"
+    w.wait_log("quarantine_keys_malformed")
+    assert w.stop() == 0
+
+
 def test_unquarantine_lifts_it(eos_env):
     env = eos_env
     vm = env.vm(host=SRC)
