@@ -3,7 +3,7 @@
  * Exactly-once delivery in the kafka module: the transactional producer's
  * initialisation (fencing older instances), and per batch begin, commit with
  * the batch's input offsets, or abort and rewind the consumer to the
- * committed offsets (the flow of librdkafka's examples/transactions.c).
+ * batch's first offsets (the flow of librdkafka's examples/transactions.c).
  */
 #include "kafka_internal.h"
 
@@ -57,31 +57,34 @@ int pg_kafka_txn_begin(pg_kafka_t *k, char *errbuf, size_t errlen)
     return PG_FATAL; /* only a fatal or a state error can fail begin */
 }
 
-/* Puts every assigned partition back at its committed offset, so that what
- * an aborted transaction consumed is consumed again. */
-static int rewind_to_committed(pg_kafka_t *k, char *errbuf, size_t errlen)
+/* Puts each partition of the aborted batch back at the batch's first offset
+ * in it, so that what the transaction consumed is consumed again. That is
+ * the committed offset (the batch before was committed, or aborted and
+ * rewound the same way), known here without asking the coordinator: right
+ * after an abort, until its markers are written, OffsetFetch answers
+ * UNSTABLE_OFFSET_COMMIT for those very partitions, and librdkafka 2.0.2's
+ * rd_kafka_committed retries that twice and then returns the partition with
+ * offset -1001 and a per-partition error, which read as "nothing committed"
+ * replays the partition from its beginning. A partition no longer assigned
+ * (__STATE) restarts from the committed offset when it is assigned again.
+ * Any other seek failure leaves a position past undecided inputs: PG_FATAL. */
+static int rewind_batch(pg_kafka_t *k, char *errbuf, size_t errlen)
 {
-    rd_kafka_topic_partition_list_t *parts = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_assignment(k->consumer, &parts);
-    int rc = 0;
-    if (err) {
-        pg_errf(errbuf, errlen, "kafka assignment: %s", rd_kafka_err2str(err));
-        rc = PG_FATAL;
-    } else if (parts->cnt > 0) {
-        err = rd_kafka_committed(k->consumer, parts, 30000);
-        if (err) {
-            pg_errf(errbuf, errlen, "kafka committed: %s", rd_kafka_err2str(err));
-            rc = PG_FATAL; /* cannot know where to resume: restart */
-        } else {
-            for (int i = 0; i < parts->cnt; i++)
-                if (parts->elems[i].offset < 0)
-                    parts->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
-            if (pg_kafka_seek_to(k, parts, errbuf, errlen) != 0)
-                rc = PG_FATAL;
-        }
+    if (k->batch_n == 0)
+        return 0;
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(16);
+    for (size_t i = 0; i < k->batch_n; i++) {
+        const pg_kafka_msg_t *m = &k->batch[i];
+        rd_kafka_topic_partition_t *p =
+            rd_kafka_topic_partition_list_find(parts, m->topic, m->partition);
+        if (p == NULL)
+            p = rd_kafka_topic_partition_list_add(parts, m->topic, m->partition);
+        else if (p->offset <= m->offset)
+            continue;
+        p->offset = m->offset;
     }
-    if (parts != NULL)
-        rd_kafka_topic_partition_list_destroy(parts);
+    int rc = pg_kafka_seek_to(k, parts, errbuf, errlen) != 0 ? PG_FATAL : 0;
+    rd_kafka_topic_partition_list_destroy(parts);
     return rc;
 }
 
@@ -101,7 +104,7 @@ int pg_kafka_txn_abort(pg_kafka_t *k, char *errbuf, size_t errlen)
     /* Counted here, whoever asked for the abort: txn_error or the worker
      * after an output failed. */
     atomic_fetch_add(&k->aborts, 1);
-    int rc = rewind_to_committed(k, errbuf, errlen);
+    int rc = rewind_batch(k, errbuf, errlen);
     return rc != 0 ? rc : PG_RETRY;
 }
 

@@ -180,10 +180,14 @@ class Mix:
     # --- outputs -------------------------------------------------------------
     def read_outputs(self, timeout=120):
         """Every committed output record, read to the end (read_committed):
-        call once no worker can still commit."""
+        call once no worker can still commit. Where each record was read
+        (partition, offset, timestamp) is kept for check()'s report."""
         out, b = {}, self.env.bootstrap
+        self.where = {}
         for topic in INPUT_OF.values():
-            out[topic] = read_to_end(self.env.topics[topic], timeout, bootstrap=b)
+            self.where[topic] = []
+            out[topic] = read_to_end(self.env.topics[topic], timeout, bootstrap=b,
+                                     where=self.where[topic])
         dlq = read_to_end(self.env.topics["dlq"], timeout, bootstrap=b)
         assert not dlq, f"{len(dlq)} inputs went to the DLQ"
         return out
@@ -201,7 +205,9 @@ class Mix:
         for inp, outp in INPUT_OF.items():
             want = self.expected[inp]
             seen = Counter()
-            for rec in outputs[outp]:
+            copies = {}  # id -> where its records were read
+            where = getattr(self, "where", {}).get(outp) or [None] * len(outputs[outp])
+            for rec, at in zip(outputs[outp], where):
                 figures["read"] += 1
                 if inp == "advice":
                     rid = rec["adviceId"]
@@ -216,13 +222,17 @@ class Mix:
                     rid = rec["requestId"]
                     assert (rec["action"], rec["reason"]) == want[rid], (rid, rec)
                 seen[rid] += 1
+                copies.setdefault(rid, []).append(at)
             missing = set(want) - set(seen)
             dups = sum(c - 1 for c in seen.values() if c > 1)
             figures["missing"] += len(missing)
             figures["duplicates"] += dups
             assert not missing, f"{inp}: {len(missing)} inputs without a decision"
             if not allow_duplicates:
-                assert dups == 0, f"{inp}: {dups} duplicate decisions"
+                doubled = [(rid, copies[rid]) for rid, c in seen.items() if c > 1]
+                assert dups == 0, (f"{inp}: {dups} duplicate decisions; the first, as "
+                                   f"(id, [(partition, offset, timestamp ms)]): "
+                                   f"{doubled[:8]}")
         return figures
 
     def assert_all_committed(self):
@@ -231,10 +241,12 @@ class Mix:
             assert got == self.sent[t], f"{t}: committed {got} of {self.sent[t]}"
 
 
-def read_to_end(topic, timeout=120, partitions=PARTITIONS, committed=True, bootstrap=BOOTSTRAP):
+def read_to_end(topic, timeout=120, partitions=PARTITIONS, committed=True, bootstrap=BOOTSTRAP,
+                where=None):
     """All records of a topic from the start to its end, decoded;
     read_committed, or with committed=False every record written, those of
-    aborted transactions included."""
+    aborted transactions included. `where`, a list, receives each record's
+    (partition, offset, timestamp ms)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uid()}",
                   "enable.auto.commit": False, "enable.partition.eof": True,
                   "isolation.level": "read_committed" if committed else "read_uncommitted"})
@@ -252,6 +264,8 @@ def read_to_end(topic, timeout=120, partitions=PARTITIONS, committed=True, boots
                     raise AssertionError(m.error())
                 eof.discard(m.partition())
                 out.append(decode(m.value())[1])
+                if where is not None:
+                    where.append((m.partition(), m.offset(), m.timestamp()[1]))
     finally:
         c.close()
     return out

@@ -133,12 +133,15 @@ def test_not_ready_before_joining(env):
 
 
 def test_backlog_over_the_prefetch_bound_wakes_the_fetcher(env):
-    # A prefetch queue of 64 KB holds a few hundred requests: a backlog of
-    # 3,000 overfills it again and again. librdkafka 2.0.2 would then fetch
-    # once a second; the worker must notice the dry queue and wake it.
+    # librdkafka 2.0.2 stops fetching a partition once its prefetch queue
+    # holds queued.max.messages.kbytes, and then looks again only after a
+    # second; the worker must notice the dry queue and wake it. A bound of
+    # 8 KB per partition, filled 4 KB a fetch, is some 40 requests: a backlog
+    # of 3,000 (some 75 KB a partition) overfills it again and again, whatever
+    # the pace of the worker against the fetcher.
     produce_requests(env, 3000)
-    w = env.worker("kafka.queued.max.messages.kbytes=64",
-                   "kafka.max.partition.fetch.bytes=16384", "batch.max.messages=200")
+    w = env.worker("kafka.queued.max.messages.kbytes=8",
+                   "kafka.max.partition.fetch.bytes=4096", "batch.max.messages=200")
     env.decisions("decisions", 3000)
     # Counters move when the outputs are committed (at least once: when their
     # offsets are stored, a moment after the decisions are readable).
