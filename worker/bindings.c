@@ -94,6 +94,7 @@ pg_bindings_t *pg_bindings_new(const pg_bindings_opts_t *o)
     b->master_name = dup_or_empty(o->master_name);
     b->sentinel_user = dup_or_empty(o->sentinel_user);
     b->sentinel_password = dup_or_empty(o->sentinel_password);
+    b->quiet_failover = o->quiet_failover;
     if (b->host == NULL || b->user == NULL || b->password == NULL ||
         b->master_name == NULL || b->sentinel_user == NULL ||
         b->sentinel_password == NULL) {
@@ -413,10 +414,11 @@ static int check_primary(pg_bindings_t *b, char *errbuf, size_t errlen)
     snprintf(where, sizeof(where), "%s:%d", b->host, b->port);
     if (b->replid[0] != '\0' && replid[0] != '\0' && strcmp(b->replid, replid) != 0) {
         b->failovers++;
-        pg_log_warn("redis_failover", "master", b->master_name, "old_primary",
-                    b->primary, "new_primary", where, "old_replid", b->replid,
-                    "new_replid", replid, "note",
-                    "writes the old primary had not replicated are lost", NULL);
+        if (!b->quiet_failover)
+            pg_log_warn("redis_failover", "master", b->master_name, "old_primary",
+                        b->primary, "new_primary", where, "old_replid", b->replid,
+                        "new_replid", replid, "note",
+                        "writes the old primary had not replicated are lost", NULL);
     }
     if (replid[0] != '\0')
         memcpy(b->replid, replid, sizeof(b->replid));

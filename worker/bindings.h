@@ -44,6 +44,9 @@ typedef struct {
     const char *master_name;
     const char *sentinel_user;
     const char *sentinel_password;
+    /* A second connection of the same process (the metrics probe): counts a
+     * failover but leaves the redis_failover log line to the first. */
+    bool quiet_failover;
 } pg_bindings_opts_t;
 
 /* PG_BINDINGS_MAX_VM_LEN: the longest VM uuid that names cache keys (the

@@ -38,6 +38,7 @@ struct pg_bindings {
     unsigned long long failovers;
     int port, db, connect_timeout_ms, timeout_ms;
     bool ever_connected;
+    bool quiet_failover; /* see pg_bindings_opts_t */
     size_t max_devices, max_len;
     char sha[41];  /* SHA1 of LOOKUP_LUA, as SCRIPT LOAD returned it */
     char args[64]; /* the script's two ARGV, RESP-encoded once */

@@ -170,9 +170,11 @@ static int ask_one(const pg_sentinel_opts_t *o, const pg_redis_addr_t *s,
                 : redisCommand(c, "AUTH %s", o->password);
         if (r == NULL || r->type == REDIS_REPLY_ERROR) {
             pg_errf(errbuf, errlen, "AUTH: %s", r != NULL ? r->str : c->errstr);
-            /* Wrong credentials do not heal by retrying. */
+            /* Wrong credentials do not heal by retrying: a wrong password,
+             * or one given to a sentinel that has none. */
             rc = r != NULL && (strncmp(r->str, "WRONGPASS", 9) == 0 ||
-                               strncmp(r->str, "ERR invalid password", 20) == 0)
+                               strncmp(r->str, "ERR invalid password", 20) == 0 ||
+                               strncmp(r->str, "ERR AUTH", 8) == 0)
                      ? PG_FATAL
                      : PG_RETRY;
         }
@@ -184,6 +186,10 @@ static int ask_one(const pg_sentinel_opts_t *o, const pg_redis_addr_t *s,
         if (r == NULL) {
             pg_errf(errbuf, errlen, "%s", c->errstr);
             rc = PG_RETRY;
+        } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOAUTH", 6) == 0) {
+            /* A sentinel with a password, none configured: nor does this. */
+            pg_errf(errbuf, errlen, "%s", r->str);
+            rc = PG_FATAL;
         } else {
             rc = pg_sentinel_parse_addr(r, out, errbuf, errlen);
             if (rc == PG_INPUT)

@@ -1022,10 +1022,6 @@ out:
     return rc;
 }
 
-typedef struct {
-    size_t lines, vms, devices, pins;
-} import_count_t;
-
 /* On a terminal, one status line rewritten in place (an empty text clears
  * it); nothing otherwise. */
 void pg_cli_progress(bool tty, const char *text)
@@ -1041,126 +1037,88 @@ bool pg_cli_blank(const char *line, size_t len)
     return strspn(line, " \t\r\n") >= len;
 }
 
-/* Two passes: the first checks every line and writes nothing, so that a bad
- * line anywhere leaves the cache as it was; the second stores the VMs in
- * pipelined chunks (each VM's entry replaced atomically). Input that cannot
- * be read twice (a pipe) is kept in a temporary file by the first pass. */
+/* The first pass's count, and what it checks a line with. */
+typedef struct {
+    const pg_config_t *c;
+    pg_arena_t *arena;
+    size_t vms, devices, pins;
+} import_count_t;
+
+static int import_check(void *ctx, const char *line, size_t len, char *err,
+                        size_t errlen)
+{
+    import_count_t *n = ctx;
+    const char *vm;
+    pg_vm_binding_t vb;
+    pg_arena_reset(n->arena);
+    if (import_line(line, len, n->c, n->arena, &vm, &vb, err, errlen) != 0)
+        return PG_INPUT;
+    n->vms++;
+    n->devices += vb.n_devices;
+    n->pins += vb.pin != NULL;
+    return PG_OK;
+}
+
+/* Two passes (cli_lines.c): a bad line anywhere leaves the cache as it was;
+ * the second pass stores the VMs in pipelined chunks (each VM's entry
+ * replaced atomically). */
 static int cmd_import(const pg_cli_args_t *a, const pg_config_t *c)
 {
-    enum { CHUNK = 5000, MAX_REPORTED = 10 };
+    enum { CHUNK = 5000 };
     char err[512];
     int rc = PG_EXIT_RUNTIME;
-    char *line = NULL;
-    size_t cap = 0, bad = 0, first_bad = 0;
-    import_count_t n = {0};
     size_t written = 0; /* VMs stored so far */
     pg_bindings_t *b = NULL;
     const char **vms = NULL;
     pg_vm_binding_t *vbs = NULL;
-    FILE *spool = NULL;
+    pg_cli_lines_t in = {0};
     if (a->n_pos != 2)
         return pg_cli_usage_error("%s", "usage: pinguard import FILE|-");
     if (pg_cli_actor(a) == NULL)
         return pg_cli_usage_error("%s", "--actor needs a non-empty UTF-8 name of at "
                                         "most 256 bytes");
-    const char *name = strcmp(a->pos[1], "-") == 0 ? "stdin" : a->pos[1];
-    FILE *f = strcmp(a->pos[1], "-") == 0 ? stdin : fopen(a->pos[1], "r");
-    if (f == NULL) {
-        fprintf(stderr, "pinguard: import %s: %s\n", name, strerror(errno));
+    if (pg_cli_lines_open(&in, "import", a->pos[1]) != PG_OK)
         return PG_EXIT_RUNTIME;
-    }
-    const bool tty = isatty(fileno(stderr));
-    pg_arena_t *arena = pg_arena_new(1 << 20);
+    const char *name = in.name;
+    import_count_t n = {.c = c, .arena = pg_arena_new(1 << 20)};
+    pg_arena_t *arena = n.arena;
     if (arena == NULL)
         goto oom;
-    /* Where the input starts: stdin may come positioned inside a file. */
-    const off_t start = ftello(f);
-    if (start < 0 && (spool = tmpfile()) == NULL) {
-        fprintf(stderr, "pinguard: import: cannot create a temporary file: %s\n",
-                strerror(errno));
+    if (pg_cli_lines_check(&in, import_check, &n, "imported") != PG_OK)
         goto out;
-    }
-
-    for (;;) {
-        ssize_t len = getline(&line, &cap, f);
-        if (len < 0)
-            break;
-        n.lines++;
-        if (spool != NULL && fwrite(line, 1, (size_t)len, spool) != (size_t)len) {
-            fprintf(stderr, "pinguard: import: cannot write the temporary file\n");
-            goto out;
-        }
-        if (tty && n.lines % 4096 == 0) {
-            char text[96];
-            snprintf(text, sizeof(text), "pinguard: import: %zu lines checked",
-                     n.lines);
-            pg_cli_progress(tty, text);
-        }
-        if (pg_cli_blank(line, (size_t)len))
-            continue;
-        const char *vm;
-        pg_vm_binding_t vb;
-        pg_arena_reset(arena);
-        if (import_line(line, (size_t)len, c, arena, &vm, &vb, err, sizeof(err)) != 0) {
-            if (bad++ == 0)
-                first_bad = n.lines;
-            if (bad <= MAX_REPORTED) {
-                pg_cli_progress(tty, "");
-                fprintf(stderr, "pinguard: import %s:%zu: %s\n", name, n.lines, err);
-            }
-            continue;
-        }
-        n.vms++;
-        n.devices += vb.n_devices;
-        n.pins += vb.pin != NULL;
-    }
-    if (ferror(f)) {
-        fprintf(stderr, "pinguard: import %s: read error: %s\n", name, strerror(errno));
-        goto out;
-    }
-    if (bad > 0) {
-        pg_cli_progress(tty, "");
-        fprintf(stderr,
-                "pinguard: import %s: %zu invalid line%s (the first is line %zu); "
-                "nothing was imported\n",
-                name, bad, bad == 1 ? "" : "s", first_bad);
-        goto out;
-    }
-
-    FILE *in = spool != NULL ? spool : f;
-    if (fseeko(in, spool != NULL ? 0 : start, SEEK_SET) != 0) {
-        fprintf(stderr, "pinguard: import %s: cannot read it again: %s\n", name,
-                strerror(errno));
-        goto out;
-    }
     b = pg_cli_open_bindings(c);
     vms = calloc(CHUNK, sizeof(*vms));
     vbs = calloc(CHUNK, sizeof(*vbs));
     if (b == NULL || vms == NULL || vbs == NULL)
         goto oom;
     pg_arena_reset(arena);
-    size_t k = 0, lineno = 0;
+    size_t k = 0;
     for (;;) {
-        ssize_t len = getline(&line, &cap, in);
-        bool eof = len < 0;
-        if (!eof) {
-            lineno++;
-            if (pg_cli_blank(line, (size_t)len))
-                continue;
-            if (import_line(line, (size_t)len, c, arena, &vms[k], &vbs[k], err,
-                            sizeof(err)) != 0) {
-                pg_cli_progress(tty, "");
+        const char *line;
+        size_t len;
+        int got = pg_cli_lines_next(&in, &line, &len);
+        if (got == PG_FATAL) {
+            pg_cli_progress(in.tty, "");
+            fprintf(stderr,
+                    "pinguard: import %s: read error: %s (%zu VMs were written)\n",
+                    name, strerror(errno), written);
+            goto out;
+        }
+        if (got == 1) {
+            if (import_line(line, len, c, arena, &vms[k], &vbs[k], err, sizeof(err)) !=
+                0) {
+                pg_cli_progress(in.tty, "");
                 fprintf(stderr,
                         "pinguard: import %s:%zu: %s (the file changed while being "
                         "imported; %zu VMs were written)\n",
-                        name, lineno, err, written);
+                        name, in.lineno, err, written);
                 goto out;
             }
             k++;
         }
-        if (k == CHUNK || (eof && k > 0)) {
+        if (k == CHUNK || (got == 0 && k > 0)) {
             if (pg_bindings_store(b, vms, vbs, k, err, sizeof(err)) != 0) {
-                pg_cli_progress(tty, "");
+                pg_cli_progress(in.tty, "");
                 fprintf(stderr, "pinguard: import: %s (%zu of %zu VMs were written)\n",
                         err, written, n.vms);
                 goto out;
@@ -1168,17 +1126,17 @@ static int cmd_import(const pg_cli_args_t *a, const pg_config_t *c)
             written += k;
             k = 0;
             pg_arena_reset(arena);
-            if (tty) {
+            if (in.tty) {
                 char text[96];
                 snprintf(text, sizeof(text), "pinguard: import: %zu of %zu VMs written",
                          written, n.vms);
-                pg_cli_progress(tty, text);
+                pg_cli_progress(in.tty, text);
             }
         }
-        if (eof)
+        if (got == 0)
             break;
     }
-    pg_cli_progress(tty, "");
+    pg_cli_progress(in.tty, "");
     printf("imported %zu VMs (%zu devices, %zu pins) from %s\n", written, n.devices,
            n.pins, name);
     rc = PG_EXIT_OK;
@@ -1186,15 +1144,11 @@ static int cmd_import(const pg_cli_args_t *a, const pg_config_t *c)
 oom:
     fprintf(stderr, "pinguard: import: out of memory\n");
 out:
-    free(line);
     free(vms);
     free(vbs);
     pg_arena_destroy(arena);
     pg_bindings_destroy(b);
-    if (spool != NULL)
-        fclose(spool);
-    if (f != stdin)
-        fclose(f);
+    pg_cli_lines_close(&in);
     /* What was written is audited, a run stopped part-way included. */
     if (written > 0) {
         char detail[PG_MAX_STRING + 256], done[PG_MAX_STRING + 256];

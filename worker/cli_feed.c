@@ -463,32 +463,46 @@ static int flush_timeout_ms(const pg_config_t *c)
     return ms > 600000 ? 610000 : (int)ms + 10000;
 }
 
-/* Two passes, as `import`: the first checks every line and publishes
- * nothing, so that a bad line anywhere leaves the feed as it was; the second
- * publishes the records in order (one VM's records keep their order: one
- * key, one partition, an idempotent producer). Input that cannot be read
- * twice (a pipe) is kept in a temporary file by the first pass. */
+/* The first pass's count, and what it checks a line with. */
+typedef struct {
+    const publish_ctx_t *x;
+    pg_arena_t *arena;
+    pg_buf_t *value;
+    size_t records, tombstones;
+} publish_count_t;
+
+static int publish_check(void *ctx, const char *line, size_t len, char *err,
+                         size_t errlen)
+{
+    publish_count_t *n = ctx;
+    publish_rec_t r;
+    pg_arena_reset(n->arena);
+    if (publish_line(n->x, line, len, n->arena, &r, n->value, err, errlen) != 0)
+        return PG_INPUT;
+    n->records++;
+    n->tombstones += r.tombstone;
+    return PG_OK;
+}
+
+/* Two passes (cli_lines.c), as `import`: a bad line anywhere leaves the
+ * feed as it was; the second pass publishes the records in order (one VM's
+ * records keep their order: one key, one partition, an idempotent
+ * producer). */
 int pg_cli_publish(const pg_cli_args_t *a, const pg_config_t *c)
 {
-    enum { MAX_REPORTED = 10 };
     char err[512];
     int rc = PG_EXIT_RUNTIME;
-    char *line = NULL;
-    size_t cap = 0, bad = 0, first_bad = 0, lines = 0, records = 0, tombstones = 0;
     pg_buf_t value = {0};
     pg_kafka_publisher_t *p = NULL;
     pg_codec_t *codec = NULL;
-    FILE *spool = NULL;
+    pg_cli_lines_t in = {0};
     if (a->n_pos != 2)
         return pg_cli_usage_error("%s", "usage: pinguard publish FILE|-");
-    const char *name = strcmp(a->pos[1], "-") == 0 ? "stdin" : a->pos[1];
     const char *topic = c->topic_bindings;
-    FILE *f = strcmp(a->pos[1], "-") == 0 ? stdin : fopen(a->pos[1], "r");
-    if (f == NULL) {
-        fprintf(stderr, "pinguard: publish %s: %s\n", name, strerror(errno));
+    if (pg_cli_lines_open(&in, "publish", a->pos[1]) != PG_OK)
         return PG_EXIT_RUNTIME;
-    }
-    const bool tty = isatty(fileno(stderr));
+    const char *name = in.name;
+    const bool tty = in.tty;
     pg_arena_t *arena = pg_arena_new(1 << 16);
     if (arena == NULL)
         goto oom;
@@ -500,88 +514,38 @@ int pg_cli_publish(const pg_cli_args_t *a, const pg_config_t *c)
                              .codec_lim = pg_cli_codec_limits(c),
                              .lim = pg_bindings_limits(c),
                              .now_ms = pg_now_wall_ms()};
-    /* Where the input starts: stdin may come positioned inside a file. */
-    const off_t start = ftello(f);
-    if (start < 0 && (spool = tmpfile()) == NULL) {
-        fprintf(stderr, "pinguard: publish: cannot create a temporary file: %s\n",
-                strerror(errno));
+    publish_count_t n = {.x = &x, .arena = arena, .value = &value};
+    if (pg_cli_lines_check(&in, publish_check, &n, "published") != PG_OK)
         goto out;
-    }
-
-    for (;;) {
-        ssize_t len = getline(&line, &cap, f);
-        if (len < 0)
-            break;
-        lines++;
-        if (spool != NULL && fwrite(line, 1, (size_t)len, spool) != (size_t)len) {
-            fprintf(stderr, "pinguard: publish: cannot write the temporary file\n");
-            goto out;
-        }
-        if (tty && lines % 4096 == 0) {
-            char text[96];
-            snprintf(text, sizeof(text), "pinguard: publish: %zu lines checked", lines);
-            pg_cli_progress(tty, text);
-        }
-        if (pg_cli_blank(line, (size_t)len))
-            continue;
-        publish_rec_t r;
-        pg_arena_reset(arena);
-        if (publish_line(&x, line, (size_t)len, arena, &r, &value, err, sizeof(err)) !=
-            0) {
-            if (bad++ == 0)
-                first_bad = lines;
-            if (bad <= MAX_REPORTED) {
-                pg_cli_progress(tty, "");
-                fprintf(stderr, "pinguard: publish %s:%zu: %s\n", name, lines, err);
-            }
-            continue;
-        }
-        records++;
-        tombstones += r.tombstone;
-    }
-    if (ferror(f)) {
-        fprintf(stderr, "pinguard: publish %s: read error: %s\n", name,
-                strerror(errno));
-        goto out;
-    }
-    if (bad > 0) {
-        pg_cli_progress(tty, "");
-        fprintf(stderr,
-                "pinguard: publish %s: %zu invalid line%s (the first is line %zu); "
-                "nothing was published\n",
-                name, bad, bad == 1 ? "" : "s", first_bad);
-        goto out;
-    }
-
-    FILE *in = spool != NULL ? spool : f;
-    if (fseeko(in, spool != NULL ? 0 : start, SEEK_SET) != 0) {
-        fprintf(stderr, "pinguard: publish %s: cannot read it again: %s\n", name,
-                strerror(errno));
-        goto out;
-    }
+    const size_t records = n.records, tombstones = n.tombstones;
     if (records > 0 && (p = pg_kafka_publisher_new(c, err, sizeof(err))) == NULL) {
         fprintf(stderr, "pinguard: publish: %s\n", err);
         goto out;
     }
-    size_t queued = 0, lineno = 0;
+    size_t queued = 0;
     for (;;) {
-        ssize_t len = getline(&line, &cap, in);
-        if (len < 0)
+        const char *line;
+        size_t len;
+        int got = pg_cli_lines_next(&in, &line, &len);
+        if (got == PG_FATAL) {
+            fprintf(stderr,
+                    "pinguard: publish %s: read error: %s (%zu records were queued)\n",
+                    name, strerror(errno), queued);
+            goto flush;
+        }
+        if (got == 0)
             break;
-        lineno++;
-        if (pg_cli_blank(line, (size_t)len))
-            continue;
         publish_rec_t r;
         pg_arena_reset(arena);
         if (p == NULL) /* no record at the first pass */
             snprintf(err, sizeof(err), "a record where the first pass read none");
-        if (p == NULL || publish_line(&x, line, (size_t)len, arena, &r, &value, err,
-                                      sizeof(err)) != 0) {
+        if (p == NULL ||
+            publish_line(&x, line, len, arena, &r, &value, err, sizeof(err)) != 0) {
             pg_cli_progress(tty, "");
             fprintf(stderr,
                     "pinguard: publish %s:%zu: %s (the file changed while being "
                     "published; %zu records were queued)\n",
-                    name, lineno, err, queued);
+                    name, in.lineno, err, queued);
             goto flush;
         }
         if (pg_kafka_publish(p, topic, r.key, r.key_len,
@@ -599,12 +563,6 @@ int pg_cli_publish(const pg_cli_args_t *a, const pg_config_t *c)
                      queued, records);
             pg_cli_progress(tty, text);
         }
-    }
-    if (ferror(in)) {
-        fprintf(stderr,
-                "pinguard: publish %s: read error: %s (%zu records were queued)\n",
-                name, strerror(errno), queued);
-        goto flush;
     }
     rc = PG_EXIT_OK;
 flush:
@@ -634,14 +592,10 @@ flush:
 oom:
     fprintf(stderr, "pinguard: publish: out of memory\n");
 out:
-    free(line);
     pg_buf_free(&value);
     pg_kafka_publisher_destroy(p);
     pg_codec_destroy(codec);
     pg_arena_destroy(arena);
-    if (spool != NULL)
-        fclose(spool);
-    if (f != stdin)
-        fclose(f);
+    pg_cli_lines_close(&in);
     return rc;
 }

@@ -15,6 +15,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
 
 typedef struct {
     const char *config_file;
@@ -85,5 +87,34 @@ int pg_cli_audit(const pg_cli_args_t *a, const pg_config_t *c);
 /* cli_feed.c */
 int pg_cli_impact(const pg_cli_args_t *a, const pg_config_t *c);
 int pg_cli_publish(const pg_cli_args_t *a, const pg_config_t *c);
+
+/* cli_lines.c: the two-pass line input of `import` and `publish`. Owns its
+ * FILEs and line buffer until pg_cli_lines_close (safe on a zeroed or closed
+ * one). Every failure is said on stderr, prefixed "pinguard: VERB". */
+typedef struct {
+    const char *verb, *name; /* the command; "stdin" or the path */
+    FILE *f, *spool, *in;    /* the input; its copy (a pipe); the second pass's */
+    off_t start;             /* where the input started */
+    char *line;
+    size_t cap, lines, lineno; /* lines read by the first pass; by the second */
+    bool tty;                  /* progress on stderr */
+} pg_cli_lines_t;
+
+/* Checks one non-blank line: PG_OK, or PG_INPUT with the reason in err. */
+typedef int (*pg_cli_line_fn)(void *ctx, const char *line, size_t len, char *err,
+                              size_t errlen);
+
+/* Opens PATH ("-" for stdin). PG_OK or PG_FATAL. */
+int pg_cli_lines_open(pg_cli_lines_t *l, const char *verb, const char *path);
+/* The first pass: check() on every non-blank line, the first few failures
+ * reported with their line numbers; then positions for the second pass.
+ * PG_OK when every line passed, PG_FATAL otherwise ("nothing was
+ * NOTHING_DONE"). */
+int pg_cli_lines_check(pg_cli_lines_t *l, pg_cli_line_fn check, void *ctx,
+                       const char *nothing_done);
+/* The second pass: the next non-blank line (valid until the next call, its
+ * number in l->lineno): 1; 0 at the end; PG_FATAL on a read error. */
+int pg_cli_lines_next(pg_cli_lines_t *l, const char **line, size_t *len);
+void pg_cli_lines_close(pg_cli_lines_t *l);
 
 #endif

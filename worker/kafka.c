@@ -864,21 +864,32 @@ int pg_kafka_resume(pg_kafka_t *k)
     return k->paused ? pause_resume(k, false) : 0;
 }
 
+/* librdkafka 2.0.2 waits for the seeks' answers timeout_ms *microseconds*
+ * (fixed in 2.1.0): a seek answered after 10 ms reports __TIMED_OUT, the
+ * partitions not yet answered marked __IN_PROGRESS. Those seeks are made all
+ * the same, and the version barrier each one raised when it was queued
+ * already keeps older fetched messages from the application, so they count
+ * as done. */
 int pg_kafka_seek_to(pg_kafka_t *k, rd_kafka_topic_partition_list_t *parts,
                      char *errbuf, size_t errlen)
 {
     rd_kafka_error_t *e = rd_kafka_seek_partitions(k->consumer, parts, 10000);
     int rc = 0;
+    bool late = false;
     if (e != NULL) {
-        pg_errf(errbuf, errlen, "kafka seek: %s", rd_kafka_error_string(e));
+        late = rd_kafka_error_code(e) == RD_KAFKA_RESP_ERR__TIMED_OUT;
+        if (!late) {
+            pg_errf(errbuf, errlen, "kafka seek: %s", rd_kafka_error_string(e));
+            rc = PG_RETRY;
+        }
         rd_kafka_error_destroy(e);
-        rc = PG_RETRY;
     }
     for (int i = 0; rc == 0 && i < parts->cnt; i++) {
-        if (parts->elems[i].err && parts->elems[i].err != RD_KAFKA_RESP_ERR__STATE) {
+        rd_kafka_resp_err_t err = parts->elems[i].err;
+        if (err && err != RD_KAFKA_RESP_ERR__STATE &&
+            !(late && err == RD_KAFKA_RESP_ERR__IN_PROGRESS)) {
             pg_errf(errbuf, errlen, "kafka seek %s[%d]: %s", parts->elems[i].topic,
-                    (int)parts->elems[i].partition,
-                    rd_kafka_err2str(parts->elems[i].err));
+                    (int)parts->elems[i].partition, rd_kafka_err2str(err));
             rc = PG_RETRY;
         }
     }

@@ -348,7 +348,9 @@ static int start_metrics(sync_t *s, const pg_bindings_opts_t *bopts, char *errbu
     s->metrics =
         pg_metrics_new_feed(s->cfg->topic_bindings, s->cfg->health_stall_timeout_ms,
                             s->cfg->health_partition_stall_ms);
-    s->probe = pg_bindings_new(bopts);
+    pg_bindings_opts_t popts = *bopts;
+    popts.quiet_failover = true; /* the lookup connection logs it */
+    s->probe = pg_bindings_new(&popts);
     if (s->metrics == NULL || s->probe == NULL) {
         pg_errf(errbuf, errlen, "out of memory starting the metrics");
         return PG_FATAL;

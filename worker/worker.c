@@ -807,7 +807,9 @@ static int start_metrics(worker_t *w, const pg_bindings_opts_t *bopts, char *err
                                        w->cfg->topic_results};
     w->metrics = pg_metrics_new(topics, w->cfg->health_stall_timeout_ms,
                                 w->cfg->health_partition_stall_ms);
-    w->probe = pg_bindings_new(bopts);
+    pg_bindings_opts_t popts = *bopts;
+    popts.quiet_failover = true; /* the lookup connection logs it */
+    w->probe = pg_bindings_new(&popts);
     if (w->metrics == NULL || w->probe == NULL) {
         pg_errf(errbuf, errlen, "out of memory starting the metrics");
         return PG_FATAL;

@@ -198,12 +198,35 @@ class Mix:
                                    bootstrap=self.env.bootstrap))
                    for t in INPUT_OF.values())
 
+    def inputs(self, timeout=120):
+        """id -> how many records carry it, per input, as the input topics
+        hold them (read once, when every input is written): what exactly once
+        answers. The test's producer is idempotent, yet a broker failover can
+        still make it write a record twice; each record is an input."""
+        if getattr(self, "_inputs", None) is None:
+            self._inputs = {}
+            for inp in INPUT_OF:
+                ids = Counter()
+                for rec in read_to_end(self.env.topics[inp], timeout, committed=False,
+                                       bootstrap=self.env.bootstrap):
+                    ids[rec["adviceId"] if inp == "advice" else rec["requestId"]] += 1
+                self._inputs[inp] = ids
+        return self._inputs
+
     def check(self, outputs, allow_duplicates=False):
-        """Verifies one decision per input id (or at least one) and every
-        decision's content. Returns figures for the report."""
-        figures = {"sent": self.total(), "read": 0, "duplicates": 0, "missing": 0}
+        """Verifies one decision per input record (or at least one) and every
+        decision's content. Returns figures for the report: `inputs`, the
+        records in the input topics, and `input_duplicates`, those the test's
+        producer wrote twice (each decided once, too)."""
+        figures = {"sent": self.total(), "inputs": 0, "input_duplicates": 0, "read": 0,
+                   "duplicates": 0, "missing": 0}
+        held = self.inputs()
         for inp, outp in INPUT_OF.items():
             want = self.expected[inp]
+            records = held[inp]
+            assert set(records) <= set(want), f"{inp}: records the test never sent"
+            figures["inputs"] += sum(records.values())
+            figures["input_duplicates"] += sum(records.values()) - len(records)
             seen = Counter()
             copies = {}  # id -> where its records were read
             where = getattr(self, "where", {}).get(outp) or [None] * len(outputs[outp])
@@ -224,21 +247,27 @@ class Mix:
                 seen[rid] += 1
                 copies.setdefault(rid, []).append(at)
             missing = set(want) - set(seen)
-            dups = sum(c - 1 for c in seen.values() if c > 1)
+            dups = sum(max(c - records[rid], 0) for rid, c in seen.items())
             figures["missing"] += len(missing)
             figures["duplicates"] += dups
             assert not missing, f"{inp}: {len(missing)} inputs without a decision"
             if not allow_duplicates:
-                doubled = [(rid, copies[rid]) for rid, c in seen.items() if c > 1]
+                short = sum(max(records[rid] - seen[rid], 0) for rid in records)
+                assert short == 0, f"{inp}: {short} input records without a decision"
+                doubled = [(rid, copies[rid]) for rid, c in seen.items()
+                           if c > records[rid]]
                 assert dups == 0, (f"{inp}: {dups} duplicate decisions; the first, as "
                                    f"(id, [(partition, offset, timestamp ms)]): "
                                    f"{doubled[:8]}")
         return figures
 
     def assert_all_committed(self):
+        """Every input record committed: the group's offsets are the input
+        partitions' ends."""
         for t in INPUT_OF:
-            got = sum(max(o, 0) for o in self.env.committed(t).values())
-            assert got == self.sent[t], f"{t}: committed {got} of {self.sent[t]}"
+            got = {p: max(o, 0) for p, o in self.env.committed(t).items()}
+            end = self.env.high_watermarks(t)
+            assert got == end, f"{t}: committed {got}, the partitions end at {end}"
 
 
 def read_to_end(topic, timeout=120, partitions=PARTITIONS, committed=True, bootstrap=BOOTSTRAP,

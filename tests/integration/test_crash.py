@@ -105,6 +105,6 @@ def test_killed_and_restarted_while_draining(delivery, sig):
         assert figures["missing"] == 0
         if delivery == "exactly-once":
             assert figures["duplicates"] == 0
-            assert figures["read"] == total
+            assert figures["read"] == figures["inputs"] >= total
     finally:
         env.close()

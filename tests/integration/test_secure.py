@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Secured services: a private Redis with `requirepass` and an ACL user, and
-the broker's SASL_PLAINTEXT listener with SCRAM-SHA-256 (deploy/local/lib.sh).
+the broker's SASL_PLAINTEXT listener with SCRAM-SHA-256 (deploy/local/lib.sh), and a
+Sentinel with its own `requirepass` and ACL user watching that Redis.
 With the right secrets the worker decides as usual; with a wrong one it exits
 non-zero within seconds (no retry loop), its last line a `worker_failed` error
 that names the cause, and no secret (right or wrong) appears in anything
@@ -47,33 +48,36 @@ def _free_port():
         return s.getsockname()[1]
 
 
-class SecureRedis:
-    """A redis-server with a default-user password and an ACL user limited to
-    pinguard's keys; `client` is an admin connection for the tests' fixtures."""
+class SecureServer:
+    """A redis-server (or, with "--sentinel", a sentinel) on a free port, its
+    config file private to its owner, with a default-user password and an ACL
+    user; `client` is an admin connection for the tests' fixtures."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, name, conf_lines, *args):
         self.port = _free_port()
-        self.password = _secret("redis-default")
-        self.acl_password = _secret("redis-acl")
-        conf = os.path.join(workdir, "redis.conf")
+        self.password = _secret(f"{name}-default")
+        self.acl_password = _secret(f"{name}-acl")
+        conf = os.path.join(workdir, f"{name}.conf")
         with open(os.open(conf, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            f.write(f"bind 127.0.0.1\nport {self.port}\nprotected-mode yes\n"
-                    f"dir {workdir}\nsave \"\"\nappendonly no\n"
-                    f"requirepass {self.password}\n"
-                    f"user {ACL_USER} on >{self.acl_password} ~pinguard:* +@all\n")
-        self.log = open(os.path.join(workdir, "redis.log"), "w")
-        self.proc = subprocess.Popen(["redis-server", conf], stdout=self.log,
+            f.write(f"bind 127.0.0.1\nport {self.port}\ndir {workdir}\n"
+                    f"requirepass {self.password}\n" + "".join(
+                        line.format(s=self) + "\n" for line in conf_lines))
+        self.log = open(os.path.join(workdir, f"{name}.log"), "w")
+        self.proc = subprocess.Popen(["redis-server", conf, *args], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         self.client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
                                   decode_responses=True)
-        wait_until(self._up, 30, "the secured redis-server to answer PING")
+        wait_until(self._up, 30, f"the secured {name} to answer")
 
     def _up(self):
         assert self.proc.poll() is None, "redis-server exited; see its log"
         try:
-            return self.client.ping()
+            return self._ready()
         except redis.ConnectionError:
             return False
+
+    def _ready(self):
+        return self.client.ping()
 
     def close(self):
         self.client.close()
@@ -85,6 +89,45 @@ class SecureRedis:
                 self.proc.kill()
                 self.proc.wait(10)
         self.log.close()
+
+
+class SecureRedis(SecureServer):
+    """The secured Redis: its ACL user is limited to pinguard's keys."""
+
+    def __init__(self, workdir):
+        super().__init__(workdir, "redis", [
+            "protected-mode yes", 'save ""', "appendonly no",
+            f"user {ACL_USER} on >{{s.acl_password}} ~pinguard:* +@all"])
+
+
+class SecureSentinel(SecureServer):
+    """A sentinel watching the SecureRedis under the name `pinguard` (the
+    sentinel rewrites its config file)."""
+
+    def __init__(self, workdir, r):
+        super().__init__(workdir, "sentinel", [
+            f"sentinel monitor pinguard 127.0.0.1 {r.port} 1",
+            f"sentinel auth-pass pinguard {r.password}",
+            f"user {ACL_USER} on >{{s.acl_password}} +@all"], "--sentinel")
+
+    def _ready(self):  # it names the primary
+        return self.client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "pinguard")
+
+
+@pytest.fixture(scope="module")
+def secure_sentinel(secure_redis):
+    with tempfile.TemporaryDirectory(prefix="pg-secure-sentinel-") as d:
+        s = SecureSentinel(d, secure_redis)
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+def _sentinel_auth(kind, s, tmp_path, password=None):
+    """(settings, environment) for the sentinels, as _redis_auth for Redis;
+    the primary's own password comes in PINGUARD_REDIS_PASSWORD."""
+    return _auth("redis.sentinel", kind, s, tmp_path, password)
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +189,17 @@ def _redis_auth(kind, r, tmp_path, password=None):
     """(settings, environment) that give the worker the Redis credentials:
     'env' = default user, password in PINGUARD_REDIS_PASSWORD; 'file' = the ACL
     user, password in redis.password.file."""
+    return _auth("redis", kind, r, tmp_path, password)
+
+
+def _auth(prefix, kind, server, tmp_path, password):
     if kind == "env":
-        return [], {"PINGUARD_REDIS_PASSWORD": password or r.password}
-    path = tmp_path / "redis.secret"
-    path.write_text((password or r.acl_password) + "\n")
+        var = "PINGUARD_" + prefix.upper().replace(".", "_") + "_PASSWORD"
+        return [], {var: password or server.password}
+    path = tmp_path / f"{prefix}.secret"
+    path.write_text((password or server.acl_password) + "\n")
     path.chmod(0o600)
-    return [f"redis.user={ACL_USER}", f"redis.password.file={path}"], {}
+    return [f"{prefix}.user={ACL_USER}", f"{prefix}.password.file={path}"], {}
 
 
 def _assert_no_secret(text, *secrets_):
@@ -174,6 +222,21 @@ def _last_error_line(out):
     lines = [ln for ln in out.splitlines() if "level=error" in ln]
     assert lines, out
     return lines[-1]
+
+
+def _assert_fails_fast(label, settings, env_extra, where, expect, hint, *secrets_):
+    """The worker stops by itself within FAIL_FAST_S with exit 1 and one
+    error line, `worker_failed`, naming `where`, `expect` and `hint`."""
+    rc, out, took = _run_until_exit(settings, env_extra)
+    print(f"\ntime-to-fail {label}: {took:.2f}s")
+    assert rc == 1, out
+    assert took < FAIL_FAST_S, f"took {took:.1f}s"
+    last = _last_error_line(out)
+    assert "event=worker_failed" in last and where in last, last
+    assert expect in last and hint in last, last
+    assert out.count("level=error") == 1, out  # one line, no retry loop
+    assert "redis_unavailable" not in out and "worker_started" not in out, out
+    _assert_no_secret(out, *secrets_)
 
 
 # --- (a) right secrets: the worker decides ------------------------------------
@@ -227,17 +290,10 @@ def test_wrong_redis_secret_fails_fast(cache_env, secure_redis, case, tmp_path):
     else:  # the shared deploy/local Redis, which has no password
         rset, renv = _redis_auth("env", r, tmp_path, wrong)
         port, expect = REDIS_PORT, "without any password configured"
-    rc, out, took = _run_until_exit(
-        cache_env.settings() + [f"redis.port={port}"] + rset, renv)
-    print(f"\ntime-to-fail redis {case}: {took:.2f}s")
-    assert rc == 1, out
-    assert took < FAIL_FAST_S, f"took {took:.1f}s"
-    last = _last_error_line(out)
-    assert "event=worker_failed" in last and f"redis 127.0.0.1:{port}" in last, last
-    assert expect in last and "check redis.user and the password" in last, last
-    assert out.count("level=error") == 1, out  # one line, no retry loop
-    assert "redis_unavailable" not in out and "worker_started" not in out, out
-    _assert_no_secret(out, wrong, r.password, r.acl_password)
+    _assert_fails_fast(f"redis {case}", cache_env.settings() + [f"redis.port={port}"] + rset,
+                       renv, f"redis 127.0.0.1:{port}", expect,
+                       "check redis.user and the password", wrong, r.password,
+                       r.acl_password)
 
 
 # --- (c) wrong Kafka credentials: fail fast, in both delivery modes ------------
@@ -331,3 +387,70 @@ def test_check_config_hides_secrets(tmp_path):
         for line in ["redis.password = (set, hidden)", "kafka.sasl.password = (set, hidden)",
                      *shown]:
             assert line in out, (line, out)
+
+
+# --- (e) a Sentinel with its own password --------------------------------------
+
+@pytest.mark.parametrize("sentinel_auth", ["env", "file"])
+def test_decides_through_a_secured_sentinel(env, secure_redis, secure_sentinel,
+                                            sentinel_auth, tmp_path):
+    r, s = secure_redis, secure_sentinel
+    env.redis = r.client
+    bound = env.vm(host="h-src", devices={"gpu-1": "dgpu"})
+    sset, senv = _sentinel_auth(sentinel_auth, s, tmp_path)
+    # redis.port points at nothing: the primary is only known through the sentinel.
+    w = env.worker(f"redis.sentinels=127.0.0.1:{s.port}", f"redis.port={_free_port()}",
+                   *sset, env={**senv, "PINGUARD_REDIS_PASSWORD": r.password})
+    env.produce("requests", bound, encode("MigrateVmRequest", {
+        "requestId": f"r-{bound}", "vmUuid": bound, "srcHostUuid": "h-src",
+        "dstHostUuid": "h-dst", "origin": "DRS", "requestedAtMs": now_ms()}))
+    env.flush()
+    (_, rec), = env.decisions("decisions", 1, timeout=90)
+    assert (rec["verdict"], rec["reason"]) == ("VETOED", "HOST_BOUND_DEVICE")
+    assert w.stop() == 0
+    logs = w.logs()
+    assert "level=error" not in logs, logs[-3000:]
+    _assert_no_secret(logs, r.password, s.password, s.acl_password)
+
+
+@pytest.mark.parametrize("case", ["env-wrong", "file-wrong", "no-password"])
+def test_wrong_sentinel_secret_fails_fast(cache_env, secure_redis, secure_sentinel, case,
+                                          tmp_path):
+    r, s = secure_redis, secure_sentinel
+    wrong = _secret("wrong")
+    if case == "no-password":
+        sset, senv, expect = [], {}, "NOAUTH"
+    else:
+        sset, senv = _sentinel_auth(case[:-6], s, tmp_path, wrong)
+        expect = "WRONGPASS"
+    settings = [f"redis.sentinels=127.0.0.1:{s.port}", *sset]
+    renv = {**senv, "PINGUARD_REDIS_PASSWORD": r.password}
+    _assert_fails_fast(f"sentinel {case}", cache_env.settings() + settings, renv,
+                       f"sentinel 127.0.0.1:{s.port}", expect, "check redis.sentinel.password",
+                       wrong, r.password, s.password, s.acl_password)
+
+    # The CLI alike: one line on stderr, exit 1.
+    vm = cache_env.vm(host="h1")
+    flags = [a for x in settings for a in ("--set", x)]
+    p = run_cli("explain", vm, *flags, env=renv, check=1)
+    err = p.stderr.decode()
+    assert p.stdout == b"" and err.startswith(f"pinguard: explain {vm}: ") and expect in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    _assert_no_secret(err, wrong, r.password, s.password, s.acl_password)
+
+
+def test_cli_through_a_secured_sentinel(cache_env, secure_redis, secure_sentinel, tmp_path):
+    r, s = secure_redis, secure_sentinel
+    cache_env.redis = r.client
+    vm = cache_env.vm(host="h1", devices={"gpu-9": "mdev"})
+    for kind in ("env", "file"):
+        sset, senv = _sentinel_auth(kind, s, tmp_path)
+        flags = [a for x in (f"redis.sentinels=127.0.0.1:{s.port}", *sset)
+                 for a in ("--set", x)]
+        p = run_cli("explain", vm, "--json", *flags,
+                    env={**senv, "PINGUARD_REDIS_PASSWORD": r.password,
+                         "PINGUARD_REDIS_PORT": str(_free_port())}, check=0)
+        out = json.loads(p.stdout)
+        assert out["hostBound"] and out["reason"] == "HOST_BOUND_DEVICE", out
+        _assert_no_secret(p.stdout.decode() + p.stderr.decode(), r.password, s.password,
+                          s.acl_password)
