@@ -37,6 +37,7 @@
 #include "bindings.h"
 
 #include "bindings_internal.h"
+#include "bindings_view.h"
 #include "log.h"
 #include "utf8.h"
 #include "util.h"
@@ -66,6 +67,8 @@ pg_bindings_opts_t pg_bindings_opts(const pg_config_t *c)
         .password = c->redis_password,
         .connect_timeout_ms = c->redis_connect_timeout_ms,
         .timeout_ms = c->redis_timeout_ms,
+        .view = c->redis_view == 0,
+        .view_max_vms = (size_t)c->redis_view_max_vms,
         .max_devices = (size_t)c->redis_max_devices_per_vm,
         .max_len = (size_t)c->max_string_length,
         .chunk = (size_t)c->redis_lookup_chunk,
@@ -122,11 +125,18 @@ pg_bindings_t *pg_bindings_new(const pg_bindings_opts_t *o)
     b->max_len = o->max_len ? o->max_len : PG_BINDINGS_MAX_LEN;
     b->chunk = o->chunk ? o->chunk : PG_BINDINGS_CHUNK;
     b->quarantine = o->quarantine;
+    if (o->view &&
+        (b->view = pg_view_new(o->view_max_vms ? o->view_max_vms
+                                               : PG_BINDINGS_VIEW_MAX_VMS)) == NULL) {
+        pg_bindings_destroy(b);
+        return NULL;
+    }
     char n1[24], n2[24];
     int l1 = snprintf(n1, sizeof(n1), "%zu", b->max_devices);
     int l2 = snprintf(n2, sizeof(n2), "%zu", b->max_len);
     b->args_len = (size_t)snprintf(b->args, sizeof(b->args),
-                                   "$%d\r\n%s\r\n$%d\r\n%s\r\n", l1, n1, l2, n2);
+                                   "$%d\r\n%s\r\n$%d\r\n%s\r\n$1\r\n%c\r\n", l1, n1, l2,
+                                   n2, b->view ? '1' : '0');
     return b;
 }
 
@@ -145,6 +155,11 @@ void pg_bindings_destroy(pg_bindings_t *b)
     free_chunk(b);
     if (b->ctx != NULL)
         redisFree(b->ctx);
+    if (b->inv != NULL)
+        redisFree(b->inv);
+    pg_view_destroy(b->view);
+    free(b->hit);
+    free(b->miss);
     pg_buf_free(&b->cmd);
     free(b->host);
     free(b->user);
@@ -162,14 +177,21 @@ static struct timeval ms_to_tv(int ms)
     return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
 }
 
+struct timeval pg_bindings_tv(int ms)
+{
+    return ms_to_tv(ms);
+}
+
 static void drop(pg_bindings_t *b)
 {
+    pg_bindings_view_lost(b, NULL); /* the tracking was this connection's */
     free_chunk(b);
     if (b->ctx != NULL) {
         redisFree(b->ctx);
         b->ctx = NULL;
     }
     b->expected = 0;
+    b->pending = 0;
     b->notes_expected = 0;
     b->stats.errors++;
 }
@@ -225,7 +247,8 @@ static int simple_command(pg_bindings_t *b, int argc, const char **argv, char *e
 
 /* The snapshots of up to redis.lookup.chunk VMs, each VM's atomic (the whole
  * script is). KEYS: :host, :pin, :devices and :generation of each VM in turn;
- * ARGV: the most devices and the longest value returned. Reply: per VM
+ * ARGV: the most devices and the longest value returned, and '1' when the
+ * view asks whether a key of the VM has a TTL (flag 128). Reply: per VM
  * {flags, host, pin, n, devs, gen}: flags 1/2/4/16 = :host/:pin/:devices/
  * :generation of the wrong type, 8 = :host or a device value longer than
  * ARGV[2] (then neither is returned), 32 = :generation longer than
@@ -269,6 +292,11 @@ static const char LOOKUP_LUA[] =
     "    if n > max_n then devs = {} end\n"
     "    for i = 1, #devs do\n"
     "      if #devs[i] > max_len then devs = {}; flags = bit.bor(flags, 8); break end\n"
+    "    end\n"
+    "  end\n"
+    "  if ARGV[3] == '1' then\n"
+    "    for _, k in ipairs({kh, kp, kd, kg, kq}) do\n"
+    "      if redis.call('PTTL', k) >= 0 then flags = flags + 128; break end\n"
     "    end\n"
     "  end\n"
     "  out[v + 1] = {flags, host, pin, n, devs, gen, q}\n"
@@ -627,7 +655,7 @@ int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
         /* EVALSHA sha numkeys <5 keys per VM> max_n max_len */
         int rc = pg_buf_append(out, "*", 1);
         char count[24];
-        int cl = snprintf(count, sizeof(count), "%zu\r\n", 3 + 5 * c + 2);
+        int cl = snprintf(count, sizeof(count), "%zu\r\n", 3 + 5 * c + 3);
         rc |= pg_buf_append(out, count, (size_t)cl) || resp_bulk(out, "EVALSHA", 7) ||
               resp_bulk(out, sha, 40) || resp_num(out, 5 * c);
         for (size_t i = first; i < first + c && rc == 0; i++) {
@@ -652,7 +680,7 @@ int pg_bindings_format_lookups(pg_buf_t *out, const char *sha, const char *args,
  * b->chunk_reply. On failure the connection is dropped. */
 static int read_chunk(pg_bindings_t *b, char *errbuf, size_t errlen)
 {
-    size_t want = b->expected < b->chunk ? b->expected : b->chunk;
+    size_t want = b->pending < b->chunk ? b->pending : b->chunk;
     int rc = read_reply(b, &b->chunk_reply, errbuf, errlen);
     if (rc == PG_OK && (b->chunk_reply->type != REDIS_REPLY_ARRAY ||
                         b->chunk_reply->elements != want)) {
@@ -669,6 +697,57 @@ static int read_chunk(pg_bindings_t *b, char *errbuf, size_t errlen)
     return rc;
 }
 
+/* With the view on: passes the barrier, then splits the batch into the VMs
+ * the view serves (b->hit) and those sent to Redis (b->miss, *n_miss). */
+static int plan_view(pg_bindings_t *b, const char *const *vms, size_t n, size_t *n_miss,
+                     char *errbuf, size_t errlen)
+{
+    if (n > b->batch_cap) {
+        bool *hit = realloc(b->hit, n * sizeof(*hit));
+        if (hit != NULL)
+            b->hit = hit;
+        const char **miss = realloc(b->miss, n * sizeof(*miss));
+        if (miss != NULL)
+            b->miss = miss;
+        if (hit == NULL || miss == NULL) {
+            pg_errf(errbuf, errlen, "out of memory planning %zu lookups", n);
+            return PG_FATAL;
+        }
+        b->batch_cap = n;
+    }
+    pg_bindings_view_ready(b);
+    if (b->ctx == NULL) { /* CLIENT TRACKING found the connection gone */
+        pg_errf(errbuf, errlen, "redis %s:%d: connection lost setting up the view",
+                b->host, b->port);
+        return PG_RETRY;
+    }
+    pg_view_begin(b->view);
+    if (b->view_live) {
+        /* Held first, so that the barrier can tell a re-read. */
+        for (size_t i = 0; i < n; i++)
+            pg_view_hold(b->view, vms[i], strlen(vms[i]));
+        pg_bindings_view_barrier(b);
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        b->hit[i] = b->view_live && pg_view_hold(b->view, vms[i], strlen(vms[i]));
+        if (!b->hit[i])
+            b->miss[m++] = vms[i];
+    }
+    b->view_stats.hits += n - m;
+    if (b->view_live)
+        b->view_stats.misses += m;
+    *n_miss = m;
+    return PG_OK;
+}
+
+void pg_bindings_view_stats(const pg_bindings_t *b, pg_view_stats_t *out)
+{
+    *out = b->view_stats;
+    out->vms = pg_view_size(b->view);
+    out->live = b->view_live;
+}
+
 int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                      char *errbuf, size_t errlen)
 {
@@ -683,6 +762,17 @@ int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t
     int rc = ensure_connected(b, errbuf, errlen);
     if (rc != 0 || n == 0)
         return rc;
+    size_t n_send = n;
+    const char *const *send_vms = vm_uuids;
+    if (b->view != NULL) {
+        if ((rc = plan_view(b, vm_uuids, n, &n_send, errbuf, errlen)) != PG_OK)
+            return rc;
+        send_vms = b->miss;
+    }
+    /* Served from the view, a VM needs the lookup connection's reply to a
+     * command sent after the barrier (bindings_view.c): ROLE or the lookups
+     * do, else one PING. */
+    bool ping = n_send == 0 && b->sentinel.n == 0;
     pg_buf_reset(&b->cmd);
     /* With Sentinel every batch starts with ROLE: a primary demoted since the
      * connection was made (a paused one that came back as a replica) is not
@@ -692,8 +782,12 @@ int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t
         pg_errf(errbuf, errlen, "out of memory formatting the lookups");
         return PG_FATAL;
     }
+    if (ping && pg_buf_append(&b->cmd, "*1\r\n$4\r\nPING\r\n", 14) != 0) {
+        pg_errf(errbuf, errlen, "out of memory formatting the lookups");
+        return PG_FATAL;
+    }
     rc = pg_bindings_format_lookups(&b->cmd, b->sha, b->args, b->args_len, b->chunk,
-                                    vm_uuids, n, errbuf, errlen);
+                                    send_vms, n_send, errbuf, errlen);
     if (rc == 0 && n_notes > 0)
         rc = pg_bindings_format_notes(&b->cmd, b->note_sha, notes, n_notes,
                                       &b->quarantine, now_ms, errbuf, errlen);
@@ -730,13 +824,24 @@ int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t
             return rc;
         }
     }
+    if (ping) {
+        redisReply *r = NULL;
+        if ((rc = read_reply(b, &r, errbuf, errlen)) != PG_OK) {
+            drop(b);
+            return rc;
+        }
+        freeReplyObject(r);
+    }
     b->expected = n;
+    b->pending = n_send;
+    b->next_vm = 0;
+    b->n_vms = n;
     b->notes_expected = n_notes;
     b->stats.round_trips++;
-    b->stats.commands += (n + b->chunk - 1) / b->chunk + n_notes;
+    b->stats.commands += (n_send + b->chunk - 1) / b->chunk + n_notes + role + ping;
     /* The first script's reply proves that Redis answers; it is kept for
      * pg_bindings_next. */
-    return read_chunk(b, errbuf, errlen);
+    return n_send > 0 ? read_chunk(b, errbuf, errlen) : PG_OK;
 }
 
 static bool is_bulk(const redisReply *r)
@@ -825,6 +930,7 @@ int pg_bindings_parse_lookup(const redisReply *r, pg_arena_t *arena, pg_vm_raw_t
         out->pin = bytes_of(pin);
     }
     out->generation_oversized = (flags & 32) != 0;
+    out->expiring = (flags & 128) != 0;
     set_type(out->generation_type, flags & 16 ? "wrongtype"
                                    : is_bulk(gen) || out->generation_oversized
                                        ? "string"
@@ -1058,8 +1164,22 @@ int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
     }
     int rc = 0;
     char err[256];
+    if (b->view != NULL && b->next_vm < b->n_vms && b->hit[b->next_vm]) {
+        rc = pg_view_get(b->view, vm_uuid, strlen(vm_uuid), arena, out);
+        if (rc != PG_OK) {
+            pg_errf(errbuf, errlen, "%s vm %s",
+                    rc == PG_FATAL ? "out of memory copying" : "the view lost",
+                    vm_uuid);
+            drop(b);
+            return rc;
+        }
+        b->next_vm++;
+        b->expected--;
+        return PG_OK;
+    }
     if (b->chunk_reply == NULL && (rc = read_chunk(b, errbuf, errlen)) != PG_OK)
         return rc;
+    bool cache = false;
     if (rc == 0) {
         pg_vm_raw_t raw;
         const pg_bindings_limits_t lim = {b->max_devices, b->max_len};
@@ -1070,6 +1190,13 @@ int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
         if (rc != 0)
             pg_errf(errbuf, errlen, "redis %s:%d lookup of vm %s: %s", b->host, b->port,
                     vm_uuid, err);
+        /* Cached: what the view can keep true (bindings_view.c). */
+        cache = rc == 0 && b->view_live && !out->malformed && !out->quarantined &&
+                !raw.expiring;
+    }
+    if (cache && pg_view_put(b->view, vm_uuid, strlen(vm_uuid), out) == PG_FATAL) {
+        pg_errf(errbuf, errlen, "out of memory caching vm %s", vm_uuid);
+        rc = PG_FATAL;
     }
     if (rc != 0) {
         drop(b); /* the rest of the exchange cannot be trusted */
@@ -1078,6 +1205,8 @@ int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
     if (b->chunk_pos == b->chunk_reply->elements)
         free_chunk(b);
     b->expected--;
+    b->pending--;
+    b->next_vm++;
     return 0;
 }
 

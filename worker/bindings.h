@@ -47,6 +47,11 @@ typedef struct {
     /* A second connection of the same process (the metrics probe): counts a
      * failover but leaves the redis_failover log line to the first. */
     bool quiet_failover;
+    /* The binding view (redis.view, bindings_view.c): VMs read are kept,
+     * at most view_max_vms, and kept true by Redis's invalidations. Only
+     * the worker's lookups use it. */
+    bool view;
+    size_t view_max_vms;
 } pg_bindings_opts_t;
 
 /* PG_BINDINGS_MAX_VM_LEN: the longest VM uuid that names cache keys (the
@@ -58,7 +63,8 @@ enum {
     PG_BINDINGS_MAX_LEN = PG_MAX_STRING,
     PG_BINDINGS_MAX_VM_LEN = PG_MAX_STRING,
     PG_BINDINGS_MAX_GEN_LEN = 20,
-    PG_BINDINGS_CHUNK = 32
+    PG_BINDINGS_CHUNK = 32,
+    PG_BINDINGS_VIEW_MAX_VMS = 65536
 };
 
 /* A value from Redis: bytes and their length, never a C string (a value
@@ -111,6 +117,7 @@ typedef struct {
     bool oversized;            /* a value over the length limit was not fetched */
     bool generation_oversized; /* :generation over PG_BINDINGS_MAX_GEN_LEN bytes,
                                   not fetched (generation is then empty) */
+    bool expiring; /* a key has a TTL (asked only with the view on) */
     size_t n_devices;          /* fields in the :devices hash */
     pg_raw_device_t *devices;  /* NULL when not fetched (too many, or oversized) */
     pg_vm_inspect_t inspect;   /* pg_bindings_inspect only */
@@ -155,6 +162,18 @@ void pg_bindings_destroy(pg_bindings_t *b); /* NULL-safe */
 
 /* Connects if needed and sends PING. */
 int pg_bindings_ping(pg_bindings_t *b, char *errbuf, size_t errlen);
+
+/* What the binding view did (all 0 with the view off): VMs served from it
+ * (hits) and read from Redis while it was live (misses, re-reads
+ * included); entries dropped by an invalidation, and of them those the
+ * batch being looked up had found (re-read); times it was emptied (a
+ * connection lost or re-made, a flush); barriers passed; VMs held now. */
+typedef struct {
+    unsigned long long hits, misses, invalidations, rereads, flushes, barriers;
+    size_t vms;
+    bool live;
+} pg_view_stats_t;
+void pg_bindings_view_stats(const pg_bindings_t *b, pg_view_stats_t *out);
 
 /* Failovers seen: with Sentinel, times the primary's replication id changed
  * between two connections (recent writes may have been lost). */

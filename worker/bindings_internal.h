@@ -44,7 +44,8 @@ struct pg_bindings {
     char args[64]; /* the script's two ARGV, RESP-encoded once */
     size_t args_len;
     pg_buf_t cmd;            /* the pipeline being formatted, reused across lookups */
-    size_t expected;         /* VMs whose replies are still to be read */
+    size_t expected;         /* VMs still to be answered by pg_bindings_next */
+    size_t pending;          /* of them, those whose replies Redis still owes */
     size_t chunk;            /* VMs per lookup script call */
     redisReply *chunk_reply; /* the script reply being read, VM by VM */
     size_t chunk_pos;
@@ -54,7 +55,32 @@ struct pg_bindings {
     char apply_sha[41]; /* SHA1 of the feed's APPLY_LUA on this connection */
     bool apply_loaded;  /* apply_sha is loaded on this connection (reset on connect) */
     pg_bindings_stats_t stats;
+    /* The binding view (bindings_view.c); view NULL when redis.view is off. */
+    struct pg_view *view;
+    redisContext *inv;     /* the invalidation connection, subscribed */
+    bool view_live;        /* inv is subscribed and ctx's tracking points at it */
+    bool view_warned;      /* redis_view_unavailable logged, not yet recovered */
+    int64_t view_retry_ms; /* monotonic ms before which setup is not tried again */
+    pg_view_stats_t view_stats;
+    bool *hit;             /* per VM of the lookup in flight: served from the view */
+    const char **miss;     /* the VMs of it sent to Redis */
+    size_t batch_cap;      /* entries of hit and miss */
+    size_t next_vm;        /* the next VM pg_bindings_next answers */
+    size_t n_vms;          /* VMs of the lookup in flight */
 };
+
+/* The socket timeout of a setting in ms. */
+struct timeval pg_bindings_tv(int ms);
+
+/* bindings_view.c: the view's connection half. pg_bindings_view_ready sets
+ * the view up on the lookup connection when it is not (a failure is logged
+ * once and retried every 10 s); pg_bindings_view_barrier reads every
+ * invalidation Redis sent before it (see bindings_view.c), after which the
+ * view is live or has been emptied; pg_bindings_view_lost empties it and
+ * closes the invalidation connection (why: logged; NULL: quietly). */
+void pg_bindings_view_ready(pg_bindings_t *b);
+void pg_bindings_view_barrier(pg_bindings_t *b);
+void pg_bindings_view_lost(pg_bindings_t *b, const char *why);
 
 /* The connection, for the module's other files. pg_bindings_connect connects
  * (AUTH, SELECT, timeouts, the lookup script) when there is no connection;

@@ -288,7 +288,8 @@ fail:
 
 pg_bindings_t *pg_cli_open_bindings(const pg_config_t *c)
 {
-    const pg_bindings_opts_t o = pg_bindings_opts(c);
+    pg_bindings_opts_t o = pg_bindings_opts(c);
+    o.view = false; /* one-shot commands: every read is direct */
     pg_bindings_t *b = pg_bindings_new(&o);
     if (b == NULL)
         fprintf(stderr, "pinguard: out of memory\n");

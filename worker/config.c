@@ -34,6 +34,7 @@ typedef struct {
 } entry_t;
 
 static const char *const delivery_symbols[] = {"exactly-once", "at-least-once", NULL};
+static const char *const onoff_symbols[] = {"on", "off", NULL};
 static const char *const level_symbols[] = {"error", "warn", "info", "debug", NULL};
 static const char *const format_symbols[] = {"logfmt", "json", NULL};
 
@@ -104,6 +105,15 @@ static const entry_t table[] = {
         "VMs read per lookup script call (each VM's keys are one atomic snapshot; "
         "several per call share its fixed cost in Redis). 1 keeps every call on "
         "one VM's keys, one hash slot, as a Redis Cluster needs."),
+    {"redis.view", T_ENUM, OFF(redis_view), "on", 0, 0, onoff_symbols, false,
+     "on: the worker keeps the VMs it has read and Redis tells it when any of "
+     "their keys change (CLIENT TRACKING to a second connection); before a batch "
+     "uses what it keeps, one PING on that connection proves every change made "
+     "before it has been heard, so a decision is as fresh as a direct read. "
+     "off: every batch reads its VMs from Redis."},
+    INT("redis.view.max.vms", redis_view_max_vms, "65536", 1, 10000000,
+        "VMs the view keeps at most (the least recently used are dropped); about "
+        "150 bytes each plus their device ids."),
     {"policy.allow.unknown.vm", T_BOOL, OFF(allow_unknown_vm), "false", 0, 1, NULL,
      false,
      "Approve VMs the cache does not know instead of vetoing them (UNKNOWN_VM)."},

@@ -57,6 +57,8 @@ typedef struct {
     int redis_timeout_ms;
     int redis_max_devices_per_vm;
     int redis_lookup_chunk;
+    int redis_view; /* 0: on, 1: off (onoff order) */
+    int redis_view_max_vms;
 
     bool allow_unknown_vm;
     char *device_kinds;         /* device.kinds as written */

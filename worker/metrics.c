@@ -76,6 +76,8 @@ typedef struct {
     counter_t feed[PG_M_FEED_RESULTS];
     counter_t quarantines_started, quarantines_lifted;
     counter_t redis_failovers;
+    counter_t view_hits, view_misses, view_invalidations, view_rereads, view_flushes;
+    counter_t view_barriers, view_vms, view_live;
     _Atomic bool caught_up;
     counter_t redis_hist[N_BUCKETS + 1];
     counter_t redis_sum_ns;
@@ -315,6 +317,21 @@ void pg_metrics_redis_failovers(pg_metrics_t *m, unsigned long long total)
 {
     if (m != NULL)
         atomic_store_explicit(&m->v.redis_failovers, total, memory_order_relaxed);
+}
+
+void pg_metrics_redis_view(pg_metrics_t *m, const pg_view_stats_t *v)
+{
+    if (m == NULL)
+        return;
+    atomic_store_explicit(&m->v.view_hits, v->hits, memory_order_relaxed);
+    atomic_store_explicit(&m->v.view_misses, v->misses, memory_order_relaxed);
+    atomic_store_explicit(&m->v.view_invalidations, v->invalidations,
+                          memory_order_relaxed);
+    atomic_store_explicit(&m->v.view_rereads, v->rereads, memory_order_relaxed);
+    atomic_store_explicit(&m->v.view_flushes, v->flushes, memory_order_relaxed);
+    atomic_store_explicit(&m->v.view_barriers, v->barriers, memory_order_relaxed);
+    atomic_store_explicit(&m->v.view_vms, v->vms, memory_order_relaxed);
+    atomic_store_explicit(&m->v.view_live, v->live, memory_order_relaxed);
 }
 
 void pg_metrics_batch_redone(pg_metrics_t *m)
@@ -831,6 +848,39 @@ int pg_metrics_render(pg_metrics_t *m, pg_buf_t *b)
          "Changes of the Redis primary's replication id seen on reconnecting (a "
          "Sentinel failover; writes the old primary had not replicated are lost).");
     put(b, "pinguard_redis_failovers_total %llu\n", GET(s->redis_failovers));
+    static const struct {
+        const char *name, *type, *help;
+        size_t off;
+    } view[] = {
+        {"pinguard_view_hits_total", "counter",
+         "VMs of batches served from the binding view.", offsetof(values_t, view_hits)},
+        {"pinguard_view_misses_total", "counter",
+         "VMs read from Redis while the view was live (re-reads included).",
+         offsetof(values_t, view_misses)},
+        {"pinguard_view_invalidations_total", "counter",
+         "View entries Redis said changed (dropped, read again when next needed).",
+         offsetof(values_t, view_invalidations)},
+        {"pinguard_view_barrier_rereads_total", "counter",
+         "Of them, VMs of the batch being looked up: the barrier caught the change "
+         "and they were read again.",
+         offsetof(values_t, view_rereads)},
+        {"pinguard_view_flushes_total", "counter",
+         "Times the view was emptied (a connection lost or re-made, a flush in Redis).",
+         offsetof(values_t, view_flushes)},
+        {"pinguard_view_barriers_total", "counter", "Barriers passed.",
+         offsetof(values_t, view_barriers)},
+        {"pinguard_view_vms", "gauge", "VMs the view holds.",
+         offsetof(values_t, view_vms)},
+        {"pinguard_view_live", "gauge",
+         "1 when the view is set up and kept true by Redis (0: every VM read "
+         "directly).",
+         offsetof(values_t, view_live)},
+    };
+    for (size_t i = 0; i < sizeof(view) / sizeof(view[0]); i++) {
+        head(b, view[i].name, view[i].type, view[i].help);
+        put(b, "%s %llu\n", view[i].name,
+            GET(*(const counter_t *)((const char *)s + view[i].off)));
+    }
     head(b, "pinguard_redis_up", "gauge", "1 when the binding cache answers.");
     put(b, "pinguard_redis_up %d\n", redis_up ? 1 : 0);
 

@@ -14,6 +14,7 @@
 #ifndef PG_METRICS_H
 #define PG_METRICS_H
 
+#include "bindings.h"
 #include "mem.h"
 #include "status.h"
 #include "types.h"
@@ -163,6 +164,8 @@ void pg_metrics_cache_invalid(pg_metrics_t *m, unsigned long long n);
 void pg_metrics_redis_exchange(pg_metrics_t *m, double seconds, bool ok);
 /* Redis failovers the loop's connection has seen so far (Sentinel). */
 void pg_metrics_redis_failovers(pg_metrics_t *m, unsigned long long total);
+/* What the loop's binding view has done so far (bindings.h). */
+void pg_metrics_redis_view(pg_metrics_t *m, const pg_view_stats_t *v);
 void pg_metrics_tick(pg_metrics_t *m);  /* the loop is alive */
 void pg_metrics_batch(pg_metrics_t *m); /* one consumed batch was processed */
 

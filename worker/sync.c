@@ -350,6 +350,7 @@ static int start_metrics(sync_t *s, const pg_bindings_opts_t *bopts, char *errbu
                             s->cfg->health_partition_stall_ms);
     pg_bindings_opts_t popts = *bopts;
     popts.quiet_failover = true; /* the lookup connection logs it */
+    popts.view = false;
     s->probe = pg_bindings_new(&popts);
     if (s->metrics == NULL || s->probe == NULL) {
         pg_errf(errbuf, errlen, "out of memory starting the metrics");
@@ -397,7 +398,8 @@ int pg_sync_run(const pg_config_t *cfg, const pg_sync_opts_t *opts,
         .blim = pg_bindings_limits(cfg),
         .started_ms = pg_now_mono_ms(),
     };
-    const pg_bindings_opts_t bopts = pg_bindings_opts(cfg);
+    pg_bindings_opts_t bopts = pg_bindings_opts(cfg);
+    bopts.view = false; /* the feed writes; only the worker's lookups keep a view */
     s.msgs = calloc(max, sizeof(*s.msgs));
     s.slots = calloc(max, sizeof(*s.slots));
     s.apply = calloc(max, sizeof(*s.apply));

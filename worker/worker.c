@@ -809,6 +809,7 @@ static int start_metrics(worker_t *w, const pg_bindings_opts_t *bopts, char *err
                                 w->cfg->health_partition_stall_ms);
     pg_bindings_opts_t popts = *bopts;
     popts.quiet_failover = true; /* the lookup connection logs it */
+    popts.view = false;          /* it only PINGs */
     w->probe = pg_bindings_new(&popts);
     if (w->metrics == NULL || w->probe == NULL) {
         pg_errf(errbuf, errlen, "out of memory starting the metrics");
@@ -932,6 +933,9 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         int brc = process_batch(&w, (size_t)n, errbuf, errlen);
         pg_metrics_batch(w.metrics);
         pg_metrics_redis_failovers(w.metrics, pg_bindings_failovers(w.bindings));
+        pg_view_stats_t vs;
+        pg_bindings_view_stats(w.bindings, &vs);
+        pg_metrics_redis_view(w.metrics, &vs);
         pg_kafka_batch_release(w.msgs, (size_t)n);
         pg_arena_reset(w.arena);
         if (brc != PG_OK)

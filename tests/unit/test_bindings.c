@@ -479,7 +479,7 @@ static void want_call(pg_buf_t *want, const char *sha, const char *const *vms,
                       size_t first, size_t c)
 {
     static char keys[16][5][1100];
-    const char *argv[3 + 5 * 16 + 2];
+    const char *argv[3 + 5 * 16 + 3];
     char numkeys[8];
     snprintf(numkeys, sizeof(numkeys), "%zu", 5 * c);
     int argc = 0;
@@ -495,6 +495,7 @@ static void want_call(pg_buf_t *want, const char *sha, const char *const *vms,
         }
     argv[argc++] = "256";
     argv[argc++] = "1024";
+    argv[argc++] = "0";
     char *cmd = NULL;
     int len = redisFormatCommandArgv(&cmd, argc, argv, NULL);
     ck_assert_int_gt(len, 0);
@@ -514,7 +515,7 @@ START_TEST(lookup_request_matches_hiredis_formatting)
     long_vm[sizeof(long_vm) - 1] = '\0';
     const char *vms[] = {"a", "6f1c2d3e-aaaa-bbbb-cccc-0123456789ab", "vm\xc3\xa9",
                          long_vm, "e"};
-    const char args[] = "$3\r\n256\r\n$4\r\n1024\r\n";
+    const char args[] = "$3\r\n256\r\n$4\r\n1024\r\n$1\r\n0\r\n";
     const size_t chunks[] = {1, 2, 3, 16};
     char err[128];
     for (size_t k = 0; k < sizeof(chunks) / sizeof(chunks[0]); k++) {
