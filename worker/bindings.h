@@ -117,7 +117,7 @@ typedef struct {
     bool oversized;            /* a value over the length limit was not fetched */
     bool generation_oversized; /* :generation over PG_BINDINGS_MAX_GEN_LEN bytes,
                                   not fetched (generation is then empty) */
-    bool expiring; /* a key has a TTL (asked only with the view on) */
+    bool expiring;             /* a key has a TTL (asked only with the view on) */
     size_t n_devices;          /* fields in the :devices hash */
     pg_raw_device_t *devices;  /* NULL when not fetched (too many, or oversized) */
     pg_vm_inspect_t inspect;   /* pg_bindings_inspect only */
