@@ -59,7 +59,7 @@ ORIGINS = ["DRS", "HA", "API", "MAINTENANCE", "OTHER"]
 def enc_request(r):
     return b"".join((HDR["MigrateVmRequest"], s(r["requestId"]), s(r["vmUuid"]),
                      s(r["srcHostUuid"]), opt(r["dstHostUuid"]), zz(ORIGINS.index(r["origin"])),
-                     zz(r["requestedAtMs"])))
+                     zz(r["requestedAtMs"]), b"\x00"))  # minGeneration: null (v2)
 
 
 def enc_result(r):
@@ -71,7 +71,8 @@ def enc_result(r):
 
 def enc_advice(a):
     items = b"".join(s(m["vmUuid"]) + s(m["srcHostUuid"]) + s(m["dstHostUuid"]) +
-                     (b"\x00" if m["score"] is None else b"\x02" + struct.pack("<d", m["score"]))
+                     (b"\x00" if m["score"] is None else b"\x02" + struct.pack("<d", m["score"])) +
+                     b"\x00"  # bindingsGeneration: null (v2)
                      for m in a["migrations"])
     return b"".join((HDR["DrsAdvice"], s(a["adviceId"]), s(a["clusterUuid"]),
                      zz(a["generatedAtMs"]), zz(len(a["migrations"])), items, b"\x00"))
