@@ -248,7 +248,9 @@ static int simple_command(pg_bindings_t *b, int argc, const char **argv, char *e
 /* The snapshots of up to redis.lookup.chunk VMs, each VM's atomic (the whole
  * script is). KEYS: :host, :pin, :devices and :generation of each VM in turn;
  * ARGV: the most devices and the longest value returned, and '1' when the
- * view asks whether a key of the VM has a TTL (flag 128). Reply: per VM
+ * view asks whether :host, :pin or :generation has a TTL (flag 128: the
+ * entry is not cached; a :devices that expires only vetoes longer from the
+ * view, and a :quarantine is never cached). Reply: per VM
  * {flags, host, pin, n, devs, gen}: flags 1/2/4/16 = :host/:pin/:devices/
  * :generation of the wrong type, 8 = :host or a device value longer than
  * ARGV[2] (then neither is returned), 32 = :generation longer than
@@ -294,10 +296,10 @@ static const char LOOKUP_LUA[] =
     "      if #devs[i] > max_len then devs = {}; flags = bit.bor(flags, 8); break end\n"
     "    end\n"
     "  end\n"
-    "  if ARGV[3] == '1' then\n"
-    "    for _, k in ipairs({kh, kp, kd, kg, kq}) do\n"
-    "      if redis.call('PTTL', k) >= 0 then flags = flags + 128; break end\n"
-    "    end\n"
+    "  if ARGV[3] == '1' and ((host and redis.call('PTTL', kh) >= 0) or\n"
+    "      (pin and redis.call('PTTL', kp) >= 0) or\n"
+    "      (gen and redis.call('PTTL', kg) >= 0)) then\n"
+    "    flags = flags + 128\n"
     "  end\n"
     "  out[v + 1] = {flags, host, pin, n, devs, gen, q}\n"
     "end\n"

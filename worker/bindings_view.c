@@ -20,9 +20,10 @@
  * PING).
  *
  * Not cached, so always read: malformed entries, quarantined VMs, and
- * entries of which a key has a TTL (a pin with --for): a key past its expiry
- * reads as gone at once but is announced only when Redis's expiry cycle
- * deletes it. The view is emptied when either connection is lost or
+ * entries whose :host, :pin or :generation has a TTL (a pin with --for): a
+ * key past its expiry reads as gone at once but is announced only when
+ * Redis's expiry cycle deletes it (a :devices that expires only vetoes
+ * longer). The view is emptied when either connection is lost or
  * re-made (a Sentinel failover is a reconnect), and on a null invalidation
  * (FLUSHALL, FLUSHDB). Keys Redis evicts from its tracking table
  * (tracking-table-max-keys) are announced like changed ones, so an overflow

@@ -121,6 +121,18 @@ def request(i, n_vms, ts):
             "origin": ORIGINS[i % 5], "requestedAtMs": ts}
 
 
+HOT_VMS = 100  # the "hot" stream: every batch names each of them many times
+
+
+def request_hot(i, n_vms, ts):
+    """A MigrateVmRequest over only HOT_VMS VMs (of the cached ones)."""
+    r = request(i, n_vms, ts)
+    vm = (i * 7919) % HOT_VMS * 997 % n_vms  # of every kind (997 is prime to 10)
+    r.update(requestId=f"hot-{i:010d}", vmUuid=vm_id(vm), srcHostUuid=host_id(vm % 64),
+             dstHostUuid=host_id((vm + 1) % 64))
+    return r
+
+
 def result(i, n_vms, ts):
     vm = (i * 7) % n_vms
     src, dst = host_id(vm % 64), host_id((vm + 1) % 64)
@@ -145,7 +157,11 @@ STREAMS = {  # name: (input key, record, builder, encoder, key field, output key
     "requests": ("MigrateVmRequest", request, enc_request, "vmUuid", "decisions"),
     "results": ("MigrationResult", result, enc_result, "vmUuid", "release"),
     "advice": ("DrsAdvice", advice, enc_advice, "clusterUuid", "advice.filtered"),
+    "hot": ("MigrateVmRequest", request_hot, enc_request, "vmUuid", "decisions"),
 }
+INPUT_KEYS = ("advice", "requests", "results")  # pinguard's input topics (topic.<key>)
+TOPIC_OF = {"requests": "requests", "results": "results", "advice": "advice",
+            "hot": "requests"}
 
 
 def check_encoders(n_vms):
@@ -400,7 +416,7 @@ def main():
     modes = args.modes.split(",")
     n_vms = max(1000, int(100000 * args.scale))
     counts = {"requests": int(1000000 * args.scale), "results": int(1000000 * args.scale),
-              "advice": int(100000 * args.scale)}
+              "advice": int(100000 * args.scale), "hot": int(1000000 * args.scale)}
     tag = f"bench{int(time.time())}"
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
     check_encoders(n_vms)
@@ -435,7 +451,7 @@ def main():
             outs = {o: f"{tag}.{mode}.{k}.out.{o}" for o in
                     ("advice.filtered", "decisions", "release", "dlq", "audit")}
             create_topics(admin, list(outs.values()))
-            topics = {kk: (inputs[kk] if kk == k else empty[kk]) for kk in STREAMS}
+            topics = {kk: (inputs[k] if TOPIC_OF[k] == kk else empty[kk]) for kk in INPUT_KEYS}
             group = f"{tag}-{mode}-{k}"
             settings = [f"topic.{kk}={v}" for kk, v in topics.items()]
             settings += [f"topic.{o}={v}" for o, v in outs.items()]
@@ -461,10 +477,13 @@ def main():
             m = scrape(port)
             rc, rss, cpu = w.stop()
             after = redis_cmdstats()
-            # Data commands Redis ran (inside the lookup scripts too), and
-            # the calls the worker sent (one EVALSHA per redis.lookup.chunk VMs).
+            # Every command Redis ran for the worker (inside the lookup
+            # scripts too, the view's barriers and the metrics probe's PINGs
+            # included), and the calls the worker sent (one EVALSHA per
+            # redis.lookup.chunk VMs).
             cmds = sum(after.get(c, 0) - before.get(c, 0)
-                       for c in ("get", "mget", "hgetall", "exists", "type"))
+                       for c in ("get", "mget", "hgetall", "exists", "type", "pttl", "ping",
+                                 "role", "evalsha", "eval"))
             calls = sum(after.get(c, 0) - before.get(c, 0) for c in ("evalsha", "eval"))
             items = counts[k] * (10 if k == "advice" else 1)
             d = {"mode": mode, "stream": k, "inputs": counts[k], "items": items,
@@ -491,7 +510,7 @@ def main():
     # The relay gives the floor: Kafka's own latency on this machine, with an
     # input copied to the output as soon as it is read.
     for mode in ([] if args.no_latency else modes + ["relay"]):
-        lat_in = {kk: f"{tag}.lat.{mode}.in.{kk}" for kk in STREAMS}
+        lat_in = {kk: f"{tag}.lat.{mode}.in.{kk}" for kk in INPUT_KEYS}
         lat_out = {o: f"{tag}.lat.{mode}.out.{o}" for o in
                    ("advice.filtered", "decisions", "release", "dlq", "audit")}
         # Both sides stamped by the broker: the latency is from the input
@@ -663,8 +682,19 @@ def write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, rela
     L.append("| target | result |\n| --- | --- |")
     for d in drains:
         if d["stream"] != "advice":
-            L.append(f"| {d['mode']} {d['stream']}: >= 0.5x raw consume | {d['ratio']:.2f}x "
-                     f"({'met' if d['ratio'] >= 0.5 else 'not met'}) |")
+            want = 0.5 if d["mode"] == "at-least-once" else 0.4
+            L.append(f"| {d['mode']} {d['stream']}: >= {want}x raw consume | {d['ratio']:.2f}x "
+                     f"({'met' if d['ratio'] >= want else 'not met'}) |")
+    for d in drains:
+        per = 1e6 / d["inputs"]
+        svc = (d["kafka_cpu"] + d["redis_cpu"]) * per
+        L.append(f"| {d['mode']} {d['stream']}: broker + Redis CPU <= 1.0 us per decision | "
+                 f"{svc:.2f} us ({'met' if svc <= 1.0 else 'not met'}) |")
+    for d in drains:
+        if d["stream"] == "hot":
+            c = d["redis_cmds_per_item"]
+            L.append(f"| {d['mode']} hot: Redis commands per decision <= 0.05 | {c:.3f} "
+                     f"({'met' if c <= 0.05 else 'not met'}) |")
     for mode in {d["mode"] for d in drains}:
         adv = next((d for d in drains if d["mode"] == mode and d["stream"] == "advice"), None)
         req = next((d for d in drains if d["mode"] == mode and d["stream"] == "requests"), None)
@@ -678,14 +708,14 @@ def write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, rela
         L.append(f"| <= 1 Redis round trip per batch | worst {worst_rt:.2f} "
                  f"({'met' if worst_rt <= 1.0 else 'not met'}) |")
         worst_rss = max(d["rss_mb"] for d in drains)
-        L.append(f"| peak RSS < 64 MB | worst {worst_rss:.1f} MB "
-                 f"({'met' if worst_rss < 64 else 'not met'}) |")
+        L.append(f"| peak RSS <= 64 MB | worst {worst_rss:.1f} MB "
+                 f"({'met' if worst_rss <= 64 else 'not met'}) |")
     for l in latencies:
         if l["mode"] == "relay":
             continue
-        limit = 20 if l["mode"] == "at-least-once" else 150
-        L.append(f"| {l['mode']} p99 < {limit} ms at 5,000/s | {l['p99']} ms "
-                 f"({'met' if l['p99'] < limit else 'not met'}) |")
+        limit = 15 if l["mode"] == "at-least-once" else 66
+        L.append(f"| {l['mode']} p99 <= {limit} ms at 5,000/s | {l['p99']} ms "
+                 f"({'met' if l['p99'] <= limit else 'not met'}) |")
     text = "\n".join(L) + "\n"
     with open(args.out, "w") as f:
         f.write(text)

@@ -251,3 +251,65 @@ def test_view_off_reads_directly(cache_env):
     assert got[0][1]["verdict"] == "APPROVED"
     assert view_metric(w, "pinguard_view_live") == 0
     assert view_metric(w, "pinguard_view_hits_total") == 0
+
+
+def test_view_sees_keys_expire(cache_env):
+    """A key under a TTL reads as gone the moment it expires, though Redis
+    announces it only when its expiry cycle finds it. With 50,000 other keys
+    under a TTL, that cycle lags for seconds: an entry whose :host or :pin
+    expires must not be served from the view meanwhile."""
+    env, r = cache_env, cache_env.redis
+    filler = f"it:{env.tag}:ttl:"
+    p = r.pipeline(transaction=False)
+    for i in range(50000):
+        p.set(f"{filler}{i}", "x", px=600000)
+    p.execute()
+    try:
+        rig = Rig(env, hot=1)
+        vm = rig.vms[0]
+        pinned = env.vm(host=SRC)
+        with Decided(env) as dec:
+            w = env.worker()
+            assert dec.wait(rig.request(vm))["verdict"] == "APPROVED"
+            # :host expires: a direct read finds an unknown VM.
+            assert r.set(key(vm, "host"), SRC, px=1000) is True
+            assert dec.wait(rig.request(vm))["verdict"] == "APPROVED"
+            # a pin expires: a direct read finds the VM free again.
+            assert r.set(key(pinned, "pin"), "for a while", px=1000) is True
+            d = dec.wait(rig.request(pinned))
+            assert (d["verdict"], d["reason"]) == ("VETOED", "OPERATOR_PIN"), d
+            t0 = time.monotonic()
+            while time.monotonic() < t0 + 1.5:  # past both expiries, by the clock alone
+                rig.producer.poll(0.1)
+            d = dec.wait(rig.request(vm))
+            assert (d["verdict"], d["reason"]) == ("VETOED", "UNKNOWN_VM"), d
+            assert dec.wait(rig.request(pinned))["verdict"] == "APPROVED"
+            rig.producer.flush(30)
+        assert view_metric(w, "pinguard_view_live") == 1
+    finally:
+        for i in range(0, 50000, 5000):
+            r.delete(*[f"{filler}{j}" for j in range(i, i + 5000)])
+
+
+def test_view_survives_a_tracking_table_overflow(cache_env):
+    """Redis keeps at most tracking-table-max-keys tracked keys; past it, it
+    forgets some and announces them as changed. With a table of 3 keys the
+    view keeps losing its entries, and every change is still seen."""
+    r = cache_env.redis
+    old = r.config_get("tracking-table-max-keys")["tracking-table-max-keys"]
+    r.config_set("tracking-table-max-keys", 3)
+    try:
+        rig = Rig(cache_env, hot=4)
+
+        def restore(vm):
+            assert r.set(key(vm, "host"), SRC) is True
+            r.delete(key(vm, "devices"))
+
+        def mutate(vm):
+            assert r.hset(key(vm, "devices"), "gpu-" + vm, "dgpu") == 1
+
+        w = rig.run(scaled(200), restore, mutate, "HOST_BOUND_DEVICE")
+        inval = view_metric(w, "pinguard_view_invalidations_total")
+        assert inval > rig.vetoed, (inval, rig.vetoed)
+    finally:
+        r.config_set("tracking-table-max-keys", old)
