@@ -2,10 +2,15 @@
 /*
  * The binding view (redis.view = on): the VMs the worker has read, kept in
  * memory and kept true by Redis's server-assisted client-side caching. The
- * lookup connection runs CLIENT TRACKING ON REDIRECT <id>, <id> being a
- * second connection subscribed to __redis__:invalidate (RESP2, as hiredis
- * 0.14 speaks it), so Redis names on it every key it has served to the
- * lookups (the scripts' reads count) as soon as that key changes.
+ * lookup connection runs CLIENT TRACKING ON REDIRECT <id> BCAST PREFIX
+ * pinguard:vm:, <id> being a second connection subscribed to
+ * __redis__:invalidate (RESP2, as hiredis 0.14 speaks it), so Redis names on
+ * it every VM key that changes, in the event loop's turn that changed it.
+ * Broadcast, not the default mode: the default mode remembers every key
+ * each lookup reads in a table (tests/bench measured its radix-tree
+ * inserts at three quarters of Redis's CPU, and the table grows with every
+ * VM ever read), where broadcasting costs only the writes, and a write to a
+ * key the lookup does not read (:failures, :backoff) is ignored.
  *
  * The barrier makes a VM served from the view as fresh as a read made after
  * its batch was polled. Before a batch uses the view, a PING goes down the
@@ -25,10 +30,9 @@
  * Redis's expiry cycle deletes it (a :devices that expires only vetoes
  * longer). The view is emptied when either connection is lost or
  * re-made (a Sentinel failover is a reconnect), and on a null invalidation
- * (FLUSHALL, FLUSHDB). Keys Redis evicts from its tracking table
- * (tracking-table-max-keys) are announced like changed ones, so an overflow
- * needs nothing more. The view holds at most redis.view.max.vms VMs, the
- * least recently used evicted. If the view cannot be set up (an old Redis, an
+ * (FLUSHALL, FLUSHDB). Broadcasting keeps no tracking table, so
+ * tracking-table-max-keys cannot overflow it. The view holds at most redis.view.max.vms
+ * VMs, the least recently used evicted. If the view cannot be set up (an old Redis, an
  * ACL without CLIENT or SUBSCRIBE), the worker reads directly, logs it once
  * and tries again every VIEW_RETRY_MS.
  *
@@ -295,10 +299,18 @@ bool pg_view_key_vm(const char *key, size_t len, pg_bytes_t *vm)
     const size_t pl = sizeof(prefix) - 1;
     if (len < pl + 3 || memcmp(key, prefix, pl) != 0)
         return false;
+    static const char *const read[] = {"host", "pin", "devices", "generation",
+                                       "quarantine"};
     for (size_t i = len - 2; i > pl; i--)
         if (key[i] == '}' && key[i + 1] == ':') {
-            *vm = (pg_bytes_t){key + pl, i - pl};
-            return true;
+            const char *suffix = key + i + 2;
+            size_t sl = len - i - 2;
+            for (size_t k = 0; k < sizeof(read) / sizeof(read[0]); k++)
+                if (strlen(read[k]) == sl && memcmp(suffix, read[k], sl) == 0) {
+                    *vm = (pg_bytes_t){key + pl, i - pl};
+                    return true;
+                }
+            return false;
         }
     return false;
 }
@@ -308,6 +320,7 @@ bool pg_view_key_vm(const char *key, size_t len, pg_bytes_t *vm)
 enum { VIEW_RETRY_MS = 10000 }; /* between two tries of a view that failed to set up */
 
 static const char INVALIDATE[] = "__redis__:invalidate";
+static const char VM_PREFIX[] = "pinguard:vm:";
 
 static bool is_str(const redisReply *r, const char *s)
 {
@@ -397,24 +410,32 @@ static int setup(pg_bindings_t *b, char *errbuf, size_t errlen)
                 b->port);
         return PG_RETRY;
     }
-    /* Re-issued with a new REDIRECT after an invalidation connection was
-     * lost: Redis then sends to the new one. */
+    /* Off first: after an invalidation connection was lost, the lookup
+     * connection still has the prefix, and Redis refuses it twice. */
     char ids[24];
     snprintf(ids, sizeof(ids), "%lld", id);
-    const char *trk_argv[5] = {"CLIENT", "TRACKING", "on", "REDIRECT", ids};
-    r = redisCommandArgv(b->ctx, 5, trk_argv, NULL);
-    if (r == NULL) {
-        pg_errf(errbuf, errlen, "redis %s:%d CLIENT TRACKING: %s", b->host, b->port,
-                b->ctx->errstr);
-        pg_bindings_drop(b);
-        return PG_RETRY;
+    const char *off_argv[3] = {"CLIENT", "TRACKING", "off"};
+    const char *on_argv[8] = {"CLIENT", "TRACKING", "on",     "REDIRECT",
+                              ids,      "BCAST",    "PREFIX", VM_PREFIX};
+    const char *const *cmds[2] = {off_argv, on_argv};
+    const int argc[2] = {3, 8};
+    for (int i = 0; i < 2; i++) {
+        r = redisCommandArgv(b->ctx, argc[i], (const char **)cmds[i], NULL);
+        if (r == NULL) {
+            pg_errf(errbuf, errlen, "redis %s:%d CLIENT TRACKING: %s", b->host, b->port,
+                    b->ctx->errstr);
+            pg_bindings_drop(b);
+            return PG_RETRY;
+        }
+        int rc = r->type == REDIS_REPLY_STATUS ? PG_OK : PG_RETRY;
+        if (rc != PG_OK)
+            pg_errf(errbuf, errlen, "redis %s:%d CLIENT TRACKING: %s", b->host, b->port,
+                    r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        freeReplyObject(r);
+        if (rc != PG_OK)
+            return rc;
     }
-    int rc = r->type == REDIS_REPLY_STATUS ? PG_OK : PG_RETRY;
-    if (rc != PG_OK)
-        pg_errf(errbuf, errlen, "redis %s:%d CLIENT TRACKING: %s", b->host, b->port,
-                r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-    freeReplyObject(r);
-    return rc;
+    return PG_OK;
 }
 
 void pg_bindings_view_ready(pg_bindings_t *b)

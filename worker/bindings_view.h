@@ -54,9 +54,11 @@ bool pg_view_drop(pg_view_t *v, const char *vm, size_t len, bool *held);
 /* Forgets every VM. */
 void pg_view_flush(pg_view_t *v);
 
-/* The VM a cache key names: pinguard:vm:{<vm>}:<suffix>, the uuid being
- * everything between the prefix and the last "}:". False for any other key
- * (the host index, keys of other applications). */
+/* The VM whose lookup reads a cache key: pinguard:vm:{<vm>}:<suffix>, the
+ * uuid being everything between the prefix and the last "}:", the suffix one
+ * of the keys the lookup reads (host, pin, devices, generation,
+ * quarantine). False for any other key (:failures, :backoff, the host
+ * index, keys of other applications). */
 bool pg_view_key_vm(const char *key, size_t len, pg_bytes_t *vm);
 
 #endif

@@ -128,9 +128,15 @@ START_TEST(keys_name_their_vm)
         ck_assert_uint_eq(vm.len, strlen(good[i].vm));
         ck_assert_int_eq(memcmp(vm.data, good[i].vm, vm.len), 0);
     }
-    const char *bad[] = {"pinguard:host:{h}:vms", "pinguard:vm:{}:host",
-                         "pinguard:vm:{abc",      "other:vm:{abc}:host",
-                         "pinguard:vm:",          ""};
+    const char *bad[] = {"pinguard:host:{h}:vms",
+                         "pinguard:vm:{}:host",
+                         "pinguard:vm:{abc",
+                         "other:vm:{abc}:host",
+                         "pinguard:vm:{abc}:failures",
+                         "pinguard:vm:{abc}:backoff",
+                         "pinguard:vm:{abc}:hostx",
+                         "pinguard:vm:",
+                         ""};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         ck_assert_msg(!pg_view_key_vm(bad[i], strlen(bad[i]), &vm), "%s", bad[i]);
 }
