@@ -160,6 +160,7 @@ void pg_bindings_destroy(pg_bindings_t *b)
     pg_view_destroy(b->view);
     free(b->hit);
     free(b->miss);
+    free(b->dropped);
     pg_buf_free(&b->cmd);
     free(b->host);
     free(b->user);
@@ -699,13 +700,19 @@ static int read_chunk(pg_bindings_t *b, char *errbuf, size_t errlen)
     return rc;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
 /* With the view on: passes the barrier, then splits the batch into the VMs
  * the view serves (b->hit) and those sent to Redis (b->miss, *n_miss). */
 static int plan_view(pg_bindings_t *b, const char *const *vms, size_t n, size_t *n_miss,
                      char *errbuf, size_t errlen)
 {
     if (n > b->batch_cap) {
-        bool *hit = realloc(b->hit, n * sizeof(*hit));
+        const pg_view_entry_t **hit = realloc(b->hit, n * sizeof(*hit));
         if (hit != NULL)
             b->hit = hit;
         const char **miss = realloc(b->miss, n * sizeof(*miss));
@@ -724,17 +731,21 @@ static int plan_view(pg_bindings_t *b, const char *const *vms, size_t n, size_t 
         return PG_RETRY;
     }
     pg_view_begin(b->view);
-    if (b->view_live) {
-        /* Held first, so that the barrier can tell a re-read. */
-        for (size_t i = 0; i < n; i++)
-            pg_view_hold(b->view, vms[i], strlen(vms[i]));
-        pg_bindings_view_barrier(b);
-    }
+    b->n_dropped = 0;
+    pg_bindings_view_barrier(b); /* nothing when the view is not live */
+    if (b->n_dropped > 1)
+        qsort(b->dropped, b->n_dropped, sizeof(*b->dropped), cmp_u64);
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        b->hit[i] = b->view_live && pg_view_hold(b->view, vms[i], strlen(vms[i]));
-        if (!b->hit[i])
-            b->miss[m++] = vms[i];
+        size_t len = strlen(vms[i]);
+        b->hit[i] = b->view_live ? pg_view_hold(b->view, vms[i], len) : NULL;
+        if (b->hit[i] != NULL)
+            continue;
+        b->miss[m++] = vms[i];
+        uint64_t h = b->n_dropped > 0 ? pg_view_hash(vms[i], len) : 0;
+        if (b->n_dropped > 0 &&
+            bsearch(&h, b->dropped, b->n_dropped, sizeof(h), cmp_u64) != NULL)
+            b->view_stats.rereads++; /* the barrier caught its change */
     }
     b->view_stats.hits += n - m;
     if (b->view_live)
@@ -1166,12 +1177,12 @@ int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
     }
     int rc = 0;
     char err[256];
-    if (b->view != NULL && b->next_vm < b->n_vms && b->hit[b->next_vm]) {
-        rc = pg_view_get(b->view, vm_uuid, strlen(vm_uuid), arena, out);
+    if (b->view != NULL && b->next_vm < b->n_vms && b->hit[b->next_vm] != NULL) {
+        /* Held since plan_view: no eviction, and no drop before the next
+         * barrier, can have freed it. */
+        rc = pg_view_copy(b->hit[b->next_vm], arena, out);
         if (rc != PG_OK) {
-            pg_errf(errbuf, errlen, "%s vm %s",
-                    rc == PG_FATAL ? "out of memory copying" : "the view lost",
-                    vm_uuid);
+            pg_errf(errbuf, errlen, "out of memory copying vm %s", vm_uuid);
             drop(b);
             return rc;
         }

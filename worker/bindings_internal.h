@@ -62,7 +62,10 @@ struct pg_bindings {
     bool view_warned;      /* redis_view_unavailable logged, not yet recovered */
     int64_t view_retry_ms; /* monotonic ms before which setup is not tried again */
     pg_view_stats_t view_stats;
-    bool *hit;         /* per VM of the lookup in flight: served from the view */
+    const struct pg_view_entry **hit; /* per VM of the lookup in flight: its
+                                         view entry, NULL when read from Redis */
+    uint64_t *dropped;                /* hashes of the VMs the last barrier dropped */
+    size_t n_dropped, cap_dropped;
     const char **miss; /* the VMs of it sent to Redis */
     size_t batch_cap;  /* entries of hit and miss */
     size_t next_vm;    /* the next VM pg_bindings_next answers */

@@ -51,8 +51,8 @@
 
 /* ---- The table ----------------------------------------------------------- */
 
-typedef struct view_entry view_entry_t;
-struct view_entry {
+typedef struct pg_view_entry view_entry_t;
+struct pg_view_entry {
     view_entry_t *chain;       /* the next entry of the same bucket */
     view_entry_t *prev, *next; /* the LRU list, most recently used first */
     uint64_t hash, mark;
@@ -156,25 +156,33 @@ static void remove_at(pg_view_t *v, view_entry_t **p)
     v->n--;
 }
 
-bool pg_view_hold(pg_view_t *v, const char *vm, size_t len)
+uint64_t pg_view_hash(const char *vm, size_t len)
+{
+    return fnv1a(vm, len);
+}
+
+const pg_view_entry_t *pg_view_hold(pg_view_t *v, const char *vm, size_t len)
 {
     view_entry_t *e = *find(v, vm, len, fnv1a(vm, len));
     if (e == NULL)
-        return false;
+        return NULL;
     e->mark = v->epoch;
     if (v->head != e) {
         lru_unlink(v, e);
         lru_push_front(v, e);
     }
-    return true;
+    return e;
 }
 
 int pg_view_get(pg_view_t *v, const char *vm, size_t len, pg_arena_t *arena,
                 pg_vm_binding_t *out)
 {
     const view_entry_t *e = *find(v, vm, len, fnv1a(vm, len));
-    if (e == NULL)
-        return PG_RETRY;
+    return e == NULL ? PG_RETRY : pg_view_copy(e, arena, out);
+}
+
+int pg_view_copy(const pg_view_entry_t *e, pg_arena_t *arena, pg_vm_binding_t *out)
+{
     memset(out, 0, sizeof(*out));
     const char *p = e->data + e->vm_len + 1;
     out->known = e->known;
@@ -477,12 +485,20 @@ static void apply_invalidation(pg_bindings_t *b, const redisReply *p)
     for (size_t i = 0; i < n; i++) {
         const redisReply *k = p->type == REDIS_REPLY_ARRAY ? p->element[i] : p;
         pg_bytes_t vm;
-        bool held = false;
         if (k->type == REDIS_REPLY_STRING &&
             pg_view_key_vm(k->str, (size_t)k->len, &vm) &&
-            pg_view_drop(b->view, vm.data, vm.len, &held)) {
+            pg_view_drop(b->view, vm.data, vm.len, NULL)) {
             b->view_stats.invalidations++;
-            b->view_stats.rereads += held;
+            /* Remembered to count the batch's VMs among them (plan_view). */
+            if (b->n_dropped == b->cap_dropped) {
+                size_t cap = b->cap_dropped ? 2 * b->cap_dropped : 64;
+                uint64_t *d = realloc(b->dropped, cap * sizeof(*d));
+                if (d == NULL)
+                    continue; /* only a count is lost */
+                b->dropped = d;
+                b->cap_dropped = cap;
+            }
+            b->dropped[b->n_dropped++] = pg_view_hash(vm.data, vm.len);
         }
     }
 }

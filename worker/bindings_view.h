@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 typedef struct pg_view pg_view_t;
+typedef struct pg_view_entry pg_view_entry_t; /* one VM's entry, owned by the view */
 
 /* An empty view of at most max_vms (>= 1) VMs. Caller owns it; NULL when
  * out of memory. */
@@ -31,9 +32,17 @@ size_t pg_view_size(const pg_view_t *v);
  * the start of a batch is still there when the batch reads it. */
 void pg_view_begin(pg_view_t *v);
 
-/* Whether vm is in the view; if so it becomes the most recently used and is
- * held for the batch. */
-bool pg_view_hold(pg_view_t *v, const char *vm, size_t len);
+/* vm's entry, or NULL when it is not in the view; a found entry becomes the
+ * most recently used and is held for the batch (valid until the next
+ * pg_view_begin, pg_view_drop of it or pg_view_flush). */
+const pg_view_entry_t *pg_view_hold(pg_view_t *v, const char *vm, size_t len);
+
+/* Copies an entry's binding into out, its strings in arena. PG_OK, or
+ * PG_FATAL when the arena is out of memory. */
+int pg_view_copy(const pg_view_entry_t *e, pg_arena_t *arena, pg_vm_binding_t *out);
+
+/* The hash the view files vm under (for telling a VM again cheaply). */
+uint64_t pg_view_hash(const char *vm, size_t len);
 
 /* Copies vm's binding into out, its strings in arena (the view's own copy
  * may be evicted once the batch ends). PG_OK; PG_RETRY when vm is not in
