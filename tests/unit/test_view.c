@@ -69,8 +69,8 @@ START_TEST(least_recently_used_is_evicted)
     ck_assert_int_eq(pg_view_put(v, "vm-3", 4, &b), PG_OK);
     ck_assert_uint_eq(pg_view_size(v), 3);
     ck_assert(!pg_view_hold(v, "vm-1", 4)); /* the oldest untouched went */
-    ck_assert(pg_view_hold(v, "vm-0", 4) != NULL && pg_view_hold(v, "vm-2", 4) != NULL &&
-              pg_view_hold(v, "vm-3", 4));
+    ck_assert(pg_view_hold(v, "vm-0", 4) != NULL &&
+              pg_view_hold(v, "vm-2", 4) != NULL && pg_view_hold(v, "vm-3", 4));
     /* All three are held by this batch: nothing is evicted, nothing stored. */
     ck_assert_int_eq(pg_view_put(v, "vm-4", 4, &b), PG_RETRY);
     ck_assert(!pg_view_hold(v, "vm-4", 4));
