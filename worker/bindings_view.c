@@ -219,17 +219,22 @@ int pg_view_put(pg_view_t *v, const char *vm, size_t len, const pg_vm_binding_t 
     view_entry_t **p = find(v, vm, len, h);
     if (*p != NULL)
         remove_at(v, p);
+    size_t host_len = b->known && b->host ? strlen(b->host) : 0;
+    size_t pin_len = b->pin ? strlen(b->pin) : 0;
+    size_t size = len + 1 + host_len + 1 + pin_len + 1;
+    for (size_t i = 0; i < b->n_devices; i++)
+        size += strlen(b->devices[i].device_uuid) + 1 + strlen(b->devices[i].kind) + 1;
+    /* The bound in VMs is a bound in bytes only if entries are: a large
+     * entry (many or long ids, as a hostile cache may hold) is read
+     * directly every time instead. */
+    if (size > PG_VIEW_MAX_ENTRY_BYTES)
+        return PG_RETRY;
     if (v->n >= v->max) {
         view_entry_t *t = v->tail;
         if (t == NULL || t->mark == v->epoch)
             return PG_RETRY; /* every entry is held by this batch */
         remove_at(v, find(v, t->data, t->vm_len, t->hash));
     }
-    size_t host_len = b->known && b->host ? strlen(b->host) : 0;
-    size_t pin_len = b->pin ? strlen(b->pin) : 0;
-    size_t size = len + 1 + host_len + 1 + pin_len + 1;
-    for (size_t i = 0; i < b->n_devices; i++)
-        size += strlen(b->devices[i].device_uuid) + 1 + strlen(b->devices[i].kind) + 1;
     view_entry_t *e = malloc(sizeof(*e) + size);
     if (e == NULL)
         return PG_FATAL;

@@ -18,6 +18,11 @@
 #include <stdint.h>
 
 typedef struct pg_view pg_view_t;
+
+/* The largest entry kept (its ids' bytes): with the VM bound, this bounds
+ * the view's memory (about 70 MB at the default 65,536 VMs, whatever the
+ * cache holds). */
+enum { PG_VIEW_MAX_ENTRY_BYTES = 1024 };
 typedef struct pg_view_entry pg_view_entry_t; /* one VM's entry, owned by the view */
 
 /* An empty view of at most max_vms (>= 1) VMs. Caller owns it; NULL when
@@ -53,7 +58,8 @@ int pg_view_get(pg_view_t *v, const char *vm, size_t len, pg_arena_t *arena,
 /* Stores a copy of b (a well-formed, unquarantined binding: the caller
  * decides what may be cached) for vm, replacing an older one, evicting the
  * least recently used entry that is not held when full. PG_OK; PG_RETRY
- * when every entry is held (nothing stored); PG_FATAL out of memory. */
+ * when every entry is held or the entry is over PG_VIEW_MAX_ENTRY_BYTES
+ * (nothing stored, an older one forgotten); PG_FATAL out of memory. */
 int pg_view_put(pg_view_t *v, const char *vm, size_t len, const pg_vm_binding_t *b);
 
 /* Forgets vm; true when it was there, *held (may be NULL) then saying

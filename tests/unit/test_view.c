@@ -54,6 +54,23 @@ START_TEST(stored_binding_comes_back)
 }
 END_TEST
 
+START_TEST(large_entries_are_not_kept)
+{
+    /* The VM bound bounds memory only with a bound per entry. */
+    pg_view_t *v = pg_view_new(4);
+    static char host[PG_VIEW_MAX_ENTRY_BYTES];
+    memset(host, 'h', sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    pg_vm_binding_t small = binding("h", NULL, 0, NULL, -1);
+    pg_vm_binding_t large = binding(host, NULL, 0, NULL, -1);
+    ck_assert_int_eq(pg_view_put(v, "vm-1", 4, &small), PG_OK);
+    ck_assert_int_eq(pg_view_put(v, "vm-1", 4, &large), PG_RETRY);
+    ck_assert(pg_view_hold(v, "vm-1", 4) == NULL); /* the older one is forgotten */
+    ck_assert_uint_eq(pg_view_size(v), 0);
+    pg_view_destroy(v);
+}
+END_TEST
+
 START_TEST(least_recently_used_is_evicted)
 {
     pg_view_t *v = pg_view_new(3);
@@ -147,6 +164,7 @@ static Suite *suite(void)
     Suite *s = suite_create("view");
     TCase *t = tcase_create("table");
     tcase_add_test(t, stored_binding_comes_back);
+    tcase_add_test(t, large_entries_are_not_kept);
     tcase_add_test(t, least_recently_used_is_evicted);
     tcase_add_test(t, drop_and_flush_forget);
     tcase_add_test(t, keys_name_their_vm);
