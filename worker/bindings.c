@@ -802,7 +802,7 @@ int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t
     rc = pg_bindings_format_lookups(&b->cmd, b->sha, b->args, b->args_len, b->chunk,
                                     send_vms, n_send, errbuf, errlen);
     if (rc == 0 && n_notes > 0)
-        rc = pg_bindings_format_notes(&b->cmd, b->note_sha, notes, n_notes,
+        rc = pg_bindings_format_notes(&b->cmd, b->note_sha, notes, n_notes, b->chunk,
                                       &b->quarantine, now_ms, errbuf, errlen);
     if (rc != 0)
         return rc;
@@ -851,7 +851,8 @@ int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t
     b->n_vms = n;
     b->notes_expected = n_notes;
     b->stats.round_trips++;
-    b->stats.commands += (n_send + b->chunk - 1) / b->chunk + n_notes + role + ping;
+    b->stats.commands += (n_send + b->chunk - 1) / b->chunk +
+                         (n_notes + b->chunk - 1) / b->chunk + role + ping;
     /* The first script's reply proves that Redis answers; it is kept for
      * pg_bindings_next. */
     return n_send > 0 ? read_chunk(b, errbuf, errlen) : PG_OK;
@@ -1236,19 +1237,38 @@ int pg_bindings_next_note(pg_bindings_t *b, pg_note_outcome_t *out, char *errbuf
         pg_errf(errbuf, errlen, "redis: no result note to read");
         return PG_INPUT;
     }
-    redisReply *r = NULL;
-    int rc = read_reply(b, &r, errbuf, errlen);
+    int rc = PG_OK;
+    if (b->chunk_reply == NULL) {
+        /* The next script's reply: what and duration of each of its notes
+         * (chunks are cut from the front, so this one holds the next
+         * min(chunk, notes_expected)). */
+        size_t want = b->notes_expected < b->chunk ? b->notes_expected : b->chunk;
+        rc = read_reply(b, &b->chunk_reply, errbuf, errlen);
+        b->chunk_pos = 0;
+        if (rc == PG_OK && (b->chunk_reply->type != REDIS_REPLY_ARRAY ||
+                            b->chunk_reply->elements != 2 * want)) {
+            pg_errf(errbuf, errlen,
+                    "redis %s:%d: result note reply of %zu entries for %zu", b->host,
+                    b->port,
+                    b->chunk_reply->type == REDIS_REPLY_ARRAY ? b->chunk_reply->elements
+                                                              : 0,
+                    want);
+            rc = PG_RETRY;
+        }
+    }
     if (rc == PG_OK) {
         char err[128];
-        rc = pg_bindings_parse_note(r, out, err, sizeof(err));
+        rc = pg_bindings_parse_note(b->chunk_reply, b->chunk_pos++, out, err,
+                                    sizeof(err));
         if (rc != PG_OK)
             pg_errf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port, err);
-        freeReplyObject(r);
     }
     if (rc != PG_OK) {
         drop(b);
         return rc;
     }
+    if (2 * b->chunk_pos == b->chunk_reply->elements)
+        free_chunk(b);
     b->notes_expected--;
     return PG_OK;
 }

@@ -221,12 +221,13 @@ typedef struct {
 } pg_note_outcome_t;
 
 /* pg_bindings_send with the batch's result notes behind the lookups, in the
- * same round trip: each note is one atomic script on the VM's quarantine
- * keys. After the n lookups are read with pg_bindings_next, the notes'
- * outcomes are read in order with pg_bindings_next_note. A note replayed
- * (the same requestId again) answers what it did the first time, so a
- * batch redone produces the same audit events. now_ms: the wall clock the
- * window and the quarantine's end are counted from. */
+ * same round trip: each note is atomic on the VM's quarantine keys, and one
+ * script notes up to redis.lookup.chunk of them, in order. After the n
+ * lookups are read with pg_bindings_next, the notes' outcomes are read in
+ * order with pg_bindings_next_note. A note replayed (the same requestId
+ * again) answers what it did the first time, so a batch redone produces the
+ * same audit events. now_ms: the wall clock the window and the quarantine's
+ * end are counted from. */
 int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                            const pg_result_note_t *notes, size_t n_notes,
                            int64_t now_ms, char *errbuf, size_t errlen);

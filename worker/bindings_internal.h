@@ -96,15 +96,15 @@ void pg_bindings_drop(pg_bindings_t *b);
 int pg_bindings_reply_error(const pg_bindings_t *b, const redisReply *r,
                             const char *what, char *errbuf, size_t errlen);
 
-/* bindings_quarantine.c: the result script, its request formatter and its
- * reply parser. */
+/* bindings_quarantine.c: the result script, its request formatter (one
+ * EVALSHA per chunk notes) and its reply parser (note i of a chunk's reply). */
 extern const char PG_BINDINGS_RESULT_LUA[];
 int pg_bindings_format_notes(pg_buf_t *out, const char *sha,
-                             const pg_result_note_t *notes, size_t n,
+                             const pg_result_note_t *notes, size_t n, size_t chunk,
                              const pg_quarantine_opts_t *q, int64_t now_ms,
                              char *errbuf, size_t errlen);
-int pg_bindings_parse_note(const redisReply *r, pg_note_outcome_t *out, char *errbuf,
-                           size_t errlen);
+int pg_bindings_parse_note(const redisReply *chunk, size_t i, pg_note_outcome_t *out,
+                           char *errbuf, size_t errlen);
 
 /* Why a value is no acceptable id (host, device uuid or kind) of the cache:
  * "is empty", "is too long", "holds a NUL byte", "is not valid UTF-8"; NULL

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Quarantine, the bindings module's side (SPEC "Quarantine"): each decided
- * MigrationResult is noted for its VM by one atomic script (RESULT_LUA),
+ * MigrationResult is noted for its VM by a script (RESULT_LUA) that notes a
+ * chunk of them (redis.lookup.chunk), each atomically and in order,
  * pipelined behind the batch's lookups so that the results batch still costs
  * one round trip.
  *
@@ -30,51 +31,62 @@
 #include <stdio.h>
 #include <string.h>
 
-/* KEYS: :failures, :quarantine, :backoff. ARGV: F or S, requestId,
- * finishedAtMs, now_ms, failures, window_ms, base_ms, max_ms.
- * Reply: {what, duration_ms}; what: 0 nothing, 1 started, 2 lifted, 3 this
- * requestId started the quarantine before (a replay), 4 it lifted it before,
- * -1 a key of the wrong type. */
+/* Notes a chunk of results, in order, each atomically: KEYS: :failures,
+ * :quarantine, :backoff of each note. ARGV: now_ms, failures, window_ms,
+ * base_ms, max_ms, then F or S, requestId, finishedAtMs of each note.
+ * Reply: what, duration_ms of each note, flat; what: 0 nothing, 1 started,
+ * 2 lifted, 3 this requestId started the quarantine before (a replay), 4 it
+ * lifted it before, -1 a key of the wrong type. A success on a VM with none
+ * of the three keys has nothing to clear and costs one EXISTS: most do. */
 const char PG_BINDINGS_RESULT_LUA[] =
-    "local kf, kq, kb = KEYS[1], KEYS[2], KEYS[3]\n"
-    "if (redis.call('TYPE', kf).ok ~= 'zset' and redis.call('TYPE', kf).ok ~= 'none') "
-    "or (redis.call('TYPE', kb).ok ~= 'hash' and redis.call('TYPE', kb).ok ~= 'none') "
-    "then return {-1, 0} end\n"
-    "local rid, now = ARGV[2], tonumber(ARGV[4])\n"
-    "local window = tonumber(ARGV[6])\n"
-    "if ARGV[1] == 'S' then\n"
-    "  local had = redis.call('EXISTS', kq) == 1\n"
-    "  local again = not had and redis.call('HGET', kb, 'lifted_by') == rid\n"
-    "  redis.call('DEL', kf, kq, kb)\n"
-    "  if not had and not again then return {0, 0} end\n"
-    "  redis.call('HSET', kb, 'lifted_by', rid)\n"
-    "  redis.call('PEXPIRE', kb, window)\n"
-    "  return {had and 2 or 4, 0}\n"
-    "end\n"
-    "local added = redis.call('ZADD', kf, 'NX', ARGV[3], rid)\n"
-    "redis.call('ZREMRANGEBYSCORE', kf, '-inf', '(' .. (now - window))\n"
-    "redis.call('PEXPIRE', kf, window)\n"
-    "local q = redis.call('EXISTS', kq) == 1\n"
-    "if added == 0 then\n"
-    "  if q and redis.call('HGET', kb, 'started_by') == rid then\n"
-    "    return {3, tonumber(redis.call('HGET', kb, 'last') or '0') or 0}\n"
+    "local now, nfail, window = tonumber(ARGV[1]), tonumber(ARGV[2]), "
+    "tonumber(ARGV[3])\n"
+    "local base, maxd = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "local function note(kf, kq, kb, op, rid, fin)\n"
+    "  if op == 'S' and redis.call('EXISTS', kf, kq, kb) == 0 then return 0, 0 end\n"
+    "  local tf, tb = redis.call('TYPE', kf).ok, redis.call('TYPE', kb).ok\n"
+    "  if (tf ~= 'zset' and tf ~= 'none') or (tb ~= 'hash' and tb ~= 'none') then "
+    "return -1, 0 end\n"
+    "  if op == 'S' then\n"
+    "    local had = redis.call('EXISTS', kq) == 1\n"
+    "    local again = not had and redis.call('HGET', kb, 'lifted_by') == rid\n"
+    "    redis.call('DEL', kf, kq, kb)\n"
+    "    if not had and not again then return 0, 0 end\n"
+    "    redis.call('HSET', kb, 'lifted_by', rid)\n"
+    "    redis.call('PEXPIRE', kb, window)\n"
+    "    return had and 2 or 4, 0\n"
     "  end\n"
-    "  return {0, 0}\n"
+    "  local added = redis.call('ZADD', kf, 'NX', fin, rid)\n"
+    "  redis.call('ZREMRANGEBYSCORE', kf, '-inf', '(' .. (now - window))\n"
+    "  redis.call('PEXPIRE', kf, window)\n"
+    "  local q = redis.call('EXISTS', kq) == 1\n"
+    "  if added == 0 then\n"
+    "    if q and redis.call('HGET', kb, 'started_by') == rid then\n"
+    "      return 3, tonumber(redis.call('HGET', kb, 'last') or '0') or 0\n"
+    "    end\n"
+    "    return 0, 0\n"
+    "  end\n"
+    "  if q then return 0, 0 end\n"
+    "  local since = tonumber(redis.call('HGET', kb, 'since') or '')\n"
+    "  since = since and ('(' .. string.format('%d', since)) or '-inf'\n"
+    "  if redis.call('ZCOUNT', kf, since, '+inf') < nfail then return 0, 0 end\n"
+    "  local last = tonumber(redis.call('HGET', kb, 'last') or '0') or 0\n"
+    "  local dur = base\n"
+    "  if last > 0 then dur = math.min(last * 2, maxd) end\n"
+    "  redis.call('SET', kq, string.format('%d %d', now + dur, dur), 'PX', dur)\n"
+    "  local top = redis.call('ZREVRANGE', kf, 0, 0, 'WITHSCORES')[2]\n"
+    "  redis.call('HSET', kb, 'last', dur, 'since', top, 'started_by', rid)\n"
+    "  redis.call('HDEL', kb, 'lifted_by')\n"
+    "  redis.call('PEXPIRE', kb, math.max(dur + maxd, window))\n"
+    "  return 1, dur\n"
     "end\n"
-    "if q then return {0, 0} end\n"
-    "local since = tonumber(redis.call('HGET', kb, 'since') or '')\n"
-    "since = since and ('(' .. string.format('%d', since)) or '-inf'\n"
-    "if redis.call('ZCOUNT', kf, since, '+inf') < tonumber(ARGV[5]) then return {0, 0} "
+    "local out = {}\n"
+    "for i = 0, #KEYS / 3 - 1 do\n"
+    "  local a = 6 + 3 * i\n"
+    "  out[2 * i + 1], out[2 * i + 2] = note(KEYS[3 * i + 1], KEYS[3 * i + 2], "
+    "KEYS[3 * i + 3], ARGV[a], ARGV[a + 1], ARGV[a + 2])\n"
     "end\n"
-    "local last = tonumber(redis.call('HGET', kb, 'last') or '0') or 0\n"
-    "local dur = tonumber(ARGV[7])\n"
-    "if last > 0 then dur = math.min(last * 2, tonumber(ARGV[8])) end\n"
-    "redis.call('SET', kq, string.format('%d %d', now + dur, dur), 'PX', dur)\n"
-    "local top = redis.call('ZREVRANGE', kf, 0, 0, 'WITHSCORES')[2]\n"
-    "redis.call('HSET', kb, 'last', dur, 'since', top, 'started_by', rid)\n"
-    "redis.call('HDEL', kb, 'lifted_by')\n"
-    "redis.call('PEXPIRE', kb, math.max(dur + tonumber(ARGV[8]), window))\n"
-    "return {1, dur}\n";
+    "return out\n";
 
 static int resp_head(pg_buf_t *b, size_t n)
 {
@@ -108,7 +120,7 @@ static int resp_vm_key(pg_buf_t *b, const char *vm, const char *suffix)
 }
 
 int pg_bindings_format_notes(pg_buf_t *out, const char *sha,
-                             const pg_result_note_t *notes, size_t n,
+                             const pg_result_note_t *notes, size_t n, size_t chunk,
                              const pg_quarantine_opts_t *q, int64_t now_ms,
                              char *errbuf, size_t errlen)
 {
@@ -119,17 +131,27 @@ int pg_bindings_format_notes(pg_buf_t *out, const char *sha,
             pg_errf(errbuf, errlen, "result note %zu names no VM or request", i);
             return PG_INPUT;
         }
-        /* EVALSHA sha 3 <keys> F|S rid finished now failures window base max */
-        int rc = pg_buf_append(out, "*14\r\n", 5) || resp_str(out, "EVALSHA") ||
-                 resp_bulk(out, sha, 40) || resp_str(out, "3") ||
-                 resp_vm_key(out, r->vm_uuid, "failures") ||
-                 resp_vm_key(out, r->vm_uuid, "quarantine") ||
-                 resp_vm_key(out, r->vm_uuid, "backoff") ||
-                 resp_str(out, r->outcome == PG_OUTCOME_SUCCEEDED ? "S" : "F") ||
-                 resp_str(out, r->request_id) || resp_i64(out, r->finished_at_ms) ||
-                 resp_i64(out, now_ms) || resp_i64(out, q->failures) ||
-                 resp_i64(out, q->window_ms) || resp_i64(out, q->base_ms) ||
-                 resp_i64(out, q->max_ms);
+    }
+    if (chunk == 0)
+        chunk = 1;
+    for (size_t at = 0; at < n; at += chunk) {
+        size_t k = n - at < chunk ? n - at : chunk;
+        /* EVALSHA sha 3k <keys> now failures window base max <F|S rid fin>... */
+        char head[32];
+        int hl = snprintf(head, sizeof(head), "*%zu\r\n", 8 + 6 * k);
+        int rc = pg_buf_append(out, head, (size_t)hl) || resp_str(out, "EVALSHA") ||
+                 resp_bulk(out, sha, 40) || resp_i64(out, (int64_t)(3 * k));
+        for (size_t i = at; rc == 0 && i < at + k; i++)
+            rc = resp_vm_key(out, notes[i].vm_uuid, "failures") ||
+                 resp_vm_key(out, notes[i].vm_uuid, "quarantine") ||
+                 resp_vm_key(out, notes[i].vm_uuid, "backoff");
+        rc = rc || resp_i64(out, now_ms) || resp_i64(out, q->failures) ||
+             resp_i64(out, q->window_ms) || resp_i64(out, q->base_ms) ||
+             resp_i64(out, q->max_ms);
+        for (size_t i = at; rc == 0 && i < at + k; i++)
+            rc = resp_str(out, notes[i].outcome == PG_OUTCOME_SUCCEEDED ? "S" : "F") ||
+                 resp_str(out, notes[i].request_id) ||
+                 resp_i64(out, notes[i].finished_at_ms);
         if (rc != 0) {
             pg_errf(errbuf, errlen, "out of memory formatting %zu result notes", n);
             return PG_FATAL;
@@ -138,18 +160,21 @@ int pg_bindings_format_notes(pg_buf_t *out, const char *sha,
     return PG_OK;
 }
 
-int pg_bindings_parse_note(const redisReply *r, pg_note_outcome_t *out, char *errbuf,
-                           size_t errlen)
+int pg_bindings_parse_note(const redisReply *chunk, size_t i, pg_note_outcome_t *out,
+                           char *errbuf, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_INTEGER ||
-        r->element[1]->type != REDIS_REPLY_INTEGER || r->element[0]->integer < -1 ||
-        r->element[0]->integer > 4 || r->element[1]->integer < 0) {
-        pg_errf(errbuf, errlen, "unexpected reply to a result note");
+    const redisReply *w =
+        chunk != NULL && chunk->type == REDIS_REPLY_ARRAY && 2 * i + 1 < chunk->elements
+            ? chunk->element[2 * i]
+            : NULL;
+    const redisReply *d = w != NULL ? chunk->element[2 * i + 1] : NULL;
+    if (w == NULL || w->type != REDIS_REPLY_INTEGER || d->type != REDIS_REPLY_INTEGER ||
+        w->integer < -1 || w->integer > 4 || d->integer < 0) {
+        pg_errf(errbuf, errlen, "unexpected reply to result note %zu of a chunk", i);
         return PG_RETRY;
     }
-    switch (r->element[0]->integer) {
+    switch (w->integer) {
     case 1:
         out->what = PG_NOTE_STARTED;
         break;
@@ -168,6 +193,6 @@ int pg_bindings_parse_note(const redisReply *r, pg_note_outcome_t *out, char *er
     default:
         out->what = PG_NOTE_NONE;
     }
-    out->duration_ms = r->element[1]->integer;
+    out->duration_ms = d->integer;
     return PG_OK;
 }

@@ -102,9 +102,10 @@ static const entry_t table[] = {
         "A VM whose cache entry binds more devices is unknown (vetoed UNKNOWN_VM): "
         "bounds the memory one VM's entry can take."),
     INT("redis.lookup.chunk", redis_lookup_chunk, "32", 1, 1000,
-        "VMs read per lookup script call (each VM's keys are one atomic snapshot; "
-        "several per call share its fixed cost in Redis). 1 keeps every call on "
-        "one VM's keys, one hash slot, as a Redis Cluster needs."),
+        "VMs read per lookup script call, and results noted per quarantine script "
+        "call (each VM's keys are one atomic snapshot, each note atomic; several "
+        "per call share its fixed cost in Redis). 1 keeps every call on one VM's "
+        "keys, one hash slot, as a Redis Cluster needs."),
     {"redis.view", T_ENUM, OFF(redis_view), "on", 0, 0, onoff_symbols, false,
      "on: the worker keeps the VMs it has read and Redis tells it when any of "
      "their keys change (CLIENT TRACKING to a second connection); before a batch "

@@ -277,6 +277,45 @@ def test_success_lifts_the_quarantine(env):
     assert w.stop() == 0
 
 
+def test_many_results_per_batch_across_script_chunks(env):
+    """A burst of results over many VMs, decided in batches that the notes
+    split into scripts of 3 (redis.lookup.chunk=3): a VM's notes fall in one
+    script or across two, and each script notes in order. Every VM ends as
+    its own sequence says; a success with nothing to clear writes nothing."""
+    patterns = {"FFF": "quarantined", "FFSF": "one failure", "SS": "clean",
+                "FFFS": "lifted", "S": "clean"}
+    vms = {p: [env.vm(host=SRC, devices=[("n1", "pci+vf")]) for _ in range(12)]
+           for p in patterns}
+    seqs = {vm: [result(vm, "FAILED" if c == "F" else "SUCCEEDED") for c in p]
+            for p, group in vms.items() for vm in group}
+    burst, depth = [], max(len(p) for p in patterns)
+    for i in range(depth):  # the VMs interleaved; each VM's results in order
+        burst += [seq[i] for seq in seqs.values() if i < len(seq)]
+    w = env.worker("redis.lookup.chunk=3")
+    flow = Flow(env)
+    decided = flow.results(*burst)
+    assert len(decided) == len(burst) == 12 * sum(len(p) for p in patterns)
+    for p, group in vms.items():
+        for vm in group:
+            fails, q = quarantine_state(env, vm)[:2]
+            backoff = env.redis.hgetall(key(vm, "backoff"))
+            if patterns[p] == "quarantined":
+                assert len(fails) == 3 and q is not None, (p, vm)
+                assert backoff["started_by"] == seqs[vm][2]["requestId"], (p, backoff)
+            elif patterns[p] == "one failure":
+                assert [f[0] for f in fails] == [seqs[vm][3]["requestId"]] and q is None
+                assert backoff == {}, (p, backoff)
+            elif patterns[p] == "lifted":
+                assert fails == [] and q is None, (p, vm)
+                assert backoff == {"lifted_by": seqs[vm][3]["requestId"]}, (p, backoff)
+            else:
+                assert fails == [] and q is None and backoff == {}, (p, vm)
+    wait_until(lambda: w.metric("pinguard_quarantines_started_total") == 24, 30,
+               "24 quarantines counted")
+    assert w.metric("pinguard_quarantines_lifted_total") == 12
+    assert w.stop() == 0
+
+
 @pytest.mark.parametrize("junk", [{"last": "x"}, {"since": "y"}, {"last": "", "since": "x"}],
                          ids=["last", "since", "both"])
 def test_junk_backoff_fields_neither_stall_nor_block(eos_env, junk):
