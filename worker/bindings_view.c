@@ -52,24 +52,31 @@
 /* ---- The table ----------------------------------------------------------- */
 
 typedef struct pg_view_entry view_entry_t;
+/* 49 bytes before the ids: an entry's ids are at most
+ * PG_VIEW_MAX_ENTRY_BYTES, so 16-bit lengths hold them, and the view holds
+ * fewer than 2^32 VMs, so 32 bits of the hash pick its bucket. */
 struct pg_view_entry {
     view_entry_t *chain;       /* the next entry of the same bucket */
     view_entry_t *prev, *next; /* the LRU list, most recently used first */
-    uint64_t hash, mark;
-    pg_opt_long_t generation;
-    bool known, has_pin;
-    size_t vm_len, host_len, pin_len, n_devices;
+    uint32_t hash;             /* the low half of the VM's FNV-1a hash */
+    uint32_t mark;             /* == the view's epoch (mod 2^32): held */
+    int64_t generation;        /* with flags & GEN */
+    uint16_t vm_len, host_len, pin_len, n_devices;
+    uint8_t flags; /* KNOWN, PIN, GEN */
     /* vm, host, pin, then each device's uuid and kind, each NUL-terminated
      * (a checked binding holds no NUL). */
     char data[];
 };
+enum { ENTRY_KNOWN = 1, ENTRY_PIN = 2, ENTRY_GEN = 4 };
+_Static_assert(PG_VIEW_MAX_ENTRY_BYTES <= UINT16_MAX, "entry lengths are 16-bit");
 
 struct pg_view {
     view_entry_t **buckets;
     size_t mask; /* buckets - 1, a power of two minus one */
     view_entry_t *head, *tail;
     size_t n, max;
-    uint64_t epoch; /* entries with mark == epoch are held */
+    uint32_t epoch; /* entries with mark == epoch are held (a wrap after 2^32
+                       batches can only keep an entry one batch longer) */
 };
 
 static uint64_t fnv1a(const char *s, size_t len)
@@ -82,15 +89,20 @@ static uint64_t fnv1a(const char *s, size_t len)
     return h;
 }
 
+static uint32_t fnv1a32(const char *s, size_t len)
+{
+    return (uint32_t)fnv1a(s, len);
+}
+
 pg_view_t *pg_view_new(size_t max_vms)
 {
-    if (max_vms == 0)
+    if (max_vms == 0 || max_vms > UINT32_MAX)
         return NULL;
     pg_view_t *v = calloc(1, sizeof(*v));
     if (v == NULL)
         return NULL;
     size_t nb = 16;
-    while (nb < max_vms && nb < ((size_t)1 << 40))
+    while (nb < max_vms)
         nb <<= 1;
     v->buckets = calloc(nb, sizeof(*v->buckets));
     if (v->buckets == NULL) {
@@ -113,7 +125,7 @@ void pg_view_begin(pg_view_t *v)
     v->epoch++;
 }
 
-static view_entry_t **find(pg_view_t *v, const char *vm, size_t len, uint64_t h)
+static view_entry_t **find(pg_view_t *v, const char *vm, size_t len, uint32_t h)
 {
     view_entry_t **p = &v->buckets[h & v->mask];
     while (*p != NULL && !((*p)->hash == h && (*p)->vm_len == len &&
@@ -163,7 +175,7 @@ uint64_t pg_view_hash(const char *vm, size_t len)
 
 const pg_view_entry_t *pg_view_hold(pg_view_t *v, const char *vm, size_t len)
 {
-    view_entry_t *e = *find(v, vm, len, fnv1a(vm, len));
+    view_entry_t *e = *find(v, vm, len, fnv1a32(vm, len));
     if (e == NULL)
         return NULL;
     e->mark = v->epoch;
@@ -177,7 +189,7 @@ const pg_view_entry_t *pg_view_hold(pg_view_t *v, const char *vm, size_t len)
 int pg_view_get(pg_view_t *v, const char *vm, size_t len, pg_arena_t *arena,
                 pg_vm_binding_t *out)
 {
-    const view_entry_t *e = *find(v, vm, len, fnv1a(vm, len));
+    const view_entry_t *e = *find(v, vm, len, fnv1a32(vm, len));
     return e == NULL ? PG_RETRY : pg_view_copy(e, arena, out);
 }
 
@@ -185,14 +197,15 @@ int pg_view_copy(const pg_view_entry_t *e, pg_arena_t *arena, pg_vm_binding_t *o
 {
     memset(out, 0, sizeof(*out));
     const char *p = e->data + e->vm_len + 1;
-    out->known = e->known;
-    if (e->known && (out->host = pg_arena_strndup(arena, p, e->host_len)) == NULL)
+    out->known = (e->flags & ENTRY_KNOWN) != 0;
+    if (out->known && (out->host = pg_arena_strndup(arena, p, e->host_len)) == NULL)
         return PG_FATAL;
     p += e->host_len + 1;
-    if (e->has_pin && (out->pin = pg_arena_strndup(arena, p, e->pin_len)) == NULL)
+    if ((e->flags & ENTRY_PIN) &&
+        (out->pin = pg_arena_strndup(arena, p, e->pin_len)) == NULL)
         return PG_FATAL;
     p += e->pin_len + 1;
-    out->generation = e->generation;
+    out->generation = (pg_opt_long_t){(e->flags & ENTRY_GEN) != 0, e->generation};
     if (e->n_devices == 0)
         return PG_OK;
     pg_device_ref_t *d = pg_arena_calloc(arena, e->n_devices, sizeof(*d));
@@ -215,7 +228,7 @@ int pg_view_copy(const pg_view_entry_t *e, pg_arena_t *arena, pg_vm_binding_t *o
 
 int pg_view_put(pg_view_t *v, const char *vm, size_t len, const pg_vm_binding_t *b)
 {
-    uint64_t h = fnv1a(vm, len);
+    uint32_t h = fnv1a32(vm, len);
     view_entry_t **p = find(v, vm, len, h);
     if (*p != NULL)
         remove_at(v, p);
@@ -240,18 +253,20 @@ int pg_view_put(pg_view_t *v, const char *vm, size_t len, const pg_vm_binding_t 
         return PG_FATAL;
     memset(e, 0, sizeof(*e));
     e->hash = h;
-    e->generation = b->generation;
-    e->known = b->known && b->host != NULL;
-    e->has_pin = b->pin != NULL;
-    e->vm_len = len;
-    e->host_len = host_len;
-    e->pin_len = pin_len;
-    e->n_devices = b->n_devices;
+    e->generation = b->generation.present ? b->generation.value : 0;
+    bool known = b->known && b->host != NULL;
+    e->flags = (uint8_t)((known ? ENTRY_KNOWN : 0) | (b->pin != NULL ? ENTRY_PIN : 0) |
+                         (b->generation.present ? ENTRY_GEN : 0));
+    /* Each below size <= PG_VIEW_MAX_ENTRY_BYTES, checked above. */
+    e->vm_len = (uint16_t)len;
+    e->host_len = (uint16_t)host_len;
+    e->pin_len = (uint16_t)pin_len;
+    e->n_devices = (uint16_t)b->n_devices;
     char *q = e->data;
     memcpy(q, vm, len);
     q[len] = '\0';
     q += len + 1;
-    memcpy(q, e->known ? b->host : "", host_len + 1);
+    memcpy(q, known ? b->host : "", host_len + 1);
     q += host_len + 1;
     memcpy(q, b->pin ? b->pin : "", pin_len + 1);
     q += pin_len + 1;
@@ -273,7 +288,7 @@ int pg_view_put(pg_view_t *v, const char *vm, size_t len, const pg_vm_binding_t 
 
 bool pg_view_drop(pg_view_t *v, const char *vm, size_t len, bool *held)
 {
-    view_entry_t **p = find(v, vm, len, fnv1a(vm, len));
+    view_entry_t **p = find(v, vm, len, fnv1a32(vm, len));
     if (*p == NULL)
         return false;
     if (held != NULL)

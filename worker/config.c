@@ -114,7 +114,7 @@ static const entry_t table[] = {
      "off: every batch reads its VMs from Redis."},
     INT("redis.view.max.vms", redis_view_max_vms, "65536", 1, 10000000,
         "VMs the view keeps at most (the least recently used are dropped); about "
-        "150 bytes each plus their ids (an entry of more than 1 KiB of ids is read "
+        "60 bytes each plus their ids (an entry of more than 1 KiB of ids is read "
         "directly every time instead)."),
     {"policy.allow.unknown.vm", T_BOOL, OFF(allow_unknown_vm), "false", 0, 1, NULL,
      false,

@@ -97,6 +97,19 @@ static int txn_id_default(pg_kafka_t *k, rd_kafka_conf_t *conf, char *errbuf,
     return conf_set(conf, "transactional.id", value, errbuf, errlen);
 }
 
+/* The operator set `key` for this client (scoped to it or not). */
+static bool operator_set(const pg_kafka_t *k, const char *scope, const char *key)
+{
+    for (size_t i = 0; i < k->cfg->n_kafka; i++) {
+        const char *name = k->cfg->kafka[i].key;
+        if (strncmp(name, scope, 9) == 0)
+            name += 9;
+        if (strcmp(name, key) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Builds one client's configuration: pinguard's defaults, then the operator's
  * passthrough properties, then the settings correctness depends on. */
 rd_kafka_conf_t *pg_kafka_conf_make(pg_kafka_t *k, bool consumer, char *errbuf,
@@ -104,15 +117,30 @@ rd_kafka_conf_t *pg_kafka_conf_make(pg_kafka_t *k, bool consumer, char *errbuf,
 {
     /* Prefetch bounds: librdkafka's defaults (50 MB fetches, 64 MB queued)
      * triple the worker's memory for no throughput a batch can use (peak RSS
-     * 117 MB). Bounded prefetch needs a short fetch.wait.max.ms: with the
-     * queue full, the only fetch in flight holds just the idle partitions and
-     * the broker keeps it for the whole wait (500 ms by default), stalling
-     * the drain; 10 ms costs under 1% of a core when idle. Measured with
-     * tests/bench, figures in tests/bench/RESULTS.md. */
+     * 117 MB). What one fetch brings is the larger term: the queue bound
+     * counts the payloads, checked only before a fetch, and a response of
+     * fetch.max.bytes of compressed batches decompresses to several times
+     * that, each message with its own op (heaptrack: 35 of 54 MB of heap in
+     * the consumer's broker thread with 2 MB fetches). Within that bound,
+     * whole-partition runs are cheapest: 512 KB per partition cut the
+     * Produce requests per decision by a third (a batch's outputs share
+     * fewer partitions) and Redis's CPU per decision by half (a batch names
+     * fewer VMs), against 128 KB. A fetch of 512 KB needs message.max.bytes
+     * no larger (librdkafka checks; it is only a request bound here, and a
+     * batch larger than a fetch is still returned whole). Bounded prefetch
+     * needs a short fetch.wait.max.ms: with the queue full, the only fetch in
+     * flight holds just the idle partitions and the broker keeps it for the
+     * whole wait (500 ms by default), stalling the drain; 10 ms costs under
+     * 1% of a core when idle. Measured with tests/bench, figures in
+     * tests/bench/RESULTS.md. */
     static const char *const consumer_defaults[][2] = {
-        {"auto.commit.interval.ms", "200"},      {"enable.partition.eof", "false"},
-        {"queued.max.messages.kbytes", "2048"},  {"fetch.max.bytes", "1048576"},
-        {"max.partition.fetch.bytes", "131072"}, {"fetch.wait.max.ms", "10"}};
+        {"auto.commit.interval.ms", "200"},
+        {"enable.partition.eof", "false"},
+        {"queued.max.messages.kbytes", "2048"},
+        {"fetch.max.bytes", "524288"},
+        {"max.partition.fetch.bytes", "524288"},
+        {"message.max.bytes", "524288"},
+        {"fetch.wait.max.ms", "10"}};
     static const char *const producer_defaults[][2] = {
         {"linger.ms", "1"},
         {"compression.type", "lz4"},
@@ -169,6 +197,16 @@ rd_kafka_conf_t *pg_kafka_conf_make(pg_kafka_t *k, bool consumer, char *errbuf,
         /* An error names the property as the operator wrote it. */
         if (conf_set_as(conf, key, k->cfg->kafka[i].value, k->cfg->kafka[i].key, errbuf,
                         errlen) != 0)
+            goto fail;
+    }
+    /* kafka.message.max.bytes, unscoped, is meant for the outputs; the
+     * consumer's fetches grow to match unless fetch.max.bytes was set. */
+    size_t mmb = pg_kafka_conf_size(conf, "message.max.bytes", 0);
+    if (consumer && !operator_set(k, scope, "fetch.max.bytes") &&
+        pg_kafka_conf_size(conf, "fetch.max.bytes", 0) < mmb) {
+        char v[32];
+        snprintf(v, sizeof(v), "%zu", mmb);
+        if (conf_set(conf, "fetch.max.bytes", v, errbuf, errlen) != 0)
             goto fail;
     }
     for (size_t i = 0; i < nforced; i++)

@@ -148,15 +148,16 @@ int main(int argc, char **argv)
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
 
-    /* The consumer and producer settings of pinguard's defaults (kafka.c). */
+    /* The consumer and producer settings of pinguard's defaults (kafka_conf.c). */
     rd_kafka_conf_t *cc = rd_kafka_conf_new(), *pc = rd_kafka_conf_new();
     if (msgs == NULL || set(cc, "bootstrap.servers", argv[1]) ||
         set(cc, "group.id", argv[2]) || set(cc, "auto.offset.reset", "earliest") ||
         set(cc, "enable.auto.offset.store", "false") ||
         set(cc, "auto.commit.interval.ms", "200") ||
         set(cc, "queued.max.messages.kbytes", "2048") ||
-        set(cc, "fetch.max.bytes", "1048576") ||
-        set(cc, "max.partition.fetch.bytes", "131072") ||
+        set(cc, "fetch.max.bytes", "524288") ||
+        set(cc, "message.max.bytes", "524288") ||
+        set(cc, "max.partition.fetch.bytes", "524288") ||
         set(cc, "fetch.wait.max.ms", "10") || set(pc, "bootstrap.servers", argv[1]) ||
         set(pc, "linger.ms", "1") || set(pc, "compression.type", "lz4") ||
         set(pc, "enable.idempotence", "true") ||
