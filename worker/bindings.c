@@ -735,12 +735,15 @@ static int plan_view(pg_bindings_t *b, const char *const *vms, size_t n, size_t 
     pg_bindings_view_barrier(b); /* nothing when the view is not live */
     if (b->n_dropped > 1)
         qsort(b->dropped, b->n_dropped, sizeof(*b->dropped), cmp_u64);
+    if (b->view_live)
+        pg_view_hold_batch(b->view, vms, n, b->hit);
+    else
+        memset(b->hit, 0, n * sizeof(*b->hit));
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        size_t len = strlen(vms[i]);
-        b->hit[i] = b->view_live ? pg_view_hold(b->view, vms[i], len) : NULL;
         if (b->hit[i] != NULL)
             continue;
+        size_t len = strlen(vms[i]);
         b->miss[m++] = vms[i];
         uint64_t h = b->n_dropped > 0 ? pg_view_hash(vms[i], len) : 0;
         if (b->n_dropped > 0 &&

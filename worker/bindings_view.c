@@ -75,8 +75,10 @@ struct pg_view {
     size_t mask; /* buckets - 1, a power of two minus one */
     view_entry_t *head, *tail;
     size_t n, max;
-    uint32_t epoch; /* entries with mark == epoch are held (a wrap after 2^32
-                       batches can only keep an entry one batch longer) */
+    uint32_t epoch;   /* entries with mark == epoch are held (a wrap after 2^32
+                         batches can only keep an entry one batch longer) */
+    uint32_t *hashes; /* pg_view_hold_batch's, for cap VMs */
+    size_t cap;
 };
 
 static uint64_t fnv1a(const char *s, size_t len)
@@ -102,7 +104,7 @@ pg_view_t *pg_view_new(size_t max_vms)
     if (v == NULL)
         return NULL;
     size_t nb = 16;
-    while (nb < max_vms)
+    while (nb < 2 * max_vms) /* chains of one entry or none, mostly */
         nb <<= 1;
     v->buckets = calloc(nb, sizeof(*v->buckets));
     if (v->buckets == NULL) {
@@ -173,9 +175,10 @@ uint64_t pg_view_hash(const char *vm, size_t len)
     return fnv1a(vm, len);
 }
 
-const pg_view_entry_t *pg_view_hold(pg_view_t *v, const char *vm, size_t len)
+static const pg_view_entry_t *hold_hashed(pg_view_t *v, const char *vm, size_t len,
+                                          uint32_t h)
 {
-    view_entry_t *e = *find(v, vm, len, fnv1a32(vm, len));
+    view_entry_t *e = *find(v, vm, len, h);
     if (e == NULL)
         return NULL;
     e->mark = v->epoch;
@@ -184,6 +187,45 @@ const pg_view_entry_t *pg_view_hold(pg_view_t *v, const char *vm, size_t len)
         lru_push_front(v, e);
     }
     return e;
+}
+
+const pg_view_entry_t *pg_view_hold(pg_view_t *v, const char *vm, size_t len)
+{
+    return hold_hashed(v, vm, len, fnv1a32(vm, len));
+}
+
+/* How far ahead of its turn a VM's bucket, then its first entry, is asked
+ * for: a batch's VMs are scattered over the table, so each lookup is two
+ * cache misses (perf: nine tenths of pg_view_hold) unless they overlap. */
+enum { AHEAD_BUCKET = 16, AHEAD_ENTRY = 8 };
+
+void pg_view_hold_batch(pg_view_t *v, const char *const *vms, size_t n,
+                        const pg_view_entry_t **hit)
+{
+    if (n > v->cap) {
+        uint32_t *h = realloc(v->hashes, n * sizeof(*h));
+        if (h == NULL) { /* no room to look ahead: one at a time */
+            for (size_t i = 0; i < n; i++)
+                hit[i] = pg_view_hold(v, vms[i], strlen(vms[i]));
+            return;
+        }
+        v->hashes = h;
+        v->cap = n;
+    }
+    for (size_t i = 0; i < n; i++)
+        v->hashes[i] = fnv1a32(vms[i], strlen(vms[i]));
+    for (size_t i = 0; i < n; i++) {
+        if (i + AHEAD_BUCKET < n)
+            __builtin_prefetch(&v->buckets[v->hashes[i + AHEAD_BUCKET] & v->mask]);
+        if (i + AHEAD_ENTRY < n) {
+            const view_entry_t *e = v->buckets[v->hashes[i + AHEAD_ENTRY] & v->mask];
+            if (e != NULL) { /* its header and uuid span two lines */
+                __builtin_prefetch(e);
+                __builtin_prefetch((const char *)e + 64);
+            }
+        }
+        hit[i] = hold_hashed(v, vms[i], strlen(vms[i]), v->hashes[i]);
+    }
 }
 
 int pg_view_get(pg_view_t *v, const char *vm, size_t len, pg_arena_t *arena,
@@ -318,6 +360,7 @@ void pg_view_destroy(pg_view_t *v)
         return;
     pg_view_flush(v);
     free(v->buckets);
+    free(v->hashes);
     free(v);
 }
 

@@ -21,7 +21,7 @@ typedef struct pg_view pg_view_t;
 
 /* The largest entry kept (its ids' bytes): with the VM bound, this bounds
  * the view's memory (about 70 MB at the default 65,536 VMs, whatever the
- * cache holds). */
+ * cache holds; about 10 MB for VMs of a host id and two devices). */
 enum { PG_VIEW_MAX_ENTRY_BYTES = 1024 };
 typedef struct pg_view_entry pg_view_entry_t; /* one VM's entry, owned by the view */
 
@@ -41,6 +41,12 @@ void pg_view_begin(pg_view_t *v);
  * most recently used and is held for the batch (valid until the next
  * pg_view_begin, pg_view_drop of it or pg_view_flush). */
 const pg_view_entry_t *pg_view_hold(pg_view_t *v, const char *vm, size_t len);
+
+/* pg_view_hold of each of n VMs, hit[i] its entry or NULL; the same as n
+ * calls, but each VM's bucket and entry are fetched from memory ahead of
+ * its turn, so the cache misses of a batch overlap. */
+void pg_view_hold_batch(pg_view_t *v, const char *const *vms, size_t n,
+                        const pg_view_entry_t **hit);
 
 /* Copies an entry's binding into out, its strings in arena. PG_OK, or
  * PG_FATAL when the arena is out of memory. */

@@ -3,7 +3,8 @@
  * Unit tests of the binding view's table (bindings_view.c): a stored
  * binding comes back byte for byte, a replaced one is the new one, the
  * least recently used entry is evicted first, an entry the batch holds is
- * never evicted, drops and flushes forget, and invalidated keys name their
+ * never evicted, a batch's holds find what one-at-a-time holds find, drops
+ * and flushes forget, and invalidated keys name their
  * VM whatever the uuid holds.
  */
 #include <check.h>
@@ -126,6 +127,52 @@ START_TEST(drop_and_flush_forget)
 }
 END_TEST
 
+START_TEST(batch_holds_as_one_at_a_time)
+{
+    /* More VMs than the look-ahead, half of them stored, some twice. */
+    pg_view_t *v = pg_view_new(64);
+    char names[100][16];
+    const char *vms[100];
+    for (int i = 0; i < 100; i++) {
+        snprintf(names[i], sizeof(names[i]), "vm-%d", i % 90);
+        vms[i] = names[i];
+    }
+    for (int i = 0; i < 90; i += 2) {
+        char host[16];
+        snprintf(host, sizeof(host), "h-%d", i);
+        pg_vm_binding_t b = binding(host, NULL, 0, NULL, i);
+        ck_assert_int_eq(pg_view_put(v, names[i], strlen(names[i]), &b), PG_OK);
+    }
+    pg_view_begin(v);
+    const pg_view_entry_t *hit[100];
+    pg_view_hold_batch(v, vms, 100, hit);
+    pg_arena_t *arena = pg_arena_new(4096);
+    for (int i = 0; i < 100; i++) {
+        int k = i % 90;
+        bool stored = k % 2 == 0;
+        ck_assert_msg((hit[i] != NULL) == stored, "vm-%d", k);
+        if (hit[i] == NULL)
+            continue;
+        pg_vm_binding_t out;
+        ck_assert_int_eq(pg_view_copy(hit[i], arena, &out), PG_OK);
+        ck_assert(out.generation.present && out.generation.value == k);
+        pg_arena_reset(arena);
+    }
+    /* Every hit is held: a full view evicts none of them. */
+    pg_vm_binding_t b = binding("h", NULL, 0, NULL, -1);
+    for (int i = 0; i < 64; i++) {
+        char vm[16];
+        snprintf(vm, sizeof(vm), "new-%d", i);
+        (void)pg_view_put(v, vm, strlen(vm), &b);
+    }
+    for (int i = 0; i < 100; i++)
+        if (hit[i] != NULL)
+            ck_assert(pg_view_hold(v, vms[i], strlen(vms[i])) == hit[i]);
+    pg_arena_destroy(arena);
+    pg_view_destroy(v);
+}
+END_TEST
+
 START_TEST(keys_name_their_vm)
 {
     pg_bytes_t vm;
@@ -167,6 +214,7 @@ static Suite *suite(void)
     tcase_add_test(t, large_entries_are_not_kept);
     tcase_add_test(t, least_recently_used_is_evicted);
     tcase_add_test(t, drop_and_flush_forget);
+    tcase_add_test(t, batch_holds_as_one_at_a_time);
     tcase_add_test(t, keys_name_their_vm);
     suite_add_tcase(s, t);
     return s;
