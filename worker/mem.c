@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Bump arena and growable buffer. The arena keeps a list of chunks; a reset
- * frees all but the first so a steady batch size settles on one allocation.
+ * merges them into one so a steady batch size settles on one allocation,
+ * made once.
  */
 #include "mem.h"
 
@@ -66,12 +67,25 @@ void pg_arena_reset(pg_arena_t *a)
 {
     if (a == NULL)
         return;
-    /* Keep the oldest chunk (the last in the list): it has the base size. */
+    /* More than one chunk: the next batch of this size should need only
+     * one, so they are replaced by one as large as all of them (a batch is
+     * bounded, and so is this). If that fails, the oldest (the last in the
+     * list, of the base size) is kept. */
     pg_arena_chunk_t *ch = a->head;
-    while (ch->next != NULL) {
-        pg_arena_chunk_t *next = ch->next;
-        free(ch);
-        ch = next;
+    if (ch->next != NULL) {
+        size_t total = 0;
+        for (const pg_arena_chunk_t *c = ch; c != NULL; c = c->next)
+            total += c->size;
+        pg_arena_chunk_t *one = arena_chunk_new(total);
+        while (ch->next != NULL) {
+            pg_arena_chunk_t *next = ch->next;
+            free(ch);
+            ch = next;
+        }
+        if (one != NULL) {
+            free(ch);
+            ch = one;
+        }
     }
     ch->used = 0;
     a->head = ch;

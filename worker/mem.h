@@ -19,7 +19,8 @@ typedef struct pg_arena pg_arena_t;
 pg_arena_t *pg_arena_new(size_t chunk_size);
 /* NULL-safe. Frees every block the arena handed out. */
 void pg_arena_destroy(pg_arena_t *a);
-/* Forgets every allocation but keeps the first chunk for reuse. */
+/* Forgets every allocation; keeps one chunk as large as all it held, for
+ * reuse. */
 void pg_arena_reset(pg_arena_t *a);
 /* Aligned to max_align_t; NULL when out of memory or n overflows. The memory is
  * owned by the arena and valid until the next reset or destroy. */

@@ -76,21 +76,29 @@ START_TEST(arena_blocks_do_not_overlap)
 }
 END_TEST
 
-/* Reset forgets every allocation (used goes back to 0) and keeps the first
- * chunk: the next allocation starts where the very first one did, even after
- * the arena had grown more chunks. */
-START_TEST(arena_reset_keeps_first_chunk)
+/* Reset forgets every allocation (used goes back to 0). An arena that grew
+ * chunks keeps one as large as all of them: the same batch again is served
+ * from it, each block right after the one before; an arena of one chunk
+ * keeps it, so the next allocation starts where the first one did. */
+START_TEST(arena_reset_settles_on_one_chunk)
 {
     pg_arena_t *a = pg_arena_new(1024);
-    void *first = pg_arena_alloc(a, 16);
-    ck_assert_ptr_nonnull(first);
+    ck_assert_ptr_nonnull(pg_arena_alloc(a, 16));
     for (int i = 0; i < 100; i++) /* ~10 chunks' worth */
         ck_assert_ptr_nonnull(pg_arena_alloc(a, 100));
     ck_assert_uint_gt(pg_arena_used(a), 1024 * 5);
     pg_arena_reset(a);
     ck_assert_uint_eq(pg_arena_used(a), 0);
-    ck_assert_ptr_eq(pg_arena_alloc(a, 16), first);
+    unsigned char *first = pg_arena_alloc(a, 16), *prev = first;
+    ck_assert_ptr_nonnull(first);
     ck_assert_uint_eq(pg_arena_used(a), (16 + ALIGN - 1) / ALIGN * ALIGN);
+    size_t step = (16 + ALIGN - 1) / ALIGN * ALIGN;
+    for (int i = 0; i < 100; i++) {
+        unsigned char *p = pg_arena_alloc(a, 100);
+        ck_assert_ptr_eq(p, prev + step);
+        prev = p;
+        step = (100 + ALIGN - 1) / ALIGN * ALIGN;
+    }
 
     /* Twice in a row, and on an arena that never allocated. */
     pg_arena_reset(a);
@@ -123,12 +131,12 @@ START_TEST(arena_small_chunk_size_is_raised)
 END_TEST
 
 /* An allocation larger than the chunk size gets a chunk of its own, fully
- * usable; the arena goes on serving small blocks afterwards, and a reset
- * brings it back to its first chunk. */
+ * usable; the arena goes on serving small blocks afterwards, and after a
+ * reset the same allocations fit in one chunk. */
 START_TEST(arena_larger_than_chunk)
 {
     pg_arena_t *a = pg_arena_new(1024);
-    void *first = pg_arena_alloc(a, 8);
+    ck_assert_ptr_nonnull(pg_arena_alloc(a, 8));
     const size_t big = 1024 * 64 + 3;
     unsigned char *p = pg_arena_alloc(a, big);
     ck_assert_ptr_nonnull(p);
@@ -143,7 +151,8 @@ START_TEST(arena_larger_than_chunk)
     /* Exactly the chunk size fits a fresh chunk too. */
     ck_assert_ptr_nonnull(pg_arena_alloc(a, 1024));
     pg_arena_reset(a);
-    ck_assert_ptr_eq(pg_arena_alloc(a, 8), first);
+    unsigned char *again = pg_arena_alloc(a, 8);
+    ck_assert_ptr_eq(pg_arena_alloc(a, big), again + ALIGN);
     pg_arena_destroy(a);
 }
 END_TEST
@@ -402,7 +411,7 @@ static Suite *mem_suite(void)
     tcase_add_test(a, arena_mark_rewind);
     tcase_add_test(a, arena_alignment);
     tcase_add_test(a, arena_blocks_do_not_overlap);
-    tcase_add_test(a, arena_reset_keeps_first_chunk);
+    tcase_add_test(a, arena_reset_settles_on_one_chunk);
     tcase_add_test(a, arena_small_chunk_size_is_raised);
     tcase_add_test(a, arena_larger_than_chunk);
     tcase_add_test(a, arena_alloc_overflow);
