@@ -6,9 +6,25 @@
  */
 #include "utf8.h"
 
+#include <string.h>
+
+/* Eight bytes at a time while they are ASCII and none is NUL: ids are. */
+static size_t ascii_run(const uint8_t *s, size_t n)
+{
+    const uint64_t high = 0x8080808080808080ULL, ones = 0x0101010101010101ULL;
+    size_t i = 0;
+    for (; n - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if ((w & high) != 0 || ((w - ones) & ~w & high) != 0)
+            break;
+    }
+    return i;
+}
+
 size_t pg_utf8_check(const uint8_t *s, size_t n)
 {
-    size_t i = 0;
+    size_t i = ascii_run(s, n);
     while (i < n) {
         uint8_t b = s[i];
         if (b >= 0x01 && b < 0x80) {

@@ -15,6 +15,7 @@
 
 #include "avro_pcf.h"
 #include "codec.h"
+#include "utf8.h"
 
 #include "data/vectors.h"
 
@@ -1085,6 +1086,77 @@ START_TEST(hostile_too_many_items)
 }
 END_TEST
 
+/* The byte-at-a-time reading of RFC 3629 (no overlongs, surrogates or past
+ * U+10FFFF) and no NUL: where pg_utf8_check must stop. */
+static size_t utf8_reference(const uint8_t *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint8_t b = s[i];
+        size_t need = b >= 0x01 && b < 0x80    ? 0
+                      : b >= 0xc2 && b <= 0xdf ? 1
+                      : b >= 0xe0 && b <= 0xef ? 2
+                      : b >= 0xf0 && b <= 0xf4 ? 3
+                                               : 9;
+        if (need == 9 || n - i <= need)
+            return need == 0 ? n : i;
+        uint32_t cp = need == 0 ? b : (uint32_t)(b & (0x3f >> need));
+        for (size_t k = 1; k <= need; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return i;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        static const uint32_t min[] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min[need] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return i;
+        i += need + 1;
+    }
+    return n;
+}
+
+/* The eight-bytes-at-a-time ASCII run stops where the reference does: a
+ * NUL, a high byte, every valid and invalid sequence, at every offset of
+ * ASCII runs around the word size, and random bytes. */
+START_TEST(utf8_check_matches_the_reference)
+{
+    static const char *const tails[] = {"",
+                                        "\x00",
+                                        "\x80",
+                                        "\xc3\xa9",
+                                        "\xc0\xaf",
+                                        "\xe0\x9f\x80",
+                                        "\xed\xa0\x80",
+                                        "\xe2\x82\xac",
+                                        "\xf0\x9f\x98\x80",
+                                        "\xf4\x90\x80\x80",
+                                        "\xf5",
+                                        "\xff",
+                                        "\xc3",
+                                        "\xe2\x82",
+                                        "\x7f"};
+    uint8_t buf[64];
+    for (size_t run = 0; run <= 24; run++)
+        for (size_t t = 0; t < sizeof(tails) / sizeof(tails[0]); t++) {
+            size_t tl = t == 1 ? 1 : strlen(tails[t]);
+            memset(buf, 'a', run);
+            memcpy(buf + run, tails[t], tl);
+            memset(buf + run + tl, 'b', 5);
+            for (size_t n = 0; n <= run + tl + 5; n++)
+                ck_assert_msg(pg_utf8_check(buf, n) == utf8_reference(buf, n),
+                              "run %zu tail %zu n %zu", run, t, n);
+        }
+    unsigned seed = 7;
+    for (int round = 0; round < 20000; round++) {
+        size_t n = (size_t)(rand_r(&seed) % 40);
+        for (size_t i = 0; i < n; i++) { /* mostly ASCII, some of anything */
+            unsigned r = (unsigned)rand_r(&seed);
+            buf[i] = r % 4 ? (uint8_t)(0x20 + r % 0x5f) : (uint8_t)(r >> 8);
+        }
+        ck_assert_uint_eq(pg_utf8_check(buf, n), utf8_reference(buf, n));
+    }
+}
+END_TEST
+
 START_TEST(hostile_utf8)
 {
     static const char *const bad[] = {
@@ -1711,6 +1783,7 @@ static Suite *codec_suite(void)
     tcase_add_test(h, hostile_array_counts);
     tcase_add_test(h, hostile_too_many_items);
     tcase_add_test(h, hostile_utf8);
+    tcase_add_test(h, utf8_check_matches_the_reference);
     tcase_add_test(h, hostile_long_string);
     tcase_add_test(h, hostile_union_and_enum);
     tcase_add_test(h, hostile_trailing);
