@@ -131,8 +131,8 @@ rd_kafka_conf_t *pg_kafka_conf_make(pg_kafka_t *k, bool consumer, char *errbuf,
      * needs a short fetch.wait.max.ms: with the queue full, the only fetch in
      * flight holds just the idle partitions and the broker keeps it for the
      * whole wait (500 ms by default), stalling the drain; 10 ms costs under
-     * 1% of a core when idle. Measured with tests/bench, figures in
-     * tests/bench/RESULTS.md. */
+     * 1% of a core when idle. Measured with tests/bench: the sweep of fetch
+     * sizes in tests/bench/PROFILES.md, the drains in RESULTS.md. */
     static const char *const consumer_defaults[][2] = {
         {"auto.commit.interval.ms", "200"},
         {"enable.partition.eof", "false"},
