@@ -26,6 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+static int waker_start(pg_kafka_t *k);
+static void waker_stop(pg_kafka_t *k);
+
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     (void)rk;
@@ -541,6 +544,10 @@ pg_kafka_t *pg_kafka_new_role(const pg_config_t *cfg, pg_kafka_role_t role,
     }
     conf = NULL;
     rd_kafka_poll_set_consumer(k->consumer);
+    if (waker_start(k) != 0) {
+        pg_errf(errbuf, errlen, "cannot start the fetcher's waker thread");
+        goto fail;
+    }
 
     int64_t until = pg_now_mono_ms() + START_CHECK_MS;
     int rc = 0;
@@ -578,6 +585,7 @@ void pg_kafka_destroy(pg_kafka_t *k)
                           k->settled_ctx);
         /* A consumer in a fatal state refuses close (and any commit):
          * rd_kafka_destroy alone tears it down without leaving the group. */
+        waker_stop(k);
         char why[64];
         if (rd_kafka_fatal_error(k->consumer, why, sizeof(why)) == 0) {
             rd_kafka_resp_err_t err = rd_kafka_consumer_close(k->consumer);
@@ -716,8 +724,74 @@ static bool consumer_error(pg_kafka_t *k, const rd_kafka_message_t *m)
  * while the last fetch reported more data (cached high watermark above the
  * position; both local calls), a ListOffsets request to the lagging
  * partitions' leaders wakes their broker threads, which fetch at once.
- * At most one wake-up per FETCH_WAKEUP_MS. */
+ * At most one wake-up per FETCH_WAKEUP_MS, and at most one in flight.
+ * The request is synchronous (rd_kafka_offsets_for_times; 2.0.2 has no
+ * asynchronous ListOffsets), so it runs on the waker thread: on the main
+ * loop a broker busy with a drain's writes held every batch behind it for
+ * up to 43 ms (tests/bench latency runs). */
 enum { FETCH_WAKEUP_MS = 5 };
+
+static void *waker_main(void *arg)
+{
+    pg_kafka_t *k = arg;
+    pthread_mutex_lock(&k->waker_lock);
+    for (;;) {
+        while (k->waker_parts == NULL && !k->waker_stop)
+            pthread_cond_wait(&k->waker_cond, &k->waker_lock);
+        if (k->waker_stop)
+            break;
+        rd_kafka_topic_partition_list_t *parts = k->waker_parts;
+        k->waker_parts = NULL;
+        k->waker_busy = true;
+        pthread_mutex_unlock(&k->waker_lock);
+        /* The answer is not needed; a failure only means no early wake-up. */
+        (void)rd_kafka_offsets_for_times(k->consumer, parts, 1000);
+        atomic_fetch_add(&k->fetch_wakeups, 1);
+        rd_kafka_topic_partition_list_destroy(parts);
+        pthread_mutex_lock(&k->waker_lock);
+        k->waker_busy = false;
+    }
+    pthread_mutex_unlock(&k->waker_lock);
+    return NULL;
+}
+
+/* Starts the waker thread; before the consumer exists it has nothing to do.
+ * 0 or -1. */
+static int waker_start(pg_kafka_t *k)
+{
+    if (pthread_mutex_init(&k->waker_lock, NULL) != 0)
+        return -1;
+    if (pthread_cond_init(&k->waker_cond, NULL) != 0) {
+        pthread_mutex_destroy(&k->waker_lock);
+        return -1;
+    }
+    if (pthread_create(&k->waker, NULL, waker_main, k) != 0) {
+        pthread_cond_destroy(&k->waker_cond);
+        pthread_mutex_destroy(&k->waker_lock);
+        return -1;
+    }
+    k->waker_started = true;
+    return 0;
+}
+
+/* Stops and joins the waker thread; a wake-up in flight finishes first
+ * (bounded by its 1 s timeout). Before the consumer is closed. */
+static void waker_stop(pg_kafka_t *k)
+{
+    if (!k->waker_started)
+        return;
+    pthread_mutex_lock(&k->waker_lock);
+    k->waker_stop = true;
+    pthread_cond_signal(&k->waker_cond);
+    pthread_mutex_unlock(&k->waker_lock);
+    pthread_join(k->waker, NULL);
+    if (k->waker_parts != NULL)
+        rd_kafka_topic_partition_list_destroy(k->waker_parts);
+    k->waker_parts = NULL;
+    pthread_cond_destroy(&k->waker_cond);
+    pthread_mutex_destroy(&k->waker_lock);
+    k->waker_started = false;
+}
 
 static void wake_fetcher(pg_kafka_t *k)
 {
@@ -725,6 +799,11 @@ static void wake_fetcher(pg_kafka_t *k)
     if (k->paused || k->caught_up || now < k->next_wakeup_ms)
         return;
     k->next_wakeup_ms = now + FETCH_WAKEUP_MS;
+    pthread_mutex_lock(&k->waker_lock);
+    bool idle = k->waker_parts == NULL && !k->waker_busy;
+    pthread_mutex_unlock(&k->waker_lock);
+    if (!idle) /* the one in flight will wake the fetcher */
+        return;
     rd_kafka_topic_partition_list_t *parts = NULL;
     if (rd_kafka_assignment(k->consumer, &parts) != 0 || parts->cnt == 0) {
         if (parts != NULL)
@@ -743,15 +822,16 @@ static void wake_fetcher(pg_kafka_t *k)
             rd_kafka_topic_partition_list_add(lagging, tp->topic, tp->partition)
                 ->offset = RD_KAFKA_OFFSET_END; /* "latest": the cheapest ListOffsets */
     }
-    if (lagging->cnt > 0) {
-        /* The answer is not needed; a failure only means no early wake-up. */
-        (void)rd_kafka_offsets_for_times(k->consumer, lagging, 1000);
-        atomic_fetch_add(&k->fetch_wakeups, 1);
-    } else {
-        k->caught_up = true; /* until the next message shows there is more */
-    }
-    rd_kafka_topic_partition_list_destroy(lagging);
     rd_kafka_topic_partition_list_destroy(parts);
+    if (lagging->cnt == 0) {
+        k->caught_up = true; /* until the next message shows there is more */
+        rd_kafka_topic_partition_list_destroy(lagging);
+        return;
+    }
+    pthread_mutex_lock(&k->waker_lock);
+    k->waker_parts = lagging; /* the waker's now */
+    pthread_cond_signal(&k->waker_cond);
+    pthread_mutex_unlock(&k->waker_lock);
 }
 
 int pg_kafka_poll_batch(pg_kafka_t *k, pg_kafka_msg_t *msgs, size_t max,

@@ -12,6 +12,7 @@
 #include "kafka_ring.h"
 
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <stdatomic.h>
 
 enum { TRACKED_PARTITIONS = 1024 };
@@ -49,7 +50,17 @@ struct pg_kafka {
      * partition (up to TRACKED_PARTITIONS), for the lag rows; -1 none. */
     _Atomic int64_t consumed[PG_IN_COUNT][TRACKED_PARTITIONS];
     int64_t next_wakeup_ms; /* earliest time of the next fetcher wake-up */
-    bool caught_up;         /* the last check saw no lag: poll without slicing */
+    /* The fetcher wake-ups' own thread (see wake_fetcher in kafka.c): the
+     * main loop hands it a list under waker_lock and never waits on it. */
+    pthread_t waker;
+    pthread_mutex_t waker_lock;
+    /* Under waker_lock, and apart from the main loop's flags below, whose
+     * neighbours the compiler may read in one load. */
+    rd_kafka_topic_partition_list_t *waker_parts; /* handed over, not yet sent */
+    bool waker_busy, waker_stop;
+    pthread_cond_t waker_cond;
+    bool waker_started;
+    bool caught_up; /* the last check saw no lag: poll without slicing */
     bool transactional;
     bool paused;
     bool quiet; /* building confs for pg_kafka_check_config: no logs */
