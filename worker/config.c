@@ -140,6 +140,12 @@ static const entry_t table[] = {
      "exactly-once: decisions and input offsets commit in one Kafka transaction "
      "(set a stable, unique kafka.transactional.id per replica); at-least-once: "
      "offsets are stored after the decisions are acknowledged."},
+    INT("delivery.transaction.max.ms", txn_max_ms, "100", 0, 10000,
+        "Exactly once, while a backlog drains (each batch full): how long one "
+        "transaction may stay open across batches, up to four batches. Each "
+        "transaction costs the broker a commit marker per partition it wrote, so "
+        "fewer of them cut its CPU; a batch that is not full, a rebalance, a pause "
+        "or a stop commits at once. 0: one transaction per batch."),
     INT("batch.max.messages", batch_max_messages, "5000", 1, 100000,
         "Most input messages decided together (one Redis round trip)."),
     INT("batch.max.bytes", batch_max_bytes, "1048576", 1024, 67108864,

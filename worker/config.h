@@ -73,6 +73,7 @@ typedef struct {
     int batch_max_messages;
     int batch_max_bytes;
     int batch_max_wait_ms;
+    int txn_max_ms; /* delivery.transaction.max.ms */
     int advice_max_migrations;
     int max_string_length;
     int retry_backoff_min_ms;

@@ -15,7 +15,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-enum { TRACKED_PARTITIONS = 1024 };
+enum { TRACKED_PARTITIONS = 1024, TXN_MAX_BATCHES = 4 };
 
 struct pg_kafka {
     const pg_config_t *cfg;
@@ -35,6 +35,16 @@ struct pg_kafka {
     const pg_kafka_msg_t *batch;
     size_t batch_n, batch_cap;
     pg_delivery_state_t *txn_states;
+    /* Exactly once: the transaction, which stays open across full batches
+     * while a backlog drains (see pg_kafka_batch_finish): per partition the
+     * first offset of its inputs (where an abort rewinds to) and the next
+     * (what the commit sends); how many inputs it holds, at most txn_cap;
+     * when it began. */
+    bool txn_open;
+    rd_kafka_topic_partition_list_t *txn_first, *txn_next;
+    size_t txn_inputs, txn_cap;
+    int64_t txn_began_ms;
+    bool backlog; /* the last batch polled was full: more is waiting */
     rd_kafka_t *consumer;
     rd_kafka_t *producer;
     rd_kafka_topic_t *out[PG_OUT_COUNT];
@@ -116,18 +126,20 @@ int pg_kafka_pending_settle(pg_kafka_t *k, bool wait, bool *rewound, char *errbu
                             size_t errlen);
 
 /* kafka_txn.c: exactly once. */
-/* Exactly-once mode (delivery = exactly-once). A batch's outputs are produced
- * between begin and commit; commit sends the batch's input offsets to the
- * transaction and commits both atomically. An abortable failure aborts the
- * transaction, rewinds the consumer to the committed offsets and returns
- * PG_RETRY; a fatal one returns PG_FATAL. Every transaction
- * aborted, by commit's failure or by pg_kafka_txn_abort, counts once in
- * pg_kafka_group_stats' transaction_aborts. */
+/* Exactly-once mode (delivery = exactly-once). Outputs are produced inside
+ * a transaction, opened by pg_kafka_txn_begin when none is; pg_kafka_txn_add
+ * counts a batch's inputs into it; pg_kafka_txn_end commits the inputs'
+ * offsets with the outputs atomically (abort = false) or aborts. Either way
+ * every input it held is told to the settled callback, in order. An
+ * abortable failure aborts the transaction, rewinds the consumer to its
+ * inputs' first offsets and returns PG_RETRY; a fatal one returns PG_FATAL.
+ * Every transaction aborted counts once in pg_kafka_group_stats'
+ * transaction_aborts. pg_kafka_txn_free releases the offset lists. */
 bool pg_kafka_transactional(const pg_kafka_t *k);
 int pg_kafka_txn_begin(pg_kafka_t *k, char *errbuf, size_t errlen);
-int pg_kafka_txn_commit(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
-                        char *errbuf, size_t errlen);
-int pg_kafka_txn_abort(pg_kafka_t *k, char *errbuf, size_t errlen);
+void pg_kafka_txn_add(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n);
+int pg_kafka_txn_end(pg_kafka_t *k, bool abort, char *errbuf, size_t errlen);
+void pg_kafka_txn_free(pg_kafka_t *k);
 
 /* kafka_txn.c: fences older producers with the same transactional.id.
  * PG_OK, PG_RETRY when stopped meanwhile, or PG_FATAL with errbuf filled. */

@@ -947,6 +947,10 @@ int pg_worker_run(const pg_config_t *cfg, volatile sig_atomic_t *stop, char *err
         redo_backoff = w.batch_redone ? next_backoff(cfg, redo_backoff) : 0;
         wait_ms(&w, redo_backoff);
     }
+    /* What is still open (exactly once, a transaction spanning batches)
+     * commits while the metrics can count it. */
+    if (settle(&w, 0, errbuf, errlen) != PG_OK)
+        goto out;
     rc = PG_OK;
     pg_log_info("worker_stopping", "#decided", (long long)w.decided, "#dead_lettered",
                 (long long)w.dead_lettered, "#aborted_batches",
