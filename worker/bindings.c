@@ -706,10 +706,29 @@ static int cmp_u64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* With the view on: passes the barrier, then splits the batch into the VMs
- * the view serves (b->hit) and those sent to Redis (b->miss, *n_miss). */
+/* The batch's VMs the view holds (b->hit, held for the batch) and those to
+ * read from Redis (b->miss, in batch order: pg_bindings_next reads their
+ * replies in that order); their count. */
+static size_t split_view(pg_bindings_t *b, const char *const *vms, size_t n)
+{
+    pg_view_begin(b->view);
+    if (b->view_live)
+        pg_view_hold_batch(b->view, vms, n, b->hit);
+    else
+        memset(b->hit, 0, n * sizeof(*b->hit));
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (b->hit[i] == NULL)
+            b->miss[m++] = vms[i];
+    return m;
+}
+
+/* With the view on: sends the barrier's PING and splits the batch as the
+ * view stands before it (the barrier is read by pg_bindings_send_notes once
+ * the lookups are on their way: one round trip for both). *barrier says
+ * whether a PING was sent. */
 static int plan_view(pg_bindings_t *b, const char *const *vms, size_t n, size_t *n_miss,
-                     char *errbuf, size_t errlen)
+                     bool *barrier, char *errbuf, size_t errlen)
 {
     if (n > b->batch_cap) {
         const pg_view_entry_t **hit = realloc(b->hit, n * sizeof(*hit));
@@ -730,31 +749,32 @@ static int plan_view(pg_bindings_t *b, const char *const *vms, size_t n, size_t 
                 b->host, b->port);
         return PG_RETRY;
     }
-    pg_view_begin(b->view);
     b->n_dropped = 0;
-    pg_bindings_view_barrier(b); /* nothing when the view is not live */
+    b->dropped_all = false;
+    *barrier = pg_bindings_view_barrier_send(b);
+    *n_miss = split_view(b, vms, n);
+    return PG_OK;
+}
+
+/* After the barrier: how many of the VMs the view served were dropped by it
+ * (every one of them when it emptied the view or lost count). Those entries
+ * may be freed: the batch is split again. */
+static size_t dropped_hits(pg_bindings_t *b, const char *const *vms, size_t n)
+{
+    if (b->n_dropped == 0 && !b->dropped_all)
+        return 0;
     if (b->n_dropped > 1)
         qsort(b->dropped, b->n_dropped, sizeof(*b->dropped), cmp_u64);
-    if (b->view_live)
-        pg_view_hold_batch(b->view, vms, n, b->hit);
-    else
-        memset(b->hit, 0, n * sizeof(*b->hit));
-    size_t m = 0;
+    size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (b->hit[i] != NULL)
+        if (b->hit[i] == NULL)
             continue;
-        size_t len = strlen(vms[i]);
-        b->miss[m++] = vms[i];
-        uint64_t h = b->n_dropped > 0 ? pg_view_hash(vms[i], len) : 0;
-        if (b->n_dropped > 0 &&
+        uint64_t h = pg_view_hash(vms[i], strlen(vms[i]));
+        if (b->dropped_all ||
             bsearch(&h, b->dropped, b->n_dropped, sizeof(h), cmp_u64) != NULL)
-            b->view_stats.rereads++; /* the barrier caught its change */
+            k++;
     }
-    b->view_stats.hits += n - m;
-    if (b->view_live)
-        b->view_stats.misses += m;
-    *n_miss = m;
-    return PG_OK;
+    return k;
 }
 
 void pg_bindings_view_stats(const pg_bindings_t *b, pg_view_stats_t *out)
@@ -770,6 +790,39 @@ int pg_bindings_send(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
     return pg_bindings_send_notes(b, vm_uuids, n, NULL, 0, 0, errbuf, errlen);
 }
 
+/* Writes the pipeline in b->cmd. PG_OK, or PG_RETRY/PG_FATAL with the
+ * connection dropped. */
+static int write_cmd(pg_bindings_t *b, char *errbuf, size_t errlen)
+{
+    if (redisAppendFormattedCommand(b->ctx, (const char *)b->cmd.data, b->cmd.len) !=
+        REDIS_OK) {
+        pg_errf(errbuf, errlen, "redis: out of memory buffering the pipeline");
+        drop(b);
+        return PG_FATAL;
+    }
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(b->ctx, &done) != REDIS_OK) {
+            pg_errf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
+                    b->ctx->errstr[0] ? b->ctx->errstr : "write failed");
+            drop(b);
+            return PG_RETRY;
+        }
+    return PG_OK;
+}
+
+/* Reads and frees one reply; PG_OK, or the error with the connection
+ * dropped. */
+static int skip_reply(pg_bindings_t *b, char *errbuf, size_t errlen)
+{
+    redisReply *r = NULL;
+    int rc = read_reply(b, &r, errbuf, errlen);
+    freeReplyObject(r);
+    if (rc != PG_OK)
+        drop(b);
+    return rc;
+}
+
 int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t n,
                            const pg_result_note_t *notes, size_t n_notes,
                            int64_t now_ms, char *errbuf, size_t errlen)
@@ -780,14 +833,16 @@ int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t
         return rc;
     size_t n_send = n;
     const char *const *send_vms = vm_uuids;
+    bool barrier = false;
     if (b->view != NULL) {
-        if ((rc = plan_view(b, vm_uuids, n, &n_send, errbuf, errlen)) != PG_OK)
+        if ((rc = plan_view(b, vm_uuids, n, &n_send, &barrier, errbuf, errlen)) !=
+            PG_OK)
             return rc;
         send_vms = b->miss;
     }
     /* Served from the view, a VM needs the lookup connection's reply to a
-     * command sent after the barrier (bindings_view.c): ROLE or the lookups
-     * do, else one PING. */
+     * command sent after the batch was polled (bindings_view.c): ROLE or the
+     * lookups do, else one PING. */
     bool ping = n_send == 0 && b->sentinel.n == 0;
     pg_buf_reset(&b->cmd);
     /* With Sentinel every batch starts with ROLE: a primary demoted since the
@@ -804,25 +859,53 @@ int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t
     }
     rc = pg_bindings_format_lookups(&b->cmd, b->sha, b->args, b->args_len, b->chunk,
                                     send_vms, n_send, errbuf, errlen);
-    if (rc == 0 && n_notes > 0)
+    /* The notes write: they go out once the barrier has settled which
+     * lookups stand, so that a batch read again never notes twice. */
+    if (rc == 0 && !barrier && n_notes > 0)
         rc = pg_bindings_format_notes(&b->cmd, b->note_sha, notes, n_notes, b->chunk,
                                       &b->quarantine, now_ms, errbuf, errlen);
     if (rc != 0)
         return rc;
-    if (redisAppendFormattedCommand(b->ctx, (const char *)b->cmd.data, b->cmd.len) !=
-        REDIS_OK) {
-        pg_errf(errbuf, errlen, "redis: out of memory buffering the pipeline");
-        drop(b);
-        return PG_FATAL;
-    }
-    int done = 0;
-    while (!done)
-        if (redisBufferWrite(b->ctx, &done) != REDIS_OK) {
-            pg_errf(errbuf, errlen, "redis %s:%d: %s", b->host, b->port,
-                    b->ctx->errstr[0] ? b->ctx->errstr : "write failed");
-            drop(b);
-            return PG_RETRY;
+    if ((rc = write_cmd(b, errbuf, errlen)) != PG_OK)
+        return rc;
+    b->stats.round_trips++;
+    b->stats.commands += (n_send + b->chunk - 1) / b->chunk + role + ping;
+    /* The barrier's pong, while Redis answers the lookups. A VM of the batch
+     * it dropped was served from an entry that may be gone: the lookups
+     * already sent are read and thrown away, and the batch is split and
+     * read again. */
+    size_t skip = 0;
+    if (barrier) {
+        pg_bindings_view_barrier_read(b);
+        size_t reread = dropped_hits(b, vm_uuids, n);
+        pg_buf_reset(&b->cmd);
+        rc = 0;
+        if (reread > 0) {
+            b->view_stats.rereads += reread;
+            skip = (n_send + b->chunk - 1) / b->chunk;
+            n_send = split_view(b, vm_uuids, n);
+            rc = pg_bindings_format_lookups(&b->cmd, b->sha, b->args, b->args_len,
+                                            b->chunk, b->miss, n_send, errbuf, errlen);
+            b->stats.round_trips++;
+            b->stats.commands += (n_send + b->chunk - 1) / b->chunk;
         }
+        if (rc == 0 && n_notes > 0)
+            rc =
+                pg_bindings_format_notes(&b->cmd, b->note_sha, notes, n_notes, b->chunk,
+                                         &b->quarantine, now_ms, errbuf, errlen);
+        if (rc != 0) {
+            drop(b); /* the lookups sent are answered to no one */
+            return rc;
+        }
+        if (b->cmd.len > 0 && (rc = write_cmd(b, errbuf, errlen)) != PG_OK)
+            return rc;
+    }
+    if (b->view != NULL) {
+        b->view_stats.hits += n - n_send;
+        if (b->view_live)
+            b->view_stats.misses += n_send;
+    }
+    b->stats.commands += (n_notes + b->chunk - 1) / b->chunk;
     if (role) {
         redisReply *r = NULL;
         bool primary = false;
@@ -840,22 +923,16 @@ int pg_bindings_send_notes(pg_bindings_t *b, const char *const *vm_uuids, size_t
             return rc;
         }
     }
-    if (ping) {
-        redisReply *r = NULL;
-        if ((rc = read_reply(b, &r, errbuf, errlen)) != PG_OK) {
-            drop(b);
+    if (ping && (rc = skip_reply(b, errbuf, errlen)) != PG_OK)
+        return rc;
+    for (size_t i = 0; i < skip; i++)
+        if ((rc = skip_reply(b, errbuf, errlen)) != PG_OK)
             return rc;
-        }
-        freeReplyObject(r);
-    }
     b->expected = n;
     b->pending = n_send;
     b->next_vm = 0;
     b->n_vms = n;
     b->notes_expected = n_notes;
-    b->stats.round_trips++;
-    b->stats.commands += (n_send + b->chunk - 1) / b->chunk +
-                         (n_notes + b->chunk - 1) / b->chunk + role + ping;
     /* The first script's reply proves that Redis answers; it is kept for
      * pg_bindings_next. */
     return n_send > 0 ? read_chunk(b, errbuf, errlen) : PG_OK;

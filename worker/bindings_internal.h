@@ -66,6 +66,9 @@ struct pg_bindings {
                                          view entry, NULL when read from Redis */
     uint64_t *dropped;                /* hashes of the VMs the last barrier dropped */
     size_t n_dropped, cap_dropped;
+    /* Set when the last barrier emptied the view or dropped a VM it could not
+     * remember in `dropped`: every entry held before it is suspect. */
+    bool dropped_all;
     const char **miss; /* the VMs of it sent to Redis */
     size_t batch_cap;  /* entries of hit and miss */
     size_t next_vm;    /* the next VM pg_bindings_next answers */
@@ -77,12 +80,16 @@ struct timeval pg_bindings_tv(int ms);
 
 /* bindings_view.c: the view's connection half. pg_bindings_view_ready sets
  * the view up on the lookup connection when it is not (a failure is logged
- * once and retried every 10 s); pg_bindings_view_barrier reads every
- * invalidation Redis sent before it (see bindings_view.c), after which the
- * view is live or has been emptied; pg_bindings_view_lost empties it and
- * closes the invalidation connection (why: logged; NULL: quietly). */
+ * once and retried every 10 s); pg_bindings_view_barrier_send sends the
+ * barrier's PING (false when the view is not live, or was lost sending it)
+ * and pg_bindings_view_barrier_read reads every invalidation Redis sent
+ * before it, up to its pong (see bindings_view.c), after which the view is
+ * live or has been emptied, with n_dropped/dropped/dropped_all saying what
+ * it dropped; pg_bindings_view_lost empties it and closes the invalidation
+ * connection (why: logged; NULL: quietly). */
 void pg_bindings_view_ready(pg_bindings_t *b);
-void pg_bindings_view_barrier(pg_bindings_t *b);
+bool pg_bindings_view_barrier_send(pg_bindings_t *b);
+void pg_bindings_view_barrier_read(pg_bindings_t *b);
 void pg_bindings_view_lost(pg_bindings_t *b, const char *why);
 
 /* The connection, for the module's other files. pg_bindings_connect connects

@@ -13,16 +13,20 @@
  * key the lookup does not read (:failures, :backoff) is ignored.
  *
  * The barrier makes a VM served from the view as fresh as a read made after
- * its batch was polled. Before a batch uses the view, a PING goes down the
- * invalidation connection and its pong is awaited. Redis writes to one
- * connection in order, so the invalidation of every write that was done
- * before the PING arrived -- of every write whose OK its writer saw before it
- * produced an input of this batch -- is read before the pong, and drops that
- * VM, which is then read again. The lookup connection must have been alive
- * all along too (Redis forgets the tracking of a connection that is gone and
- * then says nothing): a reply on it to a command sent after the pong proves
- * that (the lookups of the batch's other VMs, ROLE with Sentinel, else one
- * PING).
+ * its batch was polled. Once a batch is polled, a PING goes down the
+ * invalidation connection and its pong is awaited before any VM is served
+ * from the view. Redis writes to one connection in order, so the
+ * invalidation of every write that was done before the PING arrived -- of
+ * every write whose OK its writer saw before it produced an input of this
+ * batch -- is read before the pong, and drops that VM, which is then read
+ * again. The lookup connection must have been alive at those writes too
+ * (Redis forgets the tracking of a connection that is gone and then says
+ * nothing): a reply on it to a command sent after the batch was polled
+ * proves that, the connection being the same one all along (the lookups of
+ * the batch's VMs, ROLE with Sentinel, else one PING). So the lookups of the
+ * VMs the view lacks are sent together with the PING, one round trip for
+ * both; when the barrier drops a VM the view was to serve, those replies
+ * are thrown away and the batch is split and read again (bindings.c).
  *
  * Not cached, so always read: malformed entries, quarantined VMs, and
  * entries whose :host, :pin or :generation has a TTL (a pin with --for): a
@@ -542,6 +546,7 @@ static void apply_invalidation(pg_bindings_t *b, const redisReply *p)
         if (pg_view_size(b->view) > 0)
             b->view_stats.flushes++;
         pg_view_flush(b->view);
+        b->dropped_all = true;
         return;
     }
     size_t n = p->type == REDIS_REPLY_ARRAY ? p->elements : 1;
@@ -556,8 +561,10 @@ static void apply_invalidation(pg_bindings_t *b, const redisReply *p)
             if (b->n_dropped == b->cap_dropped) {
                 size_t cap = b->cap_dropped ? 2 * b->cap_dropped : 64;
                 uint64_t *d = realloc(b->dropped, cap * sizeof(*d));
-                if (d == NULL)
-                    continue; /* only a count is lost */
+                if (d == NULL) {
+                    b->dropped_all = true; /* the batch's VMs are all read again */
+                    continue;
+                }
                 b->dropped = d;
                 b->cap_dropped = cap;
             }
@@ -566,15 +573,31 @@ static void apply_invalidation(pg_bindings_t *b, const redisReply *p)
     }
 }
 
-void pg_bindings_view_barrier(pg_bindings_t *b)
+bool pg_bindings_view_barrier_send(pg_bindings_t *b)
+{
+    if (!b->view_live)
+        return false;
+    if (redisAppendCommand(b->inv, "PING") != REDIS_OK) {
+        pg_bindings_view_lost(b, "out of memory for the barrier");
+        return false;
+    }
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(b->inv, &done) != REDIS_OK) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "invalidation connection: %s",
+                     b->inv->errstr[0] ? b->inv->errstr : "write failed");
+            pg_bindings_view_lost(b, msg);
+            return false;
+        }
+    return true;
+}
+
+void pg_bindings_view_barrier_read(pg_bindings_t *b)
 {
     if (!b->view_live)
         return;
     const char *why = NULL;
-    if (redisAppendCommand(b->inv, "PING") != REDIS_OK) {
-        pg_bindings_view_lost(b, "out of memory for the barrier");
-        return;
-    }
     for (;;) {
         void *v = NULL;
         if (redisGetReply(b->inv, &v) != REDIS_OK || v == NULL) {
@@ -601,4 +624,5 @@ void pg_bindings_view_barrier(pg_bindings_t *b)
     char msg[160];
     snprintf(msg, sizeof(msg), "invalidation connection: %s", why);
     pg_bindings_view_lost(b, msg);
+    b->dropped_all = true;
 }
