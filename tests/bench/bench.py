@@ -298,13 +298,13 @@ def relay_rate(pg_relay, topic, count, tag):
         out = f"{tag}.relay.{variant}.{topic}"
         create_topics(admin, [out])
         extra = ["pipelined"] if variant == "pipelined" else []
-        t0 = time.time()
+        t0, svc0 = time.time(), service_cpu()["kafka"]
         r = subprocess.run(["/usr/bin/time", "-f", "%U %S", pg_relay, BOOTSTRAP,
                             f"{tag}-relay-{variant}-{topic}", topic, out, str(count), "5000",
                             "5"] + extra, capture_output=True, text=True, check=True)
-        elapsed = time.time() - t0
+        elapsed, broker = time.time() - t0, service_cpu()["kafka"] - svc0
         u, s_ = r.stderr.split()[-2:]
-        res[variant] = (count / elapsed, elapsed, float(u) + float(s_))
+        res[variant] = (count / elapsed, elapsed, float(u) + float(s_), broker)
         admin.delete_topics([out])
     return res
 
@@ -632,10 +632,11 @@ def write_results(args, import_s, n_vms, counts, produced, raw, redis_gets, rela
         L.append(f"| `kcat -C -e -q` raw consume of the {k} topic | {rate:,.0f} msg/s "
                  f"({counts[k]} in {secs:.2f} s) |")
     for k, r in relay.items():
-        for variant, (rate, secs, cpu) in r.items():
+        for variant, (rate, secs, cpu, broker) in r.items():
             L.append(f"| consume+produce, `pg_bench_relay` {variant}, {k} topic | {rate:,.0f} "
                      f"msg/s ({counts[k]} in {secs:.2f} s; client CPU "
-                     f"{cpu / counts[k] * 1e6:.2f} us/msg) |")
+                     f"{cpu / counts[k] * 1e6:.2f} us/msg, broker CPU "
+                     f"{broker / counts[k] * 1e6:.2f} us/msg) |")
     L.append(f"| `redis-benchmark -P 64 -t get` | {redis_gets:,.0f} GET/s |\n")
     L.append("`pg_bench_relay` (tests/bench/relay.c) does only the Kafka work of a worker: "
              "consume in a group, produce one output per input with pinguard's client "
