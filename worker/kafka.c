@@ -594,15 +594,17 @@ void pg_kafka_destroy(pg_kafka_t *k)
             pg_log_warn("settle_failed", "error", err0, NULL);
         pg_kafka_ring_pop(&k->pending, k->pending.len, false, k->settled_fn,
                           k->settled_ctx);
-        /* A consumer in a fatal state refuses close (and any commit):
-         * rd_kafka_destroy alone tears it down without leaving the group. */
         waker_stop(k);
+        /* Batches a transaction holds whole commit; one stopped half-way
+         * (the process is failing) aborts it with them. */
         char why[64];
         if (k->txn_open && rd_kafka_fatal_error(k->producer, why, sizeof(why)) == 0) {
             char terr[512];
             if (pg_kafka_txn_end(k, false, terr, sizeof(terr)) != PG_OK)
                 pg_log_warn("final_commit_failed", "error", terr, NULL);
         }
+        /* A consumer in a fatal state refuses close (and any commit):
+         * rd_kafka_destroy alone tears it down without leaving the group. */
         if (rd_kafka_fatal_error(k->consumer, why, sizeof(why)) == 0) {
             rd_kafka_resp_err_t err = rd_kafka_consumer_close(k->consumer);
             if (err)
@@ -1253,6 +1255,8 @@ int pg_kafka_batch_finish(pg_kafka_t *k, size_t failed, pg_kafka_batch_end_t *en
          * batch that is not full commits at once, so at a steady rate every
          * decision is visible as soon as it is made. */
         pg_kafka_txn_add(k, k->batch, k->batch_n);
+        k->batch = NULL; /* whole: the transaction may commit it */
+        k->batch_n = 0;
         rc = PG_OK;
         if (failed || !k->backlog || k->txn_inputs + k->batch_cap > k->txn_cap ||
             pg_now_mono_ms() - k->txn_began_ms >= k->cfg->txn_max_ms)

@@ -178,12 +178,15 @@ int pg_kafka_dead_letter(pg_kafka_t *k, const pg_kafka_msg_t *m, const char *rea
 int pg_kafka_flush(pg_kafka_t *k, char *errbuf, size_t errlen);
 
 /* One batch's delivery, the same for both modes: pg_kafka_batch_begin
- * opens it (a transaction, exactly once), pg_kafka_batch_track(k, i) gives
- * the delivery state for input i's one output (pass it to pg_kafka_produce;
- * it belongs to the kafka module; NULL past the batch), and
- * pg_kafka_batch_finish ends it: exactly once, commits the outputs with the
- * batch's input offsets or, when `failed` outputs failed, aborts and
- * rewinds; at least once, stores the offsets of the inputs answered so far
+ * opens it (exactly once, in the open transaction or a new one),
+ * pg_kafka_batch_track(k, i) gives the delivery state for input i's one
+ * output (pass it to pg_kafka_produce; it belongs to the kafka module; NULL
+ * past the batch), and pg_kafka_batch_finish ends it: exactly once, adds the
+ * batch's input offsets to the transaction and commits it (or, while a
+ * backlog drains, leaves it open for up to four full batches or
+ * delivery.transaction.max.ms; pg_kafka_settle, a rebalance, a pause and
+ * destroy commit what it holds) or, when `failed` outputs failed, aborts it
+ * and rewinds; at least once, stores the offsets of the inputs answered so far
  * (per partition, never past a failed input, which is rewound to). Every
  * tracked input is told to the settled
  * callback exactly once, in order, whichever the mode: at the commit or
@@ -203,12 +206,14 @@ int pg_kafka_batch_begin(pg_kafka_t *k, const pg_kafka_msg_t *msgs, size_t n,
 pg_delivery_state_t *pg_kafka_batch_track(pg_kafka_t *k, size_t i);
 int pg_kafka_batch_finish(pg_kafka_t *k, size_t failed, pg_kafka_batch_end_t *end,
                           char *errbuf, size_t errlen);
-/* At least once (nothing to do exactly once): with room 0, serves the
- * delivery reports and settles what they answered; with room > 0, makes
- * room to track that many inputs, waiting for every report when fewer
- * could be tracked now (so that a settle between reading and producing a
- * batch cannot rewind a partition under it). *rewound: a partition was
- * rewound to a failed input, which will be consumed again. */
+/* At least once: with room 0, serves the delivery reports and settles what
+ * they answered; with room > 0, makes room to track that many inputs,
+ * waiting for every report when fewer could be tracked now (so that a settle
+ * between reading and producing a batch cannot rewind a partition under it).
+ * Exactly once: commits the open transaction with room 0 (the loop is idle),
+ * or when room more inputs would not fit in it or it is old enough.
+ * *rewound: a partition was rewound to a failed input (exactly once: the
+ * commit failed and the transaction's inputs will be consumed again). */
 int pg_kafka_settle(pg_kafka_t *k, size_t room, bool *rewound, char *errbuf,
                     size_t errlen);
 /* The most inputs tracked at once: the length of the settled callback's
@@ -216,8 +221,9 @@ int pg_kafka_settle(pg_kafka_t *k, size_t room, bool *rewound, char *errbuf,
 size_t pg_kafka_tracked_max(const pg_kafka_t *k);
 
 /* Told of every tracked input exactly once, in the order they were tracked,
- * when it is settled: exactly once, by pg_kafka_batch_finish (committed: the
- * transaction committed); at least once, when its offset is stored, by the
+ * when it is settled: exactly once, when its transaction ends (committed:
+ * it committed), in pg_kafka_batch_finish, pg_kafka_settle, pg_kafka_pause,
+ * the revoke or pg_kafka_destroy; at least once, when its offset is stored, by the
  * revoke of its partition (inside pg_kafka_poll_batch or pg_kafka_idle,
  * which serve the rebalance) or by pg_kafka_destroy (so ctx must stay valid
  * until destroy returns). At least once, committed is true when the input's

@@ -189,6 +189,10 @@ int pg_kafka_txn_end(pg_kafka_t *k, bool abort, char *errbuf, size_t errlen)
 {
     if (!k->txn_open)
         return PG_OK;
+    /* A batch begun and not finished has outputs in the transaction and no
+     * offsets: committing would decide its inputs twice. */
+    if (k->batch != NULL)
+        abort = true;
     int rc = abort ? txn_abort(k, errbuf, errlen) : txn_commit(k, errbuf, errlen);
     k->txn_open = false;
     /* PG_FATAL: the process ends, with its inputs unsettled (and nothing

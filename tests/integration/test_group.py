@@ -49,6 +49,23 @@ def rebalance_events(w):
             if "event=partitions_assigned" in line or "event=partitions_revoked" in line]
 
 
+def wait_all_visible(mix):
+    """The check of every input's one decision, once read_committed shows them
+    all (a killed worker's open transaction hides some until it times out),
+    and of every offset committed."""
+    def complete():
+        try:
+            return mix.check(mix.read_outputs())
+        except AssertionError as e:
+            if "without a decision" in str(e):
+                return None  # the killed worker's open transaction still hides some
+            raise
+    figures = wait_until(complete, 60, "every decision visible to read_committed",
+                         interval=1)
+    mix.assert_all_committed()
+    return figures
+
+
 def test_three_workers_one_killed_one_added(capsys):
     env = Env()
     try:
@@ -86,17 +103,7 @@ def test_three_workers_one_killed_one_added(capsys):
         for n in ("a", "c", "d"):
             assert w[n].stop() == 0, w[n].logs()[-3000:]
 
-        def complete():
-            outputs = mix.read_outputs()
-            try:
-                return mix.check(outputs)
-            except AssertionError as e:
-                if "without a decision" in str(e):
-                    return None  # b's open transaction still hides some
-                raise
-        figures = wait_until(complete, 60, "every decision visible to read_committed",
-                             interval=1)
-        mix.assert_all_committed()
+        figures = wait_all_visible(mix)
         shares = {n: sum(1 for line in w[n].logs().splitlines()
                          if "event=" in line and ("request_" in line or "release_" in line))
                   for n in w}
@@ -215,16 +222,7 @@ def test_transactions_spanning_batches_survive_a_kill_and_a_join(capsys):
         wait_until(drained, 120, "every input committed", interval=0.5)
         assert w["a"].stop() == 0, w["a"].logs()[-3000:]
 
-        def complete():
-            try:
-                return mix.check(mix.read_outputs())
-            except AssertionError as e:
-                if "without a decision" in str(e):
-                    return None  # b's open transaction still hides some
-                raise
-        figures = wait_until(complete, 60, "every decision visible to read_committed",
-                             interval=1)
-        mix.assert_all_committed()
+        figures = wait_all_visible(mix)
         with capsys.disabled():
             print(f"\n[spanning] a: {batches:.0f} batches in {ends:.0f} transactions "
                   f"before b was killed; {figures}")
