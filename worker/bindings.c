@@ -1259,8 +1259,9 @@ int pg_bindings_next(pg_bindings_t *b, const char *vm_uuid, pg_arena_t *arena,
     int rc = 0;
     char err[256];
     if (b->view != NULL && b->next_vm < b->n_vms && b->hit[b->next_vm] != NULL) {
-        /* Held since plan_view: no eviction, and no drop before the next
-         * barrier, can have freed it. */
+        /* Held since the batch's split, which the barrier's pong dropped
+         * none of (or the batch was split again after it): no eviction, and
+         * no drop before the next barrier, can have freed it. */
         rc = pg_view_copy(b->hit[b->next_vm], arena, out);
         if (rc != PG_OK) {
             pg_errf(errbuf, errlen, "out of memory copying vm %s", vm_uuid);
